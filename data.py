@@ -1,0 +1,350 @@
+"""Text in, tokens out: the GPT-2 tokenizer, IMDb, prompts, the evaluation protocol, the
+preference-pairs format and its collate, and a synthetic sentiment corpus that needs no download.
+
+    python data.py --dataset synthetic --n 3          # print a few reviews and their prefixes
+    python data.py --dataset stanfordnlp/imdb --n 3   # the real thing (hub, or a local folder)
+"""
+
+import glob
+import json
+import os
+import random
+import re
+from dataclasses import dataclass
+
+import torch
+
+GPT2_EOS = 50256
+
+# ----------------------------------------------------------------------------- the protocol
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How completions are sampled and measured: one setting for pair generation, PPO rollouts and
+    evaluation. The paper (§6.1, App. C.1) gives the prefix lengths; the rest it leaves unstated,
+    so we fix it here and say so in the README."""
+
+    min_prefix: int = 2  # prompt = the first 2..8 tokens of a review (paper)
+    max_prefix: int = 8
+    max_new_tokens: int = 48  # completion length cap; a completion also ends at EOS
+    temperature: float = 1.0  # plain sampling, so the KL we measure is the KL of what was sampled
+    top_k: int | None = None
+    top_p: float | None = None
+    n_test_prefixes: int = 512  # held-out IMDb test prefixes per evaluation (fewer in `tiny`)
+    test_seed: int = 2023  # fixes which test prefixes, and their lengths
+
+    def sampling(self) -> dict:
+        """Keyword arguments for GPT.generate."""
+        return dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                    top_k=self.top_k, top_p=self.top_p)
+
+
+PROTOCOL = Protocol()
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+class Tokenizer:
+    """GPT-2's byte-level BPE through tiktoken, optionally remapped to a compact vocabulary.
+
+    A compact vocabulary lists the GPT-2 ids a small model uses (compact id = position in the
+    list); tiktoken still does the tokenisation. One extra id at the end stands for any GPT-2 token
+    outside the list (text re-encoded after decoding can merge differently). On CPU the 50257-way
+    output layer dominates tiny models, hence the compact form for the tests and the tiny preset.
+    """
+
+    def __init__(self, vocab: list[int] | None = None):
+        import tiktoken
+
+        self.enc = tiktoken.get_encoding("gpt2")
+        self.vocab = list(vocab) if vocab is not None else None
+        if self.vocab is None:
+            self.eos_id, self.vocab_size, self.unk_id = GPT2_EOS, self.enc.n_vocab, None
+        else:
+            if GPT2_EOS not in self.vocab:
+                raise ValueError("a compact vocabulary must contain GPT-2's EOS (50256)")
+            self.index = {g: i for i, g in enumerate(self.vocab)}
+            self.eos_id, self.unk_id = self.index[GPT2_EOS], len(self.vocab)
+            self.vocab_size = len(self.vocab) + 1
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special-token strings in reviews are encoded as plain text."""
+        ids = self.enc.encode_ordinary(text)
+        if self.vocab is None:
+            return ids
+        return [self.index.get(i, self.unk_id) for i in ids]
+
+    def decode(self, ids) -> str:
+        """Text of `ids`, leaving out EOS (and the compact unknown id)."""
+        ids = [int(i) for i in ids if int(i) != self.eos_id and int(i) != self.unk_id]
+        if self.vocab is not None:
+            ids = [self.vocab[i] for i in ids]
+        return self.enc.decode(ids)
+
+    def save(self, folder: str):
+        """Write the compact vocabulary beside a checkpoint (nothing for full GPT-2)."""
+        if self.vocab is not None:
+            with open(os.path.join(folder, "compact_vocab.json"), "w") as f:
+                json.dump(self.vocab, f)
+
+
+def load_tokenizer(folder: str | None = None) -> Tokenizer:
+    """A checkpoint folder's tokenizer: compact if it holds compact_vocab.json, else GPT-2's."""
+    path = os.path.join(folder, "compact_vocab.json") if folder else None
+    if path and os.path.isfile(path):
+        with open(path) as f:
+            return Tokenizer(json.load(f))
+    return Tokenizer()
+
+
+# ----------------------------------------------------------------------------- reviews
+
+
+def clean_review(text: str) -> str:
+    """IMDb reviews carry HTML line breaks; turn them and runs of whitespace into one space."""
+    text = re.sub(r"<br\s*/?>", " ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def load_reviews(source: str, split: str) -> tuple[list[str], list[int]]:
+    """Cleaned review texts and labels (1 = positive) of a split ("train" or "test").
+
+    source: "synthetic" (the offline corpus below); a hub dataset name ("stanfordnlp/imdb");
+    a local folder of parquet files in the hub layout (train-*.parquet, test-*.parquet, possibly
+    under plain_text/); a single .parquet file; or a folder written by datasets' save_to_disk.
+    """
+    if source == "synthetic":
+        n, seed = (20000, 0) if split == "train" else (2000, 1)
+        reviews = synthetic_reviews(n, seed)
+        return [t for t, _ in reviews], [y for _, y in reviews]
+    ds = _load_dataset(source, split)
+    missing = [c for c in ("text", "label") if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"dataset {source} ({split}) has columns {ds.column_names}; "
+                         f"missing {', '.join(repr(c) for c in missing)}")
+    return [clean_review(t) for t in ds["text"]], [int(y) for y in ds["label"]]
+
+
+def _load_dataset(source: str, split: str):
+    import datasets
+
+    if os.path.isfile(source) and source.endswith(".parquet"):
+        return datasets.load_dataset("parquet", data_files=source, split="train")
+    if os.path.isdir(source):
+        if os.path.exists(os.path.join(source, "dataset_dict.json")):
+            return datasets.load_from_disk(source)[split]
+        files = sorted(glob.glob(os.path.join(source, "**", f"{split}-*.parquet"), recursive=True)
+                       + glob.glob(os.path.join(source, "**", f"{split}.parquet"), recursive=True))
+        if not files:
+            raise FileNotFoundError(f"{source} has no {split}-*.parquet file (IMDb's hub layout)")
+        return datasets.load_dataset("parquet", data_files=files, split="train")
+    try:
+        return datasets.load_dataset(source, split=split)
+    except Exception as e:  # offline, unknown name, ...: one clear line
+        raise OSError(f"could not load dataset '{source}' ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); pass a local folder of "
+                      f"parquet files in the hub layout instead") from None
+
+
+def make_prefixes(texts: list[str], n: int, seed: int, tok: Tokenizer,
+                  protocol: Protocol = PROTOCOL) -> list[list[int]]:
+    """The paper's prompts: the first 2..8 tokens (uniform) of n distinct reviews, chosen and cut
+    deterministically for a seed."""
+    if n > len(texts):
+        raise ValueError(f"asked for {n} prefixes but the split has {len(texts)} reviews")
+    rng = random.Random(seed)
+    order = rng.sample(range(len(texts)), n)
+    prefixes = []
+    for i in order:
+        length = rng.randint(protocol.min_prefix, protocol.max_prefix)
+        ids = tok.encode(texts[i][:400])[:length]  # 400 characters hold 8 tokens with room to spare
+        if ids:
+            prefixes.append(ids)
+    return prefixes
+
+
+def sft_sequences(texts: list[str], tok: Tokenizer, max_len: int) -> list[list[int]]:
+    """Reviews as token sequences for next-token training: the review + EOS, cut to max_len."""
+    return [(tok.encode(t) + [tok.eos_id])[:max_len] for t in texts]
+
+
+def stream_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Example indices of batch `step` in an endless stream of shuffled epochs over n examples.
+
+    The batch depends on (step, seed) alone, so resuming a run needs nothing but its step."""
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, pos = divmod(start + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        out.extend(perm[pos: pos + batch_size - len(out)].tolist())
+    return out
+
+
+# ----------------------------------------------------------------------------- collate
+
+
+def collate(prompts: list[list[int]], completions: list[list[int]], pad_id: int):
+    """Right-pad prompt + completion sequences for training or scoring.
+
+    Returns input_ids (B, T) long and mask (B, T) bool, True exactly at the completion tokens, which
+    is what model.token_logprobs scores. For language modelling of whole sequences pass empty
+    prompts: the first token has no prediction, so it is never scored.
+    """
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    T = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
+    for i, (p, s) in enumerate(zip(prompts, seqs)):
+        input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, max(len(p), 1): len(s)] = True
+    return input_ids, mask
+
+
+# ----------------------------------------------------------------------------- pairs
+
+PAIR_KEYS = ("prompt_ids", "chosen_ids", "rejected_ids", "prompt", "chosen", "rejected",
+             "reward_chosen", "reward_rejected")
+
+
+def pair_row(prompt_ids, chosen_ids, rejected_ids, reward_chosen, reward_rejected,
+             tok: Tokenizer) -> dict:
+    """One line of the pairs file. The ids are the exact sampled tokens (decoding and re-encoding
+    does not always give them back, and DPO must score what the policy sampled); the texts are
+    for reading."""
+    return dict(prompt_ids=list(prompt_ids), chosen_ids=list(chosen_ids),
+                rejected_ids=list(rejected_ids), prompt=tok.decode(prompt_ids),
+                chosen=tok.decode(chosen_ids), rejected=tok.decode(rejected_ids),
+                reward_chosen=float(reward_chosen), reward_rejected=float(reward_rejected))
+
+
+def check_pairs(rows: list[dict], path: str) -> list[dict]:
+    """Validate rows read from a pairs file (utils.read_jsonl); a clear error names the line."""
+    if not rows:
+        raise ValueError(f"{path} holds no pairs")
+    for n, row in enumerate(rows, 1):
+        missing = [k for k in PAIR_KEYS if k not in row]
+        if missing:
+            raise ValueError(f"{path}:{n}: pair lacks {', '.join(missing)}")
+        if not row["prompt_ids"] or not row["chosen_ids"] or not row["rejected_ids"]:
+            raise ValueError(f"{path}:{n}: empty prompt or completion")
+    return rows
+
+
+def collate_pairs(rows: list[dict], pad_id: int):
+    """A batch of B pairs as one (2B, T) batch: chosen rows first, then rejected, so that one
+    forward pass scores both. Returns input_ids (2B, T) and the completion mask (2B, T)."""
+    prompts = [r["prompt_ids"] for r in rows]
+    return collate(prompts + prompts, [r["chosen_ids"] for r in rows] +
+                   [r["rejected_ids"] for r in rows], pad_id)
+
+
+# ----------------------------------------------------------------------------- synthetic corpus
+# Movie reviews from a small grammar of natural English. A review has a latent label; each of its
+# opinion sentences agrees with the label with probability 0.8, so reviews mix praise and
+# complaint and the same opening can continue either way. A small GPT trained on it samples
+# continuations of mixed sentiment that preference training can shift.
+
+OPENERS = [
+    "I watched this movie last night.", "I saw this film with my family on Sunday.",
+    "My friend told me to watch this one.", "I rented this movie on a rainy weekend.",
+    "This film came out a few years ago.", "I went to see this movie at the cinema.",
+    "I had heard a lot about this film before I saw it.",
+    "The film is about a young man who moves to a big city.",
+    "The movie tells the story of two sisters in a small town.",
+    "This is the third film by the director.", "We watched this movie at home.",
+    "The story follows an old detective and his last case.",
+]
+SUBJECTS = [
+    "the acting", "the plot", "the story", "the script", "the music", "the soundtrack",
+    "the ending", "the cast", "the dialogue", "the direction", "the pacing", "the characters",
+    "the camera work", "the humor", "the lead actor", "the lead actress", "the villain",
+    "the special effects", "this film", "this movie", "the first half", "the second half",
+]
+VERBS = ["was", "felt", "seemed"]
+INTENSIFIERS = ["", "really", "truly", "quite", "very", "so", "simply", "absolutely"]
+POSITIVE = [
+    "wonderful", "brilliant", "great", "beautiful", "moving", "excellent", "charming",
+    "delightful", "superb", "clever", "funny", "touching", "fantastic", "gripping", "perfect",
+    "memorable", "lovely", "stunning",
+]
+NEGATIVE = [
+    "terrible", "boring", "awful", "dull", "weak", "bad", "painful", "silly", "poor", "messy",
+    "predictable", "tedious", "flat", "clumsy", "forgettable", "annoying", "horrible", "lazy",
+]
+LIKE = {1: ["loved", "enjoyed", "adored", "liked"], 0: ["hated", "disliked", "regretted"]}
+RECOMMEND = {1: "would recommend it to", 0: "would not recommend it to"}
+AUDIENCE = ["my friends", "anyone", "my family", "everyone"]
+VERDICT = {1: "one of the best", 0: "one of the worst"}
+WHEN = ["this year", "in years", "in a long time"]
+CLOSERS = ["Overall", "In the end", "Honestly", "All in all"]
+
+
+def _opinion(rng: random.Random, s: int) -> str:
+    """One sentence of sentiment s (1 positive, 0 negative)."""
+    adj = rng.choice(POSITIVE if s else NEGATIVE)
+    kind = rng.random()
+    if kind < 0.55:
+        words = [rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(INTENSIFIERS), adj]
+        text = " ".join(w for w in words if w)
+    elif kind < 0.7:
+        text = f"I {rng.choice(LIKE[s])} {rng.choice(SUBJECTS)}"
+    elif kind < 0.8:
+        text = f"I {RECOMMEND[s]} {rng.choice(AUDIENCE)}"
+    elif kind < 0.9:
+        text = f"It is {VERDICT[s]} movies I have seen {rng.choice(WHEN)}"
+    else:
+        text = f"{rng.choice(CLOSERS)}, it was {adj}"
+    return text[0].upper() + text[1:] + "."
+
+
+def synthetic_reviews(n: int, seed: int, p_agree: float = 0.8) -> list[tuple[str, int]]:
+    """n (text, label) reviews, deterministic for a seed; labels balanced in expectation."""
+    rng = random.Random(seed)
+    reviews = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        sentences = [rng.choice(OPENERS)] if rng.random() < 0.7 else []
+        for _ in range(rng.randint(3, 6)):
+            s = label if rng.random() < p_agree else 1 - label
+            sentences.append(_opinion(rng, s))
+        reviews.append((" ".join(sentences), label))
+    return reviews
+
+
+def synthetic_vocab() -> list[int]:
+    """Every GPT-2 id the synthetic corpus can use (words alone, after a space, capitalised; no
+    BPE merge crosses a space or a full stop), plus EOS: the tiny preset's compact vocabulary."""
+    import tiktoken
+
+    enc = tiktoken.get_encoding("gpt2")
+    pieces = OPENERS + SUBJECTS + VERBS + INTENSIFIERS + POSITIVE + NEGATIVE + AUDIENCE + WHEN
+    pieces += CLOSERS + [*LIKE[0], *LIKE[1], *RECOMMEND.values(), *VERDICT.values(), "I It is"]
+    pieces += ["movies I have seen", "it was"]
+    words = {w.strip(".,") for p in pieces for w in p.split()}
+    ids = {GPT2_EOS}
+    for w in words:
+        for form in (w, w.capitalize(), w.lower()):
+            ids.update(enc.encode_ordinary(form))
+            ids.update(enc.encode_ordinary(" " + form))
+    for p in ".,!":
+        ids.update(enc.encode_ordinary(p))
+    return sorted(ids)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Print reviews of a dataset and their prompts.")
+    ap.add_argument("--dataset", default="synthetic")
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--n", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    tok = Tokenizer(synthetic_vocab()) if args.dataset == "synthetic" else Tokenizer()
+    texts, labels = load_reviews(args.dataset, args.split)
+    for p in make_prefixes(texts, args.n, args.seed, tok):
+        print(repr(tok.decode(p)))
+    for t, y in list(zip(texts, labels))[: args.n]:
+        print(y, t)

@@ -1,0 +1,428 @@
+"""GPT-2, written out: config, blocks, an explicit KV cache, weight loading, sampling and log-probs.
+
+The weights use GPT-2's own names, so loading the hub files is the identity map except for the
+Conv1D layers, which GPT-2 stores as (in, out) and nn.Linear as (out, in).
+
+    python model.py --init gpt2 --prompt "This movie was"      # needs the hub (or a local folder)
+    python -c "from model import *; m = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64)); print(m)"
+"""
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# The four GPT-2 sizes on the Hugging Face hub (the unprefixed names redirect there).
+HUB_NAMES = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+}
+# GPT-2 keeps these as Conv1D with (in, out) weights; we use nn.Linear, (out, in).
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # context length (n_positions)
+    vocab_size: int = 50257  # GPT-2's BPE; smaller for a compact vocabulary
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0  # one rate for embeddings, attention and residuals; off in every RL stage
+    layer_norm_epsilon: float = 1e-5
+    eos_token_id: int = 50256
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far.
+
+    Each layer's tensors are (B, nh, max_len, hs), allocated once and filled up to `length`. The
+    cache is an explicit object: the caller creates it, passes it in, and gets it back updated.
+    """
+
+    def __init__(self, n_layer: int, max_len: int):
+        self.k, self.v = [None] * n_layer, [None] * n_layer  # allocated on first use, in k's dtype
+        self.max_len = max_len
+        self.length = 0  # tokens already stored
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store this step's (B, nh, T, hs) keys/values; return all of them so far."""
+        s, T = self.length, k.size(2)
+        if s + T > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} tokens; {s + T} needed")
+        if self.k[layer] is None:
+            B, nh, _, hs = k.shape
+            self.k[layer] = k.new_empty(B, nh, self.max_len, hs)
+            self.v[layer] = v.new_empty(B, nh, self.max_len, hs)
+        self.k[layer][:, :, s : s + T] = k
+        self.v[layer][:, :, s : s + T] = v
+        return self.k[layer][:, :, : s + T], self.v[layer][:, :, : s + T]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.n_head, self.dropout, self.layer = cfg.n_head, cfg.dropout, layer
+
+    def forward(self, x, mask=None, cache=None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, nh, S, hs), S = past + T
+        # mask is None: plain causal attention (the fast path); else a (B or 1, 1, T, S) bool mask.
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(cfg, layer)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, mask=None, cache=None):
+        x = x + self.attn(self.ln_1(x), mask, cache)  # pre-LN
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+            drop=nn.Dropout(cfg.dropout),
+            h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
+            ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon),
+        ))
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding=True):
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def hidden(self, idx, attention_mask=None, position_ids=None, cache=None):
+        """Final hidden states (B, T, C) after ln_f: what the LM, reward or value head reads.
+
+        idx (B, T) token ids. attention_mask (B, past + T): 1 for real tokens, 0 for padding; only
+        needed for left padding (right padding never changes the real positions under causal
+        attention). position_ids (B, T): default past .. past + T - 1. cache: a KVCache, updated.
+        """
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} tokens exceeds the context window of "
+                             f"{self.config.block_size}")
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=idx.device).unsqueeze(0)
+        mask = None
+        if attention_mask is not None or past > 0:
+            # query i sits at absolute position past + i and sees keys 0 .. past + i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=idx.device).tril(past)
+            mask = mask.view(1, 1, T, past + T)
+            if attention_mask is not None:
+                mask = mask & attention_mask.bool()[:, None, None, :]
+                # a padding query would see no key at all (NaN): let every query see itself
+                i = torch.arange(T, device=idx.device)
+                mask = mask | (i[:, None] + past == torch.arange(past + T, device=idx.device))
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(position_ids))
+        for block in self.transformer.h:
+            x = block(x, mask, cache)
+        if cache is not None:
+            cache.length += T
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, attention_mask=None, position_ids=None, cache=None):
+        """Logits (B, T, vocab); with a cache, (logits, cache)."""
+        logits = self.lm_head(self.hidden(idx, attention_mask, position_ids, cache))
+        return logits if cache is None else (logits, cache)
+
+    # ------------------------------------------------------------------------- weights in and out
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, dropout: float = 0.0) -> "GPT":
+        """A GPT-2 size from the hub ("gpt2" .. "gpt2-xl") or a folder with config.json and
+        model.safetensors (the hub layout, or transformers' save_pretrained output)."""
+        folder = resolve_checkpoint(name_or_path, ("config.json", "model.safetensors"))
+        cfg = config_from_hf(read_hf_config(folder), dropout=dropout)
+        model = cls(cfg)
+        model.load_hf_state_dict(read_safetensors(os.path.join(folder, "model.safetensors")))
+        return model
+
+    def load_hf_state_dict(self, sd: dict):
+        """Load a GPT-2 state dict in either naming found in the wild; assert keys and shapes."""
+        own = self.state_dict()
+        sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
+        sd = {k: v for k, v in sd.items()
+              if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # causal-mask buffers
+        if "lm_head.weight" in sd:  # tied: must equal the embedding if it is there at all
+            if not torch.equal(sd.pop("lm_head.weight"), sd.get("wte.weight")):
+                raise ValueError("lm_head.weight differs from wte.weight: GPT-2's head is tied")
+        expected = {k.removeprefix("transformer.") for k in own if k != "lm_head.weight"}
+        missing, unexpected = sorted(expected - sd.keys()), sorted(sd.keys() - expected)
+        if missing or unexpected:
+            key = missing[0] if missing else unexpected[0]
+            what = "missing" if missing else "unexpected"
+            raise ValueError(f"not a GPT-2 state dict for this config: {what} key '{key}' "
+                             f"({len(missing)} missing, {len(unexpected)} unexpected)")
+        with torch.no_grad():
+            for k, v in sd.items():
+                target = own[k if k.startswith("lm_head") else "transformer." + k]
+                if k.endswith(CONV1D):
+                    v = v.t()
+                if v.shape != target.shape:
+                    raise ValueError(f"shape of '{k}' is {tuple(v.shape)}, expected "
+                                     f"{tuple(target.shape)} (Conv1D weights are stored (in, out))")
+                target.copy_(v)
+
+    def save_pretrained(self, folder: str):
+        """config.json (HF GPT-2 keys) + model.safetensors (HF names, Conv1D orientation), so that
+        transformers' GPT2LMHeadModel.from_pretrained(folder) loads it. Writes into `folder` as is:
+        callers wanting atomicity pass a temporary folder and rename it (utils.save_checkpoint)."""
+        from safetensors.torch import save_file
+
+        os.makedirs(folder, exist_ok=True)
+        sd = {}
+        for k, v in self.state_dict().items():
+            if k == "lm_head.weight":
+                continue  # tied to wte
+            v = v.detach().to("cpu", torch.float32)
+            sd[k] = (v.t() if k.endswith(CONV1D) else v).contiguous()
+        save_file(sd, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump(config_to_hf(self.config), f, indent=2)
+
+    # ------------------------------------------------------------------------- sampling
+
+    @torch.no_grad()
+    def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 eos_id=None, generator=None):
+        """Sample continuations of a batch of prompts of different lengths.
+
+        prompts: list of B token-id lists. They are left-padded, with an attention mask and position
+        ids so that each row computes exactly what it would alone. temperature 0 is greedy. A row
+        stops at eos_id (default: the config's); later tokens are masked out.
+        Returns tokens (B, N) and mask (B, N) bool, N <= max_new_tokens; the EOS token itself is
+        kept in the mask (the policy chose to stop), the tokens after it are eos_id and masked.
+        """
+        device = self.transformer.wte.weight.device
+        eos_id = self.config.eos_token_id if eos_id is None else eos_id
+        B, P = len(prompts), max(len(p) for p in prompts)
+        if min(len(p) for p in prompts) == 0:
+            raise ValueError("every prompt needs at least one token")
+        idx = torch.zeros(B, P, dtype=torch.long, device=device)  # left padding, masked out
+        attn = torch.zeros(B, P + max_new_tokens, dtype=torch.long, device=device)
+        for i, p in enumerate(prompts):
+            idx[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
+            attn[i, P - len(p):] = 1
+        attn[:, P:] = 1
+        pos = (attn[:, :P].cumsum(1) - 1).clamp(min=0)  # (B, P) position ids of the prompt
+        cache = KVCache(self.config.n_layer, P + max_new_tokens)
+        # The per-token output layer streams vocab x C weights: a contiguous (C, vocab) copy made
+        # once per call is faster to multiply than the (vocab, C) embedding (see bench/).
+        head_t = self.lm_head.weight.t().contiguous()
+        h = self.hidden(idx, attn[:, :P], pos, cache)[:, -1]  # (B, C), last prompt position
+        pos = pos[:, -1]
+        out, done = [], torch.zeros(B, dtype=torch.bool, device=device)
+        masks = []
+        for t in range(max_new_tokens):
+            nxt = sample_next(h @ head_t, temperature, top_k, top_p, generator)  # (B,)
+            nxt = torch.where(done, eos_id, nxt)
+            masks.append(~done)
+            out.append(nxt)
+            done = done | (nxt == eos_id)
+            # one host sync every 8 tokens instead of every token
+            if t == max_new_tokens - 1 or (t % 8 == 7 and bool(done.all())):
+                break
+            pos = pos + 1
+            h = self.hidden(nxt[:, None], attn[:, : P + t + 1], pos[:, None], cache)[:, -1]
+        return torch.stack(out, 1), torch.stack(masks, 1)
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """One token per row from (B, V) logits: temperature (0 = greedy), then top-k, then top-p."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens before it already hold top_p of the mass (keeps >= 1)
+        drop = probs.cumsum(-1) - probs > top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- log-probs
+
+
+def token_logprobs(logits, input_ids, mask, reduction="sum", temperature=1.0):
+    """Log-probs of the tokens of `input_ids` under `logits = model(input_ids)`: the one home of
+    this computation for every loop.
+
+    logits (B, T, V), any dtype; input_ids (B, T); mask (B, T), 1 at the tokens to score (the
+    completion, never padding). Token t is predicted by logits[:, t - 1], so mask[:, 0] is unused.
+    reduction: "none" -> (B, T - 1) per-token log-probs of input_ids[:, 1:], 0 where masked;
+    "sum" -> (B,) summed over scored tokens (DPO's sequence log-prob); "mean" -> (B,) averaged.
+    temperature: score at the temperature the tokens were sampled with.
+    Computed in fp32 as gather - logsumexp, so no (B, T, V) log-prob tensor is kept.
+    """
+    logits = logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    targets, m = input_ids[:, 1:], mask[:, 1:].bool()
+    lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    lp = torch.where(m, lp, torch.zeros_like(lp))
+    if reduction == "none":
+        return lp
+    if reduction == "sum":
+        return lp.sum(-1)
+    if reduction == "mean":
+        return lp.sum(-1) / m.sum(-1).clamp(min=1)
+    raise ValueError(f"reduction must be 'none', 'sum' or 'mean', not {reduction!r}")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def resolve_checkpoint(name_or_path: str, files: tuple) -> str:
+    """A local folder holding `files`, downloading them for a known hub name."""
+    if os.path.isdir(name_or_path):
+        for f in files:
+            if not os.path.isfile(os.path.join(name_or_path, f)):
+                raise FileNotFoundError(f"{name_or_path} has no {f}: not a checkpoint folder")
+        return name_or_path
+    if name_or_path not in HUB_NAMES:
+        raise ValueError(f"'{name_or_path}' is neither a GPT-2 size ({', '.join(HUB_NAMES)}) nor a "
+                         f"folder with {' and '.join(files)}")
+    return hub_download(HUB_NAMES[name_or_path], files)
+
+
+def hub_download(repo_id: str, files: tuple) -> str:
+    """Download `files` of a hub repo (cached by huggingface_hub); return their folder."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        paths = [hf_hub_download(repo_id, f) for f in files]
+    except Exception as e:  # offline, DNS, HTTP errors all land here
+        raise OSError(f"could not fetch {repo_id} from the Hugging Face hub ({type(e).__name__}); "
+                      f"download it elsewhere and pass the local folder instead") from None
+    return os.path.dirname(paths[0])
+
+
+def read_hf_config(folder: str) -> dict:
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def read_safetensors(path: str) -> dict:
+    """A state dict from a .safetensors file, with a clear error for a truncated or foreign one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def config_from_hf(hf: dict, dropout: float = 0.0) -> GPTConfig:
+    if hf.get("model_type") != "gpt2":
+        raise ValueError(f"config.json describes model_type {hf.get('model_type')!r}, not 'gpt2'")
+    n_inner = hf.get("n_inner")
+    if n_inner not in (None, 4 * hf["n_embd"]) or hf.get("activation_function", "gelu_new") not in (
+            "gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError("only GPT-2's own MLP (4 x n_embd, tanh GELU) is supported")
+    return GPTConfig(
+        block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
+        n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=dropout,
+        layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+        eos_token_id=hf.get("eos_token_id") if hf.get("eos_token_id") is not None else 50256,
+    )
+
+
+def config_to_hf(cfg: GPTConfig) -> dict:
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size, "n_positions": cfg.block_size, "n_ctx": cfg.block_size,
+        "n_embd": cfg.n_embd, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": None,
+        "activation_function": "gelu_new", "layer_norm_epsilon": cfg.layer_norm_epsilon,
+        "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+        "bos_token_id": cfg.eos_token_id, "eos_token_id": cfg.eos_token_id,
+        "tie_word_embeddings": True, "initializer_range": 0.02,
+    }
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from data import load_tokenizer  # the demo only; the module itself imports no project file
+
+    ap = argparse.ArgumentParser(description="Sample from GPT-2 (hub size or local folder).")
+    ap.add_argument("--init", default="gpt2")
+    ap.add_argument("--prompt", default="This movie was")
+    ap.add_argument("--max_new_tokens", type=int, default=48)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--num_samples", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    tok = load_tokenizer(args.init if os.path.isdir(args.init) else None)
+    model = GPT.from_pretrained(args.init).eval()
+    g = torch.Generator().manual_seed(args.seed)
+    tokens, mask = model.generate([tok.encode(args.prompt)] * args.num_samples, args.max_new_tokens,
+                                  temperature=args.temperature, generator=g)
+    for row, m in zip(tokens.tolist(), mask.tolist()):
+        print(repr(args.prompt + tok.decode([t for t, k in zip(row, m) if k])))
