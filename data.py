@@ -10,6 +10,7 @@ import json
 import os
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -133,7 +134,10 @@ def _load_dataset(source: str, split: str):
         return datasets.load_dataset("parquet", data_files=source, split="train")
     if os.path.isdir(source):
         if os.path.exists(os.path.join(source, "dataset_dict.json")):
-            return datasets.load_from_disk(source)[split]
+            dd = datasets.load_from_disk(source)
+            if split not in dd:
+                raise FileNotFoundError(f"{source} has splits {list(dd)}, not {split!r}")
+            return dd[split]
         files = sorted(glob.glob(os.path.join(source, "**", f"{split}-*.parquet"), recursive=True)
                        + glob.glob(os.path.join(source, "**", f"{split}.parquet"), recursive=True))
         if not files:
@@ -154,14 +158,15 @@ def make_prefixes(texts: list[str], n: int, seed: int, tok: Tokenizer,
     if n > len(texts):
         raise ValueError(f"asked for {n} prefixes but the split has {len(texts)} reviews")
     rng = random.Random(seed)
-    order = rng.sample(range(len(texts)), n)
     prefixes = []
-    for i in order:
+    for i in rng.sample(range(len(texts)), len(texts)):  # a seeded order of all reviews
         length = rng.randint(protocol.min_prefix, protocol.max_prefix)
         ids = tok.encode(texts[i][:400])[:length]  # 400 characters hold 8 tokens with room to spare
-        if ids:
+        if ids:  # an empty review has no prefix: take the next one
             prefixes.append(ids)
-    return prefixes
+        if len(prefixes) == n:
+            return prefixes
+    raise ValueError(f"asked for {n} prefixes but only {len(prefixes)} reviews are non-empty")
 
 
 def sft_sequences(texts: list[str], tok: Tokenizer, max_len: int) -> list[list[int]]:
@@ -202,6 +207,11 @@ def collate(prompts: list[list[int]], completions: list[list[int]], pad_id: int)
     return input_ids, mask
 
 
+def last_index(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) index of the last True of each row of a (B, T) mask: where a sequence score sits."""
+    return mask.long().cumsum(-1).argmax(-1)
+
+
 # ----------------------------------------------------------------------------- pairs
 
 PAIR_KEYS = ("prompt_ids", "chosen_ids", "rejected_ids", "prompt", "chosen", "rejected",
@@ -230,6 +240,21 @@ def check_pairs(rows: list[dict], path: str) -> list[dict]:
         if not row["prompt_ids"] or not row["chosen_ids"] or not row["rejected_ids"]:
             raise ValueError(f"{path}:{n}: empty prompt or completion")
     return rows
+
+
+def split_pairs(rows, eval_size):
+    """Hold out the pairs of the last prompts (about eval_size pairs): no prompt is in both."""
+    if eval_size <= 0:
+        return list(range(len(rows))), []
+    counts = Counter(tuple(r["prompt_ids"]) for r in rows)
+    held, n = set(), 0
+    for p in sorted(counts, reverse=True)[: len(counts) - 1]:  # keep one prompt for training
+        if n >= eval_size:
+            break
+        held.add(p)
+        n += counts[p]
+    is_held = [tuple(r["prompt_ids"]) in held for r in rows]
+    return ([i for i, h in enumerate(is_held) if not h], [i for i, h in enumerate(is_held) if h])
 
 
 def collate_pairs(rows: list[dict], pad_id: int):

@@ -200,9 +200,9 @@ class GPT(nn.Module):
         sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
         sd = {k: v for k, v in sd.items()
               if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # causal-mask buffers
-        if "lm_head.weight" in sd:  # tied: must equal the embedding if it is there at all
-            if not torch.equal(sd.pop("lm_head.weight"), sd.get("wte.weight")):
-                raise ValueError("lm_head.weight differs from wte.weight: GPT-2's head is tied")
+        head, wte = sd.pop("lm_head.weight", None), sd.get("wte.weight")
+        if head is not None and wte is not None and not torch.equal(head, wte):  # tied
+            raise ValueError("lm_head.weight differs from wte.weight: GPT-2's head is tied")
         expected = {k.removeprefix("transformer.") for k in own if k != "lm_head.weight"}
         missing, unexpected = sorted(expected - sd.keys()), sorted(sd.keys() - expected)
         if missing or unexpected:
@@ -255,6 +255,8 @@ class GPT(nn.Module):
         B, P = len(prompts), max(len(p) for p in prompts)
         if min(len(p) for p in prompts) == 0:
             raise ValueError("every prompt needs at least one token")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
         idx = torch.zeros(B, P, dtype=torch.long, device=device)  # left padding, masked out
         attn = torch.zeros(B, P + max_new_tokens, dtype=torch.long, device=device)
         for i, p in enumerate(prompts):
@@ -295,8 +297,9 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         probs = sorted_logits.softmax(-1)
-        # drop a token when the tokens before it already hold top_p of the mass (keeps >= 1)
-        drop = probs.cumsum(-1) - probs > top_p
+        # drop a token when the tokens before it already hold top_p of the mass; keep the best
+        drop = probs.cumsum(-1) - probs >= top_p
+        drop[:, 0] = False
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

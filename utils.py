@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import inspect
 import json
+import math
 import os
 import random
 import re
@@ -44,7 +45,7 @@ def _flag_type(tp):
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
         tp, args = args[0], typing.get_args(args[0])  # X | None
     if typing.get_origin(tp) in (tuple, list):
-        return args[0], "+"
+        return args[0], "*"
     return tp, None
 
 
@@ -55,7 +56,8 @@ def config_parser(cls, description: str | None = None) -> argparse.ArgumentParse
     comments, hints = _field_comments(cls), typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp, nargs = _flag_type(hints[f.name])
-        kw = dict(default=f.default, help=comments.get(f.name, " "), dest=f.name)
+        kw = dict(default=f.default, help=comments.get(f.name, " ").replace("%", "%%"),
+                  dest=f.name)
         if tp is bool:
             ap.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **kw)
         else:
@@ -266,10 +268,19 @@ def list_checkpoints(out_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def save_checkpoint(out_dir: str, step: int, write, state: dict | None = None):
-    """Write step_XXXXXX/ with write(folder) into a temporary folder renamed into place, then
-    state.pt (if given) atomically. A kill at any point leaves the last complete pair."""
-    final = step_dir(out_dir, step)
+def resolve_init(path: str) -> str:
+    """A run folder stands for its last checkpoint; anything else (a checkpoint folder, a hub name)
+    is returned as is."""
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        ckpts = list_checkpoints(path)
+        if ckpts:
+            return ckpts[-1][1]
+    return path
+
+
+def write_folder(final: str, write):
+    """Fill a folder with write(folder) under a temporary name, then rename it into place: a
+    reader never sees half a checkpoint. An existing folder of that name is replaced."""
     tmp = final + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -279,8 +290,15 @@ def save_checkpoint(out_dir: str, step: int, write, state: dict | None = None):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if os.path.exists(final):
-        shutil.rmtree(final)  # only a checkpoint written after the last state.pt can be here
+        shutil.rmtree(final)
     os.rename(tmp, final)
+
+
+def save_checkpoint(out_dir: str, step: int, write, state: dict | None = None):
+    """Write step_XXXXXX/ with write(folder) (atomically, see write_folder), then state.pt (if
+    given) atomically. A kill at any point leaves the last complete pair: a step folder newer
+    than state.pt is simply rewritten when the resumed run gets there again."""
+    write_folder(step_dir(out_dir, step), write)
     if state is not None:
         atomic_torch_save(dict(state, step=step), os.path.join(out_dir, "state.pt"))
 
@@ -323,3 +341,14 @@ def check_finite(loss: torch.Tensor, step: int, out_dir: str):
         last = ckpts[-1][1] if ckpts else "none yet"
         raise FloatingPointError(f"loss is {loss.item()} at step {step}; stopped. Last good "
                                  f"checkpoint: {last}")
+
+
+def lr_at(step: int, lr: float, warmup: int, total: int | None = None, final_frac: float = 0.1):
+    """Learning rate at optimizer step `step` (0-based): linear warm-up over `warmup` steps, then
+    constant (total=None) or cosine decay to final_frac * lr at step `total`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if total is None or total <= warmup:
+        return lr
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    return lr * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -1,0 +1,342 @@
+"""utils.py: config <-> flags, run folders, JSONL logs, atomic files and checkpoints, run_main."""
+
+import dataclasses
+import glob
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import utils
+from utils import (
+    append_jsonl,
+    atomic_write,
+    check_finite,
+    config_to_argv,
+    list_checkpoints,
+    load_state,
+    parse_config,
+    prepare_run,
+    read_jsonl,
+    resume_log,
+    run_main,
+    save_checkpoint,
+    write_jsonl,
+)
+
+# ----------------------------------------------------------------------------- config <-> flags
+
+
+@dataclasses.dataclass
+class Cfg:
+    steps: int = 100  # optimizer steps to run
+    lr: float = 1e-6  # RMSprop learning rate
+    name: str = "dpo run"  # a label for the logs
+    sample: bool = False  # sample completions while training
+    shuffle: bool = True  # reshuffle every epoch
+    max_len: int | None = None  # cut sequences to this many tokens
+    betas: tuple[float, ...] = (0.05, 0.1, 1.0)  # the beta sweep
+    out_dir: str = "runs/test"  # where the run lives
+    overwrite: bool = False  # start over in an existing out_dir
+
+
+@dataclasses.dataclass
+class PercentCfg:
+    warmup: float = 0.1  # warm-up as a fraction of steps (10% by default)
+
+
+CONFIGS = [
+    Cfg(),
+    Cfg(steps=3, lr=0.123456789012345, name="x", sample=True, shuffle=False, max_len=48,
+        betas=(5.0,)),
+    Cfg(steps=0, lr=1e-300, name="with  spaces and = signs", max_len=0, betas=(0.1, 1e-9, 2.5)),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_config_flags_round_trip(cfg):
+    argv = config_to_argv(cfg)
+    assert all(isinstance(a, str) for a in argv)
+    back = parse_config(Cfg, argv)
+    assert back == cfg
+    assert isinstance(back.betas, tuple) and all(isinstance(b, float) for b in back.betas)
+
+
+def test_parse_config_defaults_and_flags():
+    assert parse_config(Cfg, []) == Cfg()
+    cfg = parse_config(Cfg, ["--steps", "7", "--sample", "--no-shuffle", "--max_len", "32",
+                             "--betas", "0.5", "2"])
+    assert cfg == Cfg(steps=7, sample=True, shuffle=False, max_len=32, betas=(0.5, 2.0))
+    assert parse_config(Cfg, ["--max_len", "None"]).max_len is None
+    assert config_to_argv(Cfg(sample=True, shuffle=False))[6:10] == [
+        "--sample", "--no-shuffle", "--max_len", "None"]
+
+
+def test_parse_config_rejects_bad_values(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(Cfg, ["--steps", "many"])
+    assert e.value.code == 2
+    assert "--steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(Cfg, ["--no_such_flag", "1"])
+
+
+def test_help_shows_field_comments(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(Cfg, ["--help"], description="Tiny test script.")
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "Tiny test script." in out
+    for comment in ("optimizer steps to run", "RMSprop learning rate", "the beta sweep",
+                    "cut sequences to this many tokens", "start over in an existing out_dir"):
+        assert comment in out
+    assert "--sample, --no-sample" in out and "--shuffle, --no-shuffle" in out
+
+
+def test_help_with_percent_in_comment(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(PercentCfg, ["--help"])
+    assert e.value.code == 0
+    assert "(10% by default)" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- run folders
+
+
+def test_prepare_run_new_resume_refuse_overwrite(tmp_path):
+    out = str(tmp_path / "run")
+    cfg = Cfg(out_dir=out, steps=5)
+    assert prepare_run(cfg) is False
+    with open(os.path.join(out, "run_config.json")) as f:
+        saved = json.load(f)
+    assert saved["steps"] == 5 and saved["betas"] == [0.05, 0.1, 1.0]
+    assert "overwrite" not in saved
+    assert prepare_run(Cfg(out_dir=out, steps=5)) is True  # same config: resume
+    with open(os.path.join(out, "log.jsonl"), "w") as f:
+        f.write('{"step": 1}\n')
+    with pytest.raises(ValueError, match=r"steps: 5 there, 6 now.*--overwrite"):
+        prepare_run(Cfg(out_dir=out, steps=6))
+    with pytest.raises(ValueError, match="betas"):
+        prepare_run(Cfg(out_dir=out, steps=5, betas=(0.1,)))
+    assert os.path.exists(os.path.join(out, "log.jsonl"))  # refusing touched nothing
+    assert prepare_run(Cfg(out_dir=out, steps=6, overwrite=True)) is False
+    assert os.listdir(out) == ["run_config.json"]  # the old run's files are gone
+    with open(os.path.join(out, "run_config.json")) as f:
+        assert json.load(f)["steps"] == 6
+    assert prepare_run(Cfg(out_dir=out, steps=6)) is True
+
+
+# ----------------------------------------------------------------------------- JSONL
+
+
+def test_jsonl_torn_last_line(tmp_path):
+    path = str(tmp_path / "log.jsonl")
+    assert read_jsonl(path) == []
+    rows = [{"step": i, "loss/train": 1.0 / (i + 1), "name": "é"} for i in range(3)]
+    for r in rows:
+        append_jsonl(path, r)
+    assert read_jsonl(path) == rows
+    with open(path, "a") as f:
+        f.write('{"step": 3, "loss/tr')  # killed mid-write
+    assert read_jsonl(path) == rows
+    append_jsonl(path, {"step": 4})
+    assert read_jsonl(path) == rows + [{"step": 4}]
+    with open(path) as f:
+        text = f.read()
+    assert text.endswith("\n") and '"step": 3' not in text
+    assert all(json.loads(line) for line in text.splitlines())  # only whole lines left
+
+
+def test_jsonl_torn_only_line(tmp_path):
+    path = str(tmp_path / "log.jsonl")
+    with open(path, "w") as f:
+        f.write('{"step"')
+    assert read_jsonl(path) == []
+    append_jsonl(path, {"step": 1})
+    assert read_jsonl(path) == [{"step": 1}]
+    with open(path) as f:
+        assert f.read() == '{"step": 1}\n'
+
+
+def test_jsonl_malformed_middle_line(tmp_path):
+    path = str(tmp_path / "log.jsonl")
+    with open(path, "w") as f:
+        f.write('{"step": 1}\n\n{"step": 2\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"log\.jsonl:3: malformed"):
+        read_jsonl(path)
+
+
+def test_write_jsonl_replaces(tmp_path):
+    path = str(tmp_path / "rows.jsonl")
+    write_jsonl(path, [{"a": 1}, {"a": 2}])
+    write_jsonl(path, [{"b": [1, 2]}])
+    assert read_jsonl(path) == [{"b": [1, 2]}]
+    assert os.listdir(tmp_path) == ["rows.jsonl"]
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+def test_atomic_write_failure_keeps_old_file(tmp_path):
+    path = str(tmp_path / "config.json")
+    utils.atomic_write_json(path, {"v": 1})
+
+    def broken(tmp):
+        with open(tmp, "w") as f:
+            f.write('{"v": 2, ')  # half written, then the writer dies
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(path, broken)
+    with open(path) as f:
+        assert json.load(f) == {"v": 1}
+    assert os.listdir(tmp_path) == ["config.json"]  # no temporary file left behind
+    atomic_write(path, lambda tmp: open(tmp, "w").write('{"v": 3}'))
+    with open(path) as f:
+        assert json.load(f) == {"v": 3}
+    assert os.listdir(tmp_path) == ["config.json"]
+
+
+def write_ckpt(folder):
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump({"model_type": "gpt2"}, f)
+    torch.save({"w": torch.ones(2)}, os.path.join(folder, "weights.pt"))
+
+
+def test_save_checkpoint_and_state(tmp_path):
+    out = str(tmp_path)
+    assert list_checkpoints(out) == [] and load_state(out) is None
+    save_checkpoint(out, 200, write_ckpt, state={"opt": {"lr": 0.1}, "step": -1})
+    save_checkpoint(out, 100, write_ckpt)
+    os.makedirs(os.path.join(out, "step_000300"))  # no config.json: not a finished checkpoint
+    os.makedirs(os.path.join(out, "step_000400.tmp"))
+    assert list_checkpoints(out) == [(100, os.path.join(out, "step_000100")),
+                                     (200, os.path.join(out, "step_000200"))]
+    state = load_state(out)
+    assert state["step"] == 200 and state["opt"] == {"lr": 0.1}
+    with open(os.path.join(out, "step_000200", "config.json")) as f:
+        assert json.load(f) == {"model_type": "gpt2"}
+    # the same step again replaces it
+    save_checkpoint(out, 200, lambda d: open(os.path.join(d, "config.json"), "w").write("{}"),
+                    state={"x": 1})
+    assert os.listdir(os.path.join(out, "step_000200")) == ["config.json"]
+    assert load_state(out) == {"x": 1, "step": 200}
+    assert not glob.glob(os.path.join(out, "state.pt.tmp*"))
+
+
+def test_save_checkpoint_failure_leaves_nothing(tmp_path):
+    out = str(tmp_path)
+    save_checkpoint(out, 100, write_ckpt, state={"a": 1})
+
+    def broken(folder):
+        write_ckpt(folder)
+        raise KeyboardInterrupt  # a kill mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(out, 200, broken, state={"a": 2})
+    assert sorted(os.listdir(out)) == ["state.pt", "step_000100"]
+    assert load_state(out) == {"a": 1, "step": 100}
+    assert [s for s, _ in list_checkpoints(out)] == [100]
+
+
+def test_resume_log_cuts_later_rows(tmp_path):
+    out = str(tmp_path)
+    for step in (0, 50, 100, 150, 200):
+        utils.log_row(out, {"step": step, "loss/train": 1.0})
+    with open(os.path.join(out, "log.jsonl"), "a") as f:
+        f.write('{"step": 25')  # torn
+    kept = resume_log(out, 100)
+    assert [r["step"] for r in kept] == [0, 50, 100]
+    assert read_jsonl(os.path.join(out, "log.jsonl")) == kept
+    history = []
+    utils.log_row(out, {"step": 150}, history)
+    assert history == [{"step": 150}]
+    assert [r["step"] for r in read_jsonl(os.path.join(out, "log.jsonl"))] == [0, 50, 100, 150]
+
+
+def test_done_marker(tmp_path):
+    assert not utils.is_done(str(tmp_path))
+    utils.mark_done(str(tmp_path))
+    assert utils.is_done(str(tmp_path)) and os.listdir(tmp_path) == ["done"]
+
+
+def test_check_finite(tmp_path):
+    check_finite(torch.tensor(0.5), 3, str(tmp_path))  # fine: no error
+    with pytest.raises(FloatingPointError, match="step 7.*none yet"):
+        check_finite(torch.tensor(float("nan")), 7, str(tmp_path))
+    save_checkpoint(str(tmp_path), 5, write_ckpt)
+    with pytest.raises(FloatingPointError, match=r"inf at step 12.*step_000005"):
+        check_finite(torch.tensor(float("inf")), 12, str(tmp_path))
+
+
+def test_rng_state_round_trip():
+    utils.set_seed(3)
+    state = utils.rng_state()
+    a = (torch.rand(3), random.random())
+    utils.set_rng_state(state)
+    b = (torch.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and a[1] == b[1]
+
+
+# ----------------------------------------------------------------------------- run_main
+
+
+@dataclasses.dataclass
+class MainCfg:
+    n: int = 1  # how many
+    fail: bool = False  # raise a ValueError
+
+
+def fake_main(cfg):
+    if cfg.fail:
+        raise ValueError(f"n must be small, got {cfg.n}")
+    print(f"ran with n={cfg.n}")
+
+
+def test_run_main_in_process(capsys, monkeypatch):
+    monkeypatch.delenv("DPO_DEBUG", raising=False)
+    run_main(fake_main, MainCfg, ["--n", "4"])
+    assert capsys.readouterr().out == "ran with n=4\n"
+    with pytest.raises(SystemExit) as e:
+        run_main(fake_main, MainCfg, ["--n", "9", "--fail"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err == "error: n must be small, got 9\n"
+    monkeypatch.setenv("DPO_DEBUG", "1")
+    with pytest.raises(ValueError, match="got 9"):
+        run_main(fake_main, MainCfg, ["--n", "9", "--fail"])
+
+
+def test_run_main_subprocess(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent('''
+        """A tiny script for the test."""
+        import dataclasses
+        from utils import run_main
+
+        @dataclasses.dataclass
+        class C:
+            n: int = 1  # how many
+
+        def main(cfg):
+            raise ValueError(f"bad n {cfg.n}")
+
+        if __name__ == "__main__":
+            run_main(main, C)
+    '''))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root)
+    env.pop("DPO_DEBUG", None)
+    r = subprocess.run([sys.executable, str(script), "--n", "3"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr == "error: bad n 3\n" and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
+                       env=env, timeout=60)
+    assert r.returncode == 0
+    assert "A tiny script for the test." in r.stdout and "how many" in r.stdout
