@@ -1,0 +1,288 @@
+"""Direct Preference Optimization (Rafailov et al. 2023) and the pairwise baselines on a pairs file.
+
+The losses are pure functions of four summed log-probs per pair; the loop initialises the policy
+from the SFT checkpoint, computes the reference log-probs once (cached on disk, so a beta sweep
+never recomputes them and the loop holds no reference model), and does one forward pass over the
+concatenated chosen + rejected batch per step.
+
+Tiny CPU run (after sft.py and pairs.py):
+    python dpo.py --init runs/sft_tiny --pairs runs/pairs_tiny.jsonl --out_dir runs/dpo_tiny \
+        --steps 20 --batch_size 16 --micro_batch 16 --lr 1e-4 --warmup 5
+"""
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data import check_pairs, collate_pairs, load_tokenizer, split_pairs, stream_indices
+from model import GPT, token_logprobs
+from utils import (
+    atomic_torch_save, autocast, check_finite, get_device, is_done, load_state, log_row, lr_at,
+    mark_done, prepare_run, read_jsonl, resolve_init, resume_log, rng_state, run_main,
+    save_checkpoint, set_rng_state, set_seed, step_dir,
+)
+
+LOSSES = ("dpo", "ipo", "hinge", "unlikelihood", "unlikelihood_token")
+
+# ----------------------------------------------------------------------------- losses
+
+
+def preference_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                    ref_rejected_logps, beta, loss_type="dpo", label_smoothing=0.0,
+                    reference_free=False):
+    """Per-example preference losses and the implicit rewards, all shapes (B,).
+
+    Inputs are sequence log-probs summed over completion tokens: log pi(y|x) for the chosen
+    (y_w) and rejected (y_l) completions under the policy and the frozen reference. With
+    h = [log pi(y_w) - log pi_ref(y_w)] - [log pi(y_l) - log pi_ref(y_l)]:
+      "dpo":   -log sigmoid(beta h)                                    (paper Eq. 7)
+               with label_smoothing e: -(1-e) log sigmoid(beta h) - e log sigmoid(-beta h)
+               (conservative DPO: the labels are flipped with probability e)
+      "ipo":   (h - 1/(2 beta))^2                     (Azar et al. 2023, Eq. 17; beta = tau)
+      "hinge": max(0, 1 - beta h)                                (SLiC, Zhao et al. 2023)
+    reference_free: pi_ref is taken as uniform, i.e. h = log pi(y_w) - log pi(y_l).
+    Returns (losses, chosen_rewards, rejected_rewards); rewards are beta * (log pi - log pi_ref),
+    the implicit reward of Eq. 5 up to the partition term, detached (they are for logging).
+    """
+    policy_logratios = policy_chosen_logps - policy_rejected_logps
+    ref_logratios = 0.0 if reference_free else ref_chosen_logps - ref_rejected_logps
+    h = policy_logratios - ref_logratios
+    if loss_type == "dpo":
+        losses = (-F.logsigmoid(beta * h) * (1 - label_smoothing)
+                  - F.logsigmoid(-beta * h) * label_smoothing)
+    elif loss_type == "ipo":
+        losses = (h - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * h)
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}: dpo, ipo or hinge")
+    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps).detach()
+    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps).detach()
+    return losses, chosen_rewards, rejected_rewards
+
+
+def unlikelihood_loss(policy_chosen_logps, policy_rejected_logps, alpha):
+    """The paper's Unlikelihood baseline, per example (B,): -log pi(y_w|x) + alpha log pi(y_l|x).
+
+    The paper (§6, Baselines): "Unlikelihood, which simply optimizes the policy to maximize the
+    probability assigned to y_w and minimize the probability assigned to y_l; we use an optional
+    coefficient alpha in [0, 1] on the 'unlikelihood' term." Nothing bounds log pi(y_l) from
+    below, so this unconstrained likelihood minimisation can drive the model to degenerate text
+    (the paper reports it does, App. C.3): that is the baseline's nature, not a bug.
+    """
+    return -policy_chosen_logps + alpha * policy_rejected_logps
+
+
+def token_unlikelihood_loss(policy_chosen_logps, rejected_token_logps, rejected_mask, alpha):
+    """Welleck et al.'s (2019) token-level form, per example (B,):
+    -log pi(y_w|x) - alpha * sum_t log(1 - pi(y_l,t | x, y_l,<t)).
+
+    rejected_token_logps (B, T) per-token log-probs of the rejected completion, rejected_mask
+    (B, T) True at its tokens. Unlike the sequence form it is bounded below (each term >= 0).
+    """
+    p = rejected_token_logps.exp().clamp(max=1 - 1e-6)
+    ul = -(torch.log1p(-p) * rejected_mask).sum(-1)
+    return -policy_chosen_logps + alpha * ul
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class DPOConfig:
+    out_dir: str = "runs/dpo"  # run folder
+    init: str = "runs/sft"  # SFT checkpoint (or run folder: its last checkpoint)
+    ref: str | None = None  # reference checkpoint (default: init)
+    pairs: str = "runs/pairs.jsonl"  # pairs file written by pairs.py
+    seed: int = 0  # data order
+    loss: str = "dpo"  # dpo | ipo | hinge | unlikelihood | unlikelihood_token
+    beta: float = 0.1  # KL strength beta (paper default 0.1; IMDb sweep 0.05, 0.1, 1, 5)
+    alpha: float = 1.0  # unlikelihood coefficient (IMDb sweep 0.05, 0.1, 0.5, 1)
+    label_smoothing: float = 0.0  # conservative DPO: assumed label-flip probability
+    reference_free: bool = False  # ignore the reference (uniform pi_ref)
+    steps: int | None = None  # optimizer steps (None: one epoch over the training pairs)
+    batch_size: int = 64  # pairs per optimizer step (App. B: 64)
+    micro_batch: int = 8  # pairs per forward; accumulation makes up the batch
+    lr: float = 1e-6  # RMSprop learning rate (App. B: 1e-6)
+    warmup: int = 150  # linear warm-up steps (App. B: 150), then constant
+    optimizer: str = "rmsprop"  # rmsprop (paper) | adamw
+    grad_clip: float = 10.0  # max global gradient norm
+    eval_size: int = 256  # held-out pairs (whole prompts) for loss/eval; 0: none
+    eval_every: int = 100  # held-out metrics every N steps
+    save_every: int = 100  # checkpoint every N steps (the frontier evaluates each)
+    device: str = "auto"  # cuda > mps > cpu
+    overwrite: bool = False  # delete an existing run folder with another config
+
+
+# ----------------------------------------------------------------------------- reference cache
+
+
+def concatenated_logps(model, rows, pad_id, per_token=False):
+    """Summed completion log-probs of chosen and rejected in ONE forward over a (2B, T) batch:
+    returns (chosen (B,), rejected (B,)), plus the rejected per-token log-probs and mask if
+    per_token (for the token-level unlikelihood)."""
+    device = model.lm_head.weight.device
+    x, m = collate_pairs(rows, pad_id)
+    x, m = x.to(device), m.to(device)
+    with autocast(str(device)):
+        logits = model(x)
+    tok_lp = token_logprobs(logits, x, m, reduction="none")  # (2B, T-1)
+    seq = tok_lp.sum(-1)
+    B = len(rows)
+    if per_token:
+        return seq[:B], seq[B:], tok_lp[B:], m[B:, 1:]
+    return seq[:B], seq[B:]
+
+
+def reference_logps(ref_path: str, pairs_path: str, rows, pad_id, device, micro_batch):
+    """Reference log-probs of every pair, computed once per (reference checkpoint, pairs file)
+    and cached beside the pairs file. Returns (chosen (N,), rejected (N,)) float32 on CPU."""
+    def stamp(p):
+        st = os.stat(p)
+        return f"{os.path.abspath(p)}:{st.st_size}:{st.st_mtime_ns}"
+    key = hashlib.sha256((stamp(os.path.join(ref_path, "model.safetensors")) + "|"
+                          + stamp(pairs_path)).encode()).hexdigest()[:16]
+    cache = os.path.join(os.path.dirname(os.path.abspath(pairs_path)), "ref_logps",
+                         f"{os.path.basename(pairs_path)}.{key}.pt")
+    if os.path.exists(cache):
+        return torch.load(cache)
+    ref = GPT.from_pretrained(ref_path).to(device).eval()
+    chosen, rejected = [], []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(rows), micro_batch), desc="reference log-probs",
+                      mininterval=1.0):
+            c, r = concatenated_logps(ref, rows[i: i + micro_batch], pad_id)
+            chosen.append(c.float().cpu())
+            rejected.append(r.float().cpu())
+    out = torch.cat(chosen), torch.cat(rejected)
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    atomic_torch_save(out, cache)
+    return out
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def batch_loss(cfg, model, rows, ref_c, ref_r, pad_id):
+    """Mean loss of a micro-batch and its per-example statistics."""
+    ref_c, ref_r = ref_c.to(model.lm_head.weight.device), ref_r.to(model.lm_head.weight.device)
+    if cfg.loss == "unlikelihood_token":
+        pc, pr, rej_tok, rej_mask = concatenated_logps(model, rows, pad_id, per_token=True)
+        losses = token_unlikelihood_loss(pc, rej_tok, rej_mask, cfg.alpha)
+    else:
+        pc, pr = concatenated_logps(model, rows, pad_id)
+        if cfg.loss == "unlikelihood":
+            losses = unlikelihood_loss(pc, pr, cfg.alpha)
+        else:
+            losses = preference_loss(pc, pr, ref_c, ref_r, cfg.beta, cfg.loss,
+                                     cfg.label_smoothing, cfg.reference_free)[0]
+    # rewards are logged for every loss type: beta * log-ratio against the reference
+    rc, rr = cfg.beta * (pc - ref_c).detach(), cfg.beta * (pr - ref_r).detach()
+    stats = {"rewards/chosen": rc, "rewards/rejected": rr, "rewards/margins": rc - rr,
+             "rewards/accuracy": (rc > rr).float(), "logps/chosen": pc.detach(),
+             "logps/rejected": pr.detach()}
+    return losses.mean(), losses.detach(), stats
+
+
+@torch.no_grad()
+def evaluate_pairs(cfg, model, rows, idx, ref_c, ref_r, pad_id):
+    model.eval()
+    sums, n = {}, 0
+    for i in range(0, len(idx), cfg.micro_batch):
+        b = idx[i: i + cfg.micro_batch]
+        _, losses, stats = batch_loss(cfg, model, [rows[j] for j in b], ref_c[b], ref_r[b], pad_id)
+        for k, v in [("loss/eval", losses)] + list(stats.items()):
+            sums[k] = sums.get(k, 0.0) + v.sum().item()
+        n += len(b)
+    model.train()
+    return {k if k == "loss/eval" else f"eval/{k}": v / n for k, v in sums.items()}
+
+
+def main(cfg: DPOConfig):
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, not {cfg.loss!r}")
+    if cfg.beta <= 0 or cfg.lr <= 0:
+        raise ValueError(f"beta and lr must be positive (beta={cfg.beta}, lr={cfg.lr})")
+    if cfg.batch_size % cfg.micro_batch:
+        raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch "
+                         f"{cfg.micro_batch}")
+    rows = check_pairs(read_jsonl(cfg.pairs), cfg.pairs)
+    resuming = prepare_run(cfg)
+    if is_done(cfg.out_dir):
+        return read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))
+    device = get_device(cfg.device)
+    set_seed(cfg.seed)
+    init = resolve_init(cfg.init)
+    tok = load_tokenizer(init)
+    ref_c, ref_r = reference_logps(resolve_init(cfg.ref or cfg.init), cfg.pairs, rows,
+                                   tok.eos_id, device, cfg.micro_batch)
+    train_idx, eval_idx = split_pairs(rows, cfg.eval_size)
+    steps = cfg.steps or max(1, len(train_idx) // cfg.batch_size)
+
+    state = load_state(cfg.out_dir) if resuming else None
+    policy_path = step_dir(cfg.out_dir, state["step"]) if state else init
+    model = GPT.from_pretrained(policy_path).to(device).train()  # dropout is 0: see DESIGN.md
+    if cfg.optimizer == "rmsprop":
+        opt = torch.optim.RMSprop(model.parameters(), lr=cfg.lr)
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    else:
+        raise ValueError(f"--optimizer must be rmsprop or adamw, not {cfg.optimizer!r}")
+    step, history = 0, []
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step, history = state["step"], resume_log(cfg.out_dir, state["step"])
+    elif eval_idx:
+        log_row(cfg.out_dir, {"step": 0, **evaluate_pairs(cfg, model, rows, eval_idx, ref_c,
+                                                            ref_r, tok.eos_id)}, history)
+
+    accum = cfg.batch_size // cfg.micro_batch
+    pbar = tqdm(total=steps, initial=step, desc=f"{cfg.loss} {os.path.basename(cfg.out_dir)}",
+                mininterval=1.0)
+    while step < steps:
+        t0 = time.time()
+        lr = lr_at(step, cfg.lr, cfg.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = [train_idx[i] for i in stream_indices(len(train_idx), cfg.batch_size, step,
+                                                      cfg.seed)]
+        sums, n_tokens = {}, 0
+        for k in range(accum):
+            b = batch[k * cfg.micro_batch: (k + 1) * cfg.micro_batch]
+            loss, losses, stats = batch_loss(cfg, model, [rows[j] for j in b], ref_c[b], ref_r[b],
+                                             tok.eos_id)
+            check_finite(loss, step + 1, cfg.out_dir)
+            (loss / accum).backward()
+            for key, v in [("loss/train", losses)] + list(stats.items()):
+                sums[key] = sums.get(key, 0.0) + v.sum().item()
+            n_tokens += sum(len(rows[j]["prompt_ids"]) * 2 + len(rows[j]["chosen_ids"])
+                            + len(rows[j]["rejected_ids"]) for j in b)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        row = {"step": step, **{k: v / len(batch) for k, v in sums.items()}, "lr": lr,
+               "grad_norm": grad_norm.item(), "tokens_per_s": n_tokens / (time.time() - t0)}
+        if eval_idx and (step % cfg.eval_every == 0 or step == steps):
+            row.update(evaluate_pairs(cfg, model, rows, eval_idx, ref_c, ref_r, tok.eos_id))
+        log_row(cfg.out_dir, row, history)
+        pbar.update(1)
+        pbar.set_postfix(loss=f"{row['loss/train']:.3f}", acc=f"{row['rewards/accuracy']:.2f}",
+                         refresh=False)
+        if step % cfg.save_every == 0 or step == steps:
+            save_checkpoint(cfg.out_dir, step,
+                            lambda folder: (model.save_pretrained(folder), tok.save(folder)),
+                            dict(optimizer=opt.state_dict(), rng=rng_state()))
+    pbar.close()
+    mark_done(cfg.out_dir)
+    return history
+
+
+if __name__ == "__main__":
+    run_main(main, DPOConfig)

@@ -1,0 +1,262 @@
+"""The reward-vs-KL frontier (paper §6.1, Figure 2 left): for every checkpoint of every run, sample
+completions for the protocol's fixed, seeded set of held-out test prefixes and measure
+  - reward: mean ground-truth P(positive), with its standard error;
+  - kl: sequence-level KL(pi || pi_ref) = sum over completion tokens of the per-token KL, computed
+    in full from both models' next-token distributions at every sampled position, averaged over
+    the samples; kl_k1 and kl_k3 are the Monte-Carlo estimates from the sampled tokens alone.
+Best-of-N (sample N from the SFT policy, keep the best by the learned reward model) is an extra
+baseline, plotted at its KL bound log N - (N-1)/N.
+
+    python evaluate.py --runs runs/dpo_beta0.1 runs/ppo_kl6 --ref runs/sft --out runs/frontier.jsonl
+    python evaluate.py plot runs/frontier.jsonl          # redraw frontier.png from the JSONL alone
+"""
+
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from data import PROTOCOL, collate, load_reviews, load_tokenizer, make_prefixes
+from model import GPT, token_logprobs
+from reward import load_ground_truth, load_reward_model
+from utils import (
+    append_jsonl, atomic_write, autocast, get_device, list_checkpoints, read_jsonl,
+    resolve_init, run_main,
+)
+
+# ----------------------------------------------------------------------------- the measures
+
+
+def token_kl(logits, ref_logits, mask, temperature=1.0):
+    """Exact per-token KL(pi || pi_ref) over the whole vocabulary at each position, (B, T-1),
+    aligned with model.token_logprobs (position t scores the distribution that produced token
+    t + 1); 0 where mask[:, 1:] is False. Both logits (B, T, V) at the sampling temperature."""
+    lp = torch.log_softmax(logits[:, :-1].float() / temperature, -1)
+    ref_lp = torch.log_softmax(ref_logits[:, :-1].float() / temperature, -1)
+    kl = (lp.exp() * (lp - ref_lp)).sum(-1)
+    return kl * mask[:, 1:]
+
+
+def kl_estimates(logps, ref_logps, mask):
+    """Monte-Carlo per-token KL estimates from the sampled tokens (Schulman's k1 and k3):
+    k1 = log pi - log pi_ref (unbiased, high variance, can be negative), k3 = (r - 1) - log r
+    with r = pi_ref / pi (unbiased, never negative). Inputs (B, T-1), mask (B, T-1)."""
+    log_r = ref_logps - logps
+    return -log_r * mask, (log_r.exp() - 1 - log_r) * mask
+
+
+def best_of_n_kl_bound(n: int) -> float:
+    """KL(best-of-N || base) <= log N - (N - 1) / N (Stiennon et al. 2020; exact when all N
+    samples are distinct)."""
+    return math.log(n) - (n - 1) / n
+
+
+@torch.no_grad()
+def sample_and_measure(policy, ref, prefixes, tok, micro_batch, seed, device):
+    """Completions for `prefixes` and each one's sequence KL (exact, k1, k3) against ref."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    completions, kl, k1, k3 = [], [], [], []
+    for i in range(0, len(prefixes), micro_batch):
+        prompts = prefixes[i: i + micro_batch]
+        with autocast(device):
+            tokens, mask = policy.generate(prompts, generator=g, eos_id=tok.eos_id,
+                                           **PROTOCOL.sampling())
+        comps = [r[: int(k.sum())] for r, k in zip(tokens.tolist(), mask)]
+        x, m = collate(prompts, comps, tok.eos_id)
+        x, m = x.to(device), m.to(device)
+        with autocast(device):
+            logits, ref_logits = policy(x), ref(x)
+        t = PROTOCOL.temperature
+        lp = token_logprobs(logits, x, m, reduction="none", temperature=t)
+        ref_lp = token_logprobs(ref_logits, x, m, reduction="none", temperature=t)
+        e1, e3 = kl_estimates(lp, ref_lp, m[:, 1:])
+        kl.append(token_kl(logits, ref_logits, m, t).sum(-1).cpu())
+        k1.append(e1.sum(-1).cpu())
+        k3.append(e3.sum(-1).cpu())
+        completions += comps
+    return completions, torch.cat(kl), torch.cat(k1), torch.cat(k3)
+
+
+def summarize(rewards: torch.Tensor, kl, k1, k3) -> dict:
+    n = len(rewards)
+    se = rewards.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
+    return dict(reward=rewards.mean().item(), reward_se=se, kl=kl.mean().item(),
+                kl_k1=k1.mean().item(), kl_k3=k3.mean().item(), n=n)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def describe_run(run_dir: str) -> tuple[str, str, float | None]:
+    """(method, hyper-parameter name, value) of a run folder, from its run_config.json."""
+    with open(os.path.join(run_dir, "run_config.json")) as f:
+        c = json.load(f)
+    if "loss" in c:
+        if c["loss"].startswith("unlikelihood"):
+            return "Unlikelihood", "alpha", c["alpha"]
+        return {"dpo": "DPO", "ipo": "IPO", "hinge": "SLiC"}[c["loss"]], "beta", c["beta"]
+    if "reward" in c:
+        return ("PPO" if c["reward"] == "rm" else "PPO-GT"), "target_kl", c["target_kl"]
+    if c.get("pairs"):
+        return "Preferred-FT", "seed", c["seed"]
+    return "SFT", "", None
+
+
+@dataclass
+class EvalConfig:
+    runs: tuple[str, ...] = ()  # run folders (every checkpoint) or checkpoint folders
+    ref: str = "runs/sft"  # the reference policy (the SFT checkpoint)
+    ground_truth: str = "siebert/sentiment-roberta-large-english"  # see reward.load_ground_truth
+    dataset: str = "stanfordnlp/imdb"  # test prefixes come from its test split
+    out: str = "runs/frontier.jsonl"  # results, appended; the plot goes beside it (.png)
+    n_prefixes: int = PROTOCOL.n_test_prefixes  # held-out test prefixes
+    seed: int = PROTOCOL.test_seed  # which prefixes, and the sampling
+    every: int = 1  # evaluate every k-th checkpoint of a run (the last is always included)
+    include_ref: bool = True  # also evaluate the reference itself (KL 0)
+    best_of: tuple[int, ...] = ()  # N values for the best-of-N baseline (needs --rm)
+    rm: str | None = None  # learned reward model run folder, for best-of-N
+    micro_batch: int = 16  # sequences per forward
+    score_batch: int = 64  # texts per ground-truth batch
+    device: str = "auto"  # cuda > mps > cpu
+
+
+def checkpoints_of(path: str, every: int) -> list[tuple[int, str]]:
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return [(0, path)]
+    ckpts = list_checkpoints(path)
+    return [c for i, c in enumerate(ckpts) if i % every == every - 1 or i == len(ckpts) - 1]
+
+
+def main(cfg: EvalConfig):
+    device = get_device(cfg.device)
+    ref_path = resolve_init(cfg.ref)
+    tok = load_tokenizer(ref_path)
+    prefixes = make_prefixes(load_reviews(cfg.dataset, "test")[0], cfg.n_prefixes, cfg.seed, tok)
+    done = {(r["checkpoint"], r.get("best_of")) for r in read_jsonl(cfg.out)}
+    todo = [("SFT", "", None, 0, ref_path)] if cfg.include_ref else []
+    for run in cfg.runs:
+        if os.path.isfile(os.path.join(run, "run_config.json")):
+            method, pname, pval = describe_run(run)
+        else:
+            method, pname, pval = os.path.basename(os.path.normpath(run)), "", None
+        todo += [(method, pname, pval, s, p) for s, p in checkpoints_of(run, cfg.every)]
+    todo = [t for t in todo if (os.path.abspath(t[4]), None) not in done]
+    todo_bon = [n for n in cfg.best_of if (os.path.abspath(ref_path), n) not in done]
+    if not todo and not todo_bon:
+        plot_frontier(cfg.out)
+        return read_jsonl(cfg.out)
+    os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
+    ref = GPT.from_pretrained(ref_path).to(device).eval()
+    scorer = load_ground_truth(cfg.ground_truth, device=device)
+    for method, pname, pval, step, path in tqdm(todo, desc="evaluate", unit="ckpt"):
+        policy = ref if path == ref_path else GPT.from_pretrained(path).to(device).eval()
+        comps, kl, k1, k3 = sample_and_measure(policy, ref, prefixes, tok, cfg.micro_batch,
+                                               cfg.seed, device)
+        texts = [tok.decode(p + c) for p, c in zip(prefixes, comps)]
+        rewards = scorer(texts, batch_size=cfg.score_batch)
+        append_jsonl(cfg.out, dict(method=method, param=pname, value=pval,
+                                   seed=_run_seed(path), step=step,
+                                   checkpoint=os.path.abspath(path),
+                                   **summarize(rewards, kl, k1, k3)))
+    if todo_bon:
+        if cfg.rm is None:
+            raise ValueError("--best_of needs --rm (the learned reward model picks the best)")
+        rm = load_reward_model(resolve_init(cfg.rm), device=device)
+        for n in todo_bon:
+            append_jsonl(cfg.out, best_of_n(ref, rm, scorer, prefixes, tok, n, cfg, device,
+                                            ref_path))
+    plot_frontier(cfg.out)
+    return read_jsonl(cfg.out)
+
+
+def _run_seed(path: str):
+    cfg_path = os.path.join(os.path.dirname(os.path.abspath(path)), "run_config.json")
+    if os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            return json.load(f).get("seed")
+    return None
+
+
+@torch.no_grad()
+def best_of_n(sft, rm, scorer, prefixes, tok, n, cfg, device, ref_path):
+    """Sample n completions per prefix from the SFT policy, keep the one the learned RM scores
+    highest, report its ground-truth reward, at the KL bound log n - (n-1)/n."""
+    g = torch.Generator(device=device).manual_seed(cfg.seed + n)
+    best = []
+    for i in tqdm(range(0, len(prefixes), max(1, cfg.micro_batch // n) or 1),
+                  desc=f"best-of-{n}", mininterval=1.0):
+        chunk = prefixes[i: i + max(1, cfg.micro_batch // n)]
+        prompts = [p for p in chunk for _ in range(n)]
+        with autocast(device):
+            tokens, mask = sft.generate(prompts, generator=g, eos_id=tok.eos_id,
+                                        **PROTOCOL.sampling())
+        texts = [tok.decode(p + r[: int(k.sum())]) for p, r, k in
+                 zip(prompts, tokens.tolist(), mask)]
+        rm_scores = rm(texts, batch_size=cfg.score_batch, progress=False).view(len(chunk), n)
+        best += [texts[j * n + int(rm_scores[j].argmax())] for j in range(len(chunk))]
+    rewards = scorer(best, batch_size=cfg.score_batch)
+    bound = torch.full((len(best),), best_of_n_kl_bound(n))
+    return dict(method="Best-of-N", param="N", value=n, seed=None, step=0,
+                checkpoint=os.path.abspath(ref_path), best_of=n, kl_is_bound=True,
+                **summarize(rewards, bound, bound, bound))
+
+
+# ----------------------------------------------------------------------------- the plot
+
+STYLE = {  # method: (colour, marker), close to the paper's Figure 2
+    "DPO": ("tab:red", "o"), "IPO": ("tab:pink", "o"), "SLiC": ("tab:brown", "o"),
+    "Unlikelihood": ("tab:orange", "s"), "PPO": ("tab:blue", "^"),
+    "PPO-GT": ("tab:cyan", "v"), "Preferred-FT": ("tab:green", "D"),
+    "Best-of-N": ("tab:purple", "*"), "SFT": ("black", "X"),
+}
+
+
+def plot_frontier(jsonl: str, png: str | None = None) -> str:
+    """Reward (y) against sequence KL (x) for every evaluated checkpoint, one colour and marker
+    per method; best-of-N sits at its KL bound (hollow). Returns the path of the PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_jsonl(jsonl)
+    if not rows:
+        raise ValueError(f"{jsonl} holds no results to plot")
+    png = png or os.path.splitext(jsonl)[0] + ".png"
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for method in sorted({r["method"] for r in rows}, key=lambda m: list(STYLE).index(m)
+                         if m in STYLE else 99):
+        pts = [r for r in rows if r["method"] == method]
+        colour, marker = STYLE.get(method, ("gray", "."))
+        label = method + (" (KL at its bound)" if method == "Best-of-N" else "")
+        ax.scatter([r["kl"] for r in pts], [r["reward"] for r in pts], marker=marker, s=28,
+                   alpha=0.8, label=label, edgecolors=colour,
+                   facecolors="none" if method == "Best-of-N" else colour)
+    lo = min(0.4, min(r["reward"] for r in rows) - 0.02)
+    ax.set_ylim(lo, 1.0)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("KL(π ‖ π_ref), nats per completion")
+    ax.set_ylabel("reward: ground-truth P(positive)")
+    ax.set_title("IMDb sentiment generation: reward vs KL")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+    return png
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "plot":
+        if len(sys.argv) != 3:
+            sys.exit("usage: python evaluate.py plot runs/frontier.jsonl")
+        try:
+            print(plot_frontier(sys.argv[2]))
+        except (ValueError, OSError) as e:
+            sys.exit(f"error: {e}")
+    else:
+        run_main(main, EvalConfig)

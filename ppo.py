@@ -1,0 +1,321 @@
+"""PPO with a KL penalty (Ziegler et al. 2019; Stiennon et al. 2020), the RLHF baseline of the DPO
+paper: "PPO" optimises a learned reward model, "PPO-GT" the ground-truth sentiment classifier.
+
+One iteration: sample completions for a batch of IMDb prefixes (KV cache, the protocol of
+data.py); score prefix + completion; per-token reward = -kl_coef * (log pi - log pi_ref), plus the
+score on the last completion token; GAE; several epochs of clipped policy and value updates over
+minibatches; then the adaptive KL controller moves kl_coef toward the target KL.
+
+Tiny CPU run (after sft.py and the label classifier of reward.py):
+    python ppo.py --init runs/sft_tiny --reward gt --ground_truth runs/gt_tiny --dataset synthetic \
+        --out_dir runs/ppo_tiny --steps 5 --batch_size 64 --gen_batch 64 --mini_batch 32 \
+        --micro_batch 32 --lr 1e-4 --n_prompts 1000
+"""
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from data import (
+    PROTOCOL, collate, last_index, load_reviews, load_tokenizer, make_prefixes, stream_indices,
+)
+from model import GPT, token_logprobs
+from reward import load_ground_truth, load_head, load_reward_model, save_head
+from utils import (
+    autocast, check_finite, get_device, is_done, load_state, log_row, mark_done, prepare_run,
+    read_jsonl, resolve_init, resume_log, rng_state, run_main, save_checkpoint, set_rng_state,
+    set_seed, step_dir,
+)
+
+# ----------------------------------------------------------------------------- the math
+# Tensors are (B, T): one column per completion token, `mask` True at real completion tokens
+# (contiguous within a row), as model.token_logprobs lays them out.
+
+
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(x, mask, eps=1e-8):
+    """Standardise x over the masked entries of the whole batch (advantage whitening)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+def kl_penalized_rewards(logprobs, ref_logprobs, scores, mask, kl_coef):
+    """Per-token rewards (B, T): -kl_coef * (log pi - log pi_ref) on every completion token, plus
+    the sequence score (B,) on the last one."""
+    rewards = -kl_coef * (logprobs - ref_logprobs) * mask
+    last = last_index(mask)[:, None]
+    return rewards.scatter_add(-1, last, scores[:, None].to(rewards.dtype))
+
+
+def gae(rewards, values, mask, gamma=1.0, lam=0.95):
+    """Generalised advantage estimation (Schulman et al. 2016) over (B, T) rows whose valid
+    entries are contiguous; the state after a row's last token is terminal (value 0).
+    A_t = delta_t + gamma lam A_{t+1},  delta_t = r_t + gamma V_{t+1} - V_t.
+    Returns (advantages, returns = advantages + values), zero outside the mask."""
+    mask = mask.to(values.dtype)
+    B, T = rewards.shape
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros(B, dtype=values.dtype, device=values.device)
+    next_adv = torch.zeros_like(next_value)
+    for t in reversed(range(T)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantages[:, t] = (delta + gamma * lam * next_adv) * mask[:, t]
+        # where t is padding, carry nothing back: the next valid step sees a terminal state
+        next_value, next_adv = values[:, t] * mask[:, t], advantages[:, t]
+    return advantages, (advantages + values) * mask
+
+
+def policy_loss(logprobs, old_logprobs, advantages, mask, cliprange):
+    """PPO's clipped surrogate (Schulman et al. 2017, Eq. 7), as a loss to minimise.
+    Returns (loss, clipfrac, approx_kl), approx_kl = E[(r - 1) - log r] (non-negative)."""
+    log_ratio = logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - cliprange, 1 + cliprange)
+    loss = masked_mean(torch.max(unclipped, clipped), mask)
+    with torch.no_grad():
+        clipfrac = masked_mean(((ratio - 1).abs() > cliprange).float(), mask)
+        approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
+    return loss, clipfrac, approx_kl
+
+
+def value_loss(values, old_values, returns, mask, cliprange_value):
+    """Clipped value loss: 0.5 * max((V - R)^2, (V_clip - R)^2), V_clip within old V +- clip."""
+    clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def update_kl_coef(kl_coef, kl, target, horizon, n_samples):
+    """Adaptive KL controller (Ziegler et al. 2019, §2.2): beta <- beta (1 + e n / horizon) with
+    e = clip(KL / target - 1, -0.2, 0.2). target None: a fixed coefficient."""
+    if target is None:
+        return kl_coef
+    error = min(max(kl / target - 1, -0.2), 0.2)
+    return kl_coef * (1 + error * n_samples / horizon)
+
+
+class RunningMoments:
+    """Running mean and std of the scores (Chan et al.'s parallel update), for normalisation."""
+
+    def __init__(self):
+        self.mean, self.var, self.count = 0.0, 1.0, 0
+
+    def update(self, x: torch.Tensor):
+        n, m, v = x.numel(), x.mean().item(), x.var(unbiased=False).item()
+        total = self.count + n
+        delta = m - self.mean
+        self.var = (self.var * self.count + v * n + delta ** 2 * self.count * n / total) / total
+        self.mean, self.count = self.mean + delta * n / total, total
+
+    def normalize(self, x):
+        return (x - self.mean) / math.sqrt(self.var + 1e-8)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class PPOConfig:
+    out_dir: str = "runs/ppo"  # run folder
+    init: str = "runs/sft"  # SFT checkpoint: the policy's start and the frozen reference
+    reward: str = "rm"  # rm: learned reward model (PPO); gt: the ground truth (PPO-GT)
+    rm: str = "runs/rm"  # reward-model run folder (reward.py train --objective bt)
+    ground_truth: str = "siebert/sentiment-roberta-large-english"  # for --reward gt
+    dataset: str = "stanfordnlp/imdb"  # prompts: prefixes of its train split
+    n_prompts: int = 25000  # size of the prompt pool
+    seed: int = 0  # prompts, sampling, minibatch order
+    steps: int = 100  # PPO iterations
+    batch_size: int = 1024  # rollouts per iteration (the paper's PPO: 1024)
+    gen_batch: int = 128  # rollouts per generate call
+    mini_batch: int = 256  # rollouts per optimizer step
+    micro_batch: int = 16  # rollouts per forward; accumulation makes up the minibatch
+    ppo_epochs: int = 4  # passes over the rollouts per iteration
+    lr: float = 1.41e-5  # Adam learning rate (TRL's sentiment example)
+    init_kl_coef: float = 0.2  # starting KL coefficient beta
+    target_kl: float | None = 6.0  # adaptive controller target (nats per sequence); None: fixed
+    horizon: int = 10000  # controller horizon (samples)
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE lambda
+    cliprange: float = 0.2  # policy ratio clip
+    cliprange_value: float = 0.2  # value clip
+    vf_coef: float = 0.1  # value loss weight
+    grad_clip: float = 1.0  # max global gradient norm
+    normalize_score: bool = False  # running-std normalised scores (the paper's own PPO did)
+    whiten_advantages: bool = True  # standardise advantages over each iteration's batch
+    score_batch: int = 64  # texts per scoring batch
+    save_every: int = 10  # checkpoint every N iterations
+    device: str = "auto"  # cuda > mps > cpu
+    overwrite: bool = False  # delete an existing run folder with another config
+
+
+# ----------------------------------------------------------------------------- the loop
+# A value head on the policy's own backbone (as TRL's PPO, whose settings the paper used): one
+# forward gives log-probs and values, and it costs one model of memory instead of two. The price
+# is that value-loss gradients reach the policy's features, hence the small vf_coef.
+
+
+def forward_lp_values(policy, value_head, x, m, temperature):
+    """Per-token log-probs (B, T-1) of x's tokens and values (B, T-1) of the states before them,
+    plus the logits for the entropy."""
+    with autocast(str(x.device)):
+        h = policy.hidden(x)
+        logits = policy.lm_head(h)
+        values = value_head(h[:, :-1]).squeeze(-1).float()
+    return token_logprobs(logits, x, m, reduction="none", temperature=temperature), values, logits
+
+
+@torch.no_grad()
+def rollout_stats(policy, value_head, ref, x, m, micro_batch):
+    """Old log-probs, values and reference log-probs of a rollout batch, micro-batched."""
+    out = [], [], []
+    for i in range(0, len(x), micro_batch):
+        xb, mb = x[i: i + micro_batch], m[i: i + micro_batch]
+        lp, v, _ = forward_lp_values(policy, value_head, xb, mb, PROTOCOL.temperature)
+        with autocast(str(x.device)):
+            ref_lp = token_logprobs(ref(xb), xb, mb, reduction="none",
+                                    temperature=PROTOCOL.temperature)
+        for acc, t in zip(out, (lp, v, ref_lp)):
+            acc.append(t)
+    return [torch.cat(t) for t in out]
+
+
+def main(cfg: PPOConfig):
+    if cfg.reward not in ("rm", "gt"):
+        raise ValueError(f"--reward must be rm or gt, not {cfg.reward!r}")
+    if cfg.lr <= 0 or cfg.init_kl_coef < 0:
+        raise ValueError(f"lr must be positive and init_kl_coef non-negative ({cfg.lr}, "
+                         f"{cfg.init_kl_coef})")
+    if cfg.batch_size % cfg.mini_batch or cfg.mini_batch % cfg.micro_batch:
+        raise ValueError("batch_size must be a multiple of mini_batch, and mini_batch of "
+                         "micro_batch")
+    resuming = prepare_run(cfg)
+    if is_done(cfg.out_dir):
+        return read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))
+    device = get_device(cfg.device)
+    set_seed(cfg.seed)
+    init = resolve_init(cfg.init)
+    tok = load_tokenizer(init)
+    pool = make_prefixes(load_reviews(cfg.dataset, "train")[0], cfg.n_prompts, cfg.seed, tok)
+    scorer = (load_reward_model(resolve_init(cfg.rm), device=device) if cfg.reward == "rm"
+              else load_ground_truth(cfg.ground_truth, device=device))
+
+    state = load_state(cfg.out_dir) if resuming else None
+    policy_path = step_dir(cfg.out_dir, state["step"]) if state else init
+    policy = GPT.from_pretrained(policy_path).to(device).train()
+    value_head = nn.Linear(policy.config.n_embd, 1)
+    nn.init.zeros_(value_head.weight)
+    nn.init.zeros_(value_head.bias)
+    if state is not None:
+        value_head = load_head(os.path.join(policy_path, "value_head.safetensors"))
+    value_head.to(device)
+    ref = GPT.from_pretrained(init).to(device).eval().requires_grad_(False)
+    params = list(policy.parameters()) + list(value_head.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    step, history, kl_coef, moments = 0, [], cfg.init_kl_coef, RunningMoments()
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        kl_coef = state["kl_coef"]
+        moments.__dict__.update(state["moments"])
+        step, history = state["step"], resume_log(cfg.out_dir, state["step"])
+
+    pbar = tqdm(total=cfg.steps, initial=step, desc=f"ppo {os.path.basename(cfg.out_dir)}",
+                mininterval=1.0)
+    while step < cfg.steps:
+        # ---- rollout: sample, score, and value the batch with the current policy
+        t0 = time.time()
+        policy.eval()
+        prompts = [pool[i] for i in stream_indices(len(pool), cfg.batch_size, step, cfg.seed)]
+        g = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
+        completions = []
+        for i in range(0, len(prompts), cfg.gen_batch):
+            with autocast(device):
+                tokens, mask = policy.generate(prompts[i: i + cfg.gen_batch], generator=g,
+                                               eos_id=tok.eos_id, **PROTOCOL.sampling())
+            completions += [r[: int(k.sum())] for r, k in zip(tokens.tolist(), mask)]
+        x, m = collate(prompts, completions, tok.eos_id)
+        x, m = x.to(device), m.to(device)
+        mask = m[:, 1:].float()  # (B, T-1), aligned with token_logprobs
+        old_lp, old_values, ref_lp = rollout_stats(policy, value_head, ref, x, m, cfg.micro_batch)
+        raw_scores = scorer([tok.decode(p + c) for p, c in zip(prompts, completions)],
+                            batch_size=cfg.score_batch, progress=False).to(device).float()
+        scores = raw_scores
+        if cfg.normalize_score:
+            moments.update(raw_scores)
+            scores = moments.normalize(raw_scores)
+        rewards = kl_penalized_rewards(old_lp, ref_lp, scores, mask, kl_coef)
+        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = whiten(advantages, mask)
+        kl_seq = ((old_lp - ref_lp) * mask).sum(-1).mean().item()
+        t_rollout = time.time() - t0
+
+        # ---- update: ppo_epochs passes of clipped policy + value steps over minibatches
+        t0 = time.time()
+        policy.train()
+        g_perm = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        sums = dict.fromkeys(["loss/train", "ppo/approx_kl", "ppo/clipfrac", "ppo/value_loss",
+                              "ppo/entropy", "grad_norm"], 0.0)
+        n_updates, n_micro = 0, 0
+        for _ in range(cfg.ppo_epochs):
+            perm = torch.randperm(cfg.batch_size, generator=g_perm)
+            for s in range(0, cfg.batch_size, cfg.mini_batch):
+                for u in range(s, s + cfg.mini_batch, cfg.micro_batch):
+                    idx = perm[u: u + cfg.micro_batch].to(device)
+                    lp, values, logits = forward_lp_values(policy, value_head, x[idx], m[idx],
+                                                           PROTOCOL.temperature)
+                    mk = mask[idx]
+                    pg, clipfrac, approx_kl = policy_loss(lp, old_lp[idx], advantages[idx], mk,
+                                                          cfg.cliprange)
+                    vf = value_loss(values, old_values[idx], returns[idx], mk,
+                                    cfg.cliprange_value)
+                    loss = pg + cfg.vf_coef * vf
+                    check_finite(loss, step + 1, cfg.out_dir)
+                    (loss * cfg.micro_batch / cfg.mini_batch).backward()
+                    with torch.no_grad():
+                        lg = logits[:, :-1].float()
+                        entropy = torch.logsumexp(lg, -1) - (lg.softmax(-1) * lg).sum(-1)
+                    for k, v in (("loss/train", loss), ("ppo/approx_kl", approx_kl),
+                                 ("ppo/clipfrac", clipfrac), ("ppo/value_loss", vf),
+                                 ("ppo/entropy", masked_mean(entropy, mk))):
+                        sums[k] += v.item()
+                    n_micro += 1
+                sums["grad_norm"] += torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                n_updates += 1
+        t_update = time.time() - t0
+
+        step += 1
+        row = {"step": step, "score/mean": raw_scores.mean().item(), "kl/seq": kl_seq,
+               "kl/coef": kl_coef, "lr": cfg.lr, "time/rollout": t_rollout,
+               "time/update": t_update, "tokens_per_s": x.numel() / (t_rollout + t_update)}
+        row.update({k: v / (n_updates if k == "grad_norm" else n_micro) for k, v in sums.items()})
+        kl_coef = update_kl_coef(kl_coef, kl_seq, cfg.target_kl, cfg.horizon, cfg.batch_size)
+        log_row(cfg.out_dir, row, history)
+        pbar.update(1)
+        pbar.set_postfix(score=f"{row['score/mean']:.3f}", kl=f"{kl_seq:.2f}", refresh=False)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            def write(folder):
+                policy.save_pretrained(folder)
+                tok.save(folder)
+                save_head(value_head, os.path.join(folder, "value_head.safetensors"))
+            save_checkpoint(cfg.out_dir, step, write,
+                            dict(optimizer=opt.state_dict(), rng=rng_state(), kl_coef=kl_coef,
+                                 moments=dict(moments.__dict__)))
+    pbar.close()
+    mark_done(cfg.out_dir)
+    return history
+
+
+if __name__ == "__main__":
+    run_main(main, PPOConfig)
