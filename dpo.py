@@ -6,10 +6,13 @@ never recomputes them and the loop holds no reference model), and does one forwa
 concatenated chosen + rejected batch per step.
 
 Tiny CPU run (after sft.py and pairs.py):
-    python dpo.py --init runs/sft_tiny --pairs runs/pairs_tiny.jsonl --out_dir runs/dpo_tiny \
+    python dpo.py --init runs/sft_tiny --pairs runs/pairs_tiny/pairs.jsonl --out_dir runs/dpo_tiny \
         --steps 20 --batch_size 16 --micro_batch 16 --lr 1e-4 --warmup 5
+Several GPUs (the same global batch of 64 pairs, split across processes):
+    torchrun --nproc_per_node 4 dpo.py --init runs/sft --pairs runs/pairs/pairs.jsonl --beta 0.1
 """
 
+import contextlib
 import hashlib
 import os
 import time
@@ -17,14 +20,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import check_pairs, collate_pairs, load_tokenizer, split_pairs, stream_indices
 from model import GPT, token_logprobs
 from utils import (
-    atomic_torch_save, autocast, check_finite, get_device, is_done, load_state, log_row, lr_at,
-    mark_done, prepare_run, read_jsonl, resolve_init, resume_log, rng_state, run_main,
-    save_checkpoint, set_rng_state, set_seed, step_dir,
+    atomic_torch_save, autocast, check_finite, ddp_barrier, ddp_init, ddp_mean, get_device,
+    is_done, load_state, log_row, lr_at, mark_done, prepare_run, read_jsonl, resolve_init,
+    resume_log, rng_state, run_main, save_checkpoint, set_rng_state, set_seed, step_dir,
 )
 
 LOSSES = ("dpo", "ipo", "hinge", "unlikelihood", "unlikelihood_token")
@@ -126,7 +130,7 @@ def concatenated_logps(model, rows, pad_id, per_token=False):
     """Summed completion log-probs of chosen and rejected in ONE forward over a (2B, T) batch:
     returns (chosen (B,), rejected (B,)), plus the rejected per-token log-probs and mask if
     per_token (for the token-level unlikelihood)."""
-    device = model.lm_head.weight.device
+    device = next(model.parameters()).device
     x, m = collate_pairs(rows, pad_id)
     x, m = x.to(device), m.to(device)
     with autocast(str(device)):
@@ -170,7 +174,8 @@ def reference_logps(ref_path: str, pairs_path: str, rows, pad_id, device, micro_
 
 def batch_loss(cfg, model, rows, ref_c, ref_r, pad_id):
     """Mean loss of a micro-batch and its per-example statistics."""
-    ref_c, ref_r = ref_c.to(model.lm_head.weight.device), ref_r.to(model.lm_head.weight.device)
+    device = next(model.parameters()).device
+    ref_c, ref_r = ref_c.to(device), ref_r.to(device)
     if cfg.loss == "unlikelihood_token":
         pc, pr, rej_tok, rej_mask = concatenated_logps(model, rows, pad_id, per_token=True)
         losses = token_unlikelihood_loss(pc, rej_tok, rej_mask, cfg.alpha)
@@ -208,43 +213,51 @@ def main(cfg: DPOConfig):
         raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, not {cfg.loss!r}")
     if cfg.beta <= 0 or cfg.lr <= 0:
         raise ValueError(f"beta and lr must be positive (beta={cfg.beta}, lr={cfg.lr})")
-    if cfg.batch_size % cfg.micro_batch:
+    if cfg.optimizer not in ("rmsprop", "adamw"):
+        raise ValueError(f"--optimizer must be rmsprop or adamw, not {cfg.optimizer!r}")
+    rank, world, device = ddp_init(get_device(cfg.device))
+    if cfg.batch_size % (cfg.micro_batch * world):
         raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch "
-                         f"{cfg.micro_batch}")
+                         f"{cfg.micro_batch} x {world} processes")
     rows = check_pairs(read_jsonl(cfg.pairs), cfg.pairs)
-    resuming = prepare_run(cfg)
+    if rank == 0:
+        prepare_run(cfg)
+    ddp_barrier(world)
     if is_done(cfg.out_dir):
         return read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))
-    device = get_device(cfg.device)
     set_seed(cfg.seed)
     init = resolve_init(cfg.init)
     tok = load_tokenizer(init)
-    ref_c, ref_r = reference_logps(resolve_init(cfg.ref or cfg.init), cfg.pairs, rows,
-                                   tok.eos_id, device, cfg.micro_batch)
+    ref_path = resolve_init(cfg.ref or cfg.init)
+    if rank == 0:  # computed once (or read from the cache), then read by every process
+        reference_logps(ref_path, cfg.pairs, rows, tok.eos_id, device, cfg.micro_batch)
+    ddp_barrier(world)
+    ref_c, ref_r = reference_logps(ref_path, cfg.pairs, rows, tok.eos_id, device,
+                                   cfg.micro_batch)
     train_idx, eval_idx = split_pairs(rows, cfg.eval_size)
     steps = cfg.steps or max(1, len(train_idx) // cfg.batch_size)
 
-    state = load_state(cfg.out_dir) if resuming else None
+    state = load_state(cfg.out_dir)
     policy_path = step_dir(cfg.out_dir, state["step"]) if state else init
     model = GPT.from_pretrained(policy_path).to(device).train()  # dropout is 0: see DESIGN.md
+    ddp = DDP(model) if world > 1 else model  # averages gradients over processes
     if cfg.optimizer == "rmsprop":
         opt = torch.optim.RMSprop(model.parameters(), lr=cfg.lr)
-    elif cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     else:
-        raise ValueError(f"--optimizer must be rmsprop or adamw, not {cfg.optimizer!r}")
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     step, history = 0, []
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
-        step, history = state["step"], resume_log(cfg.out_dir, state["step"])
-    elif eval_idx:
+        step = state["step"]
+        history = resume_log(cfg.out_dir, step) if rank == 0 else []
+    elif eval_idx and rank == 0:
         log_row(cfg.out_dir, {"step": 0, **evaluate_pairs(cfg, model, rows, eval_idx, ref_c,
                                                             ref_r, tok.eos_id)}, history)
 
-    accum = cfg.batch_size // cfg.micro_batch
+    accum = cfg.batch_size // (cfg.micro_batch * world)  # micro-batches per process per step
     pbar = tqdm(total=steps, initial=step, desc=f"{cfg.loss} {os.path.basename(cfg.out_dir)}",
-                mininterval=1.0)
+                mininterval=1.0, disable=rank > 0)
     while step < steps:
         t0 = time.time()
         lr = lr_at(step, cfg.lr, cfg.warmup)
@@ -254,21 +267,28 @@ def main(cfg: DPOConfig):
                                                       cfg.seed)]
         sums, n_tokens = {}, 0
         for k in range(accum):
-            b = batch[k * cfg.micro_batch: (k + 1) * cfg.micro_batch]
-            loss, losses, stats = batch_loss(cfg, model, [rows[j] for j in b], ref_c[b], ref_r[b],
-                                             tok.eos_id)
-            check_finite(loss, step + 1, cfg.out_dir)
-            (loss / accum).backward()
+            j = k * world + rank  # this process's share of the global batch
+            b = batch[j * cfg.micro_batch: (j + 1) * cfg.micro_batch]
+            # gradients are averaged across processes only at the last micro-batch
+            with ddp.no_sync() if world > 1 and k < accum - 1 else contextlib.nullcontext():
+                loss, losses, stats = batch_loss(cfg, ddp, [rows[i] for i in b], ref_c[b],
+                                                 ref_r[b], tok.eos_id)
+                check_finite(loss, step + 1, cfg.out_dir)
+                (loss / accum).backward()
             for key, v in [("loss/train", losses)] + list(stats.items()):
                 sums[key] = sums.get(key, 0.0) + v.sum().item()
-            n_tokens += sum(len(rows[j]["prompt_ids"]) * 2 + len(rows[j]["chosen_ids"])
-                            + len(rows[j]["rejected_ids"]) for j in b)
+            n_tokens += sum(len(rows[i]["prompt_ids"]) * 2 + len(rows[i]["chosen_ids"])
+                            + len(rows[i]["rejected_ids"]) for i in b)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
+        sums = {k: ddp_mean(v, world, device) * world for k, v in sums.items()}
         row = {"step": step, **{k: v / len(batch) for k, v in sums.items()}, "lr": lr,
-               "grad_norm": grad_norm.item(), "tokens_per_s": n_tokens / (time.time() - t0)}
+               "grad_norm": grad_norm.item(),
+               "tokens_per_s": n_tokens * world / (time.time() - t0)}
+        if rank > 0:
+            continue
         if eval_idx and (step % cfg.eval_every == 0 or step == steps):
             row.update(evaluate_pairs(cfg, model, rows, eval_idx, ref_c, ref_r, tok.eos_id))
         log_row(cfg.out_dir, row, history)
@@ -280,7 +300,9 @@ def main(cfg: DPOConfig):
                             lambda folder: (model.save_pretrained(folder), tok.save(folder)),
                             dict(optimizer=opt.state_dict(), rng=rng_state()))
     pbar.close()
-    mark_done(cfg.out_dir)
+    if rank == 0:
+        mark_done(cfg.out_dir)
+    ddp_barrier(world)
     return history
 
 

@@ -4,14 +4,18 @@ the chosen completions of a pairs file (the Preferred-FT baseline).
 Tiny CPU run (synthetic corpus, a small GPT from scratch, compact vocabulary):
     python sft.py --init scratch --dataset synthetic --out_dir runs/sft_tiny --steps 50 \
         --batch_size 32 --micro_batch 32 --lr 1e-3 --warmup 10 --n_layer 2 --n_head 2 --n_embd 64
+Several GPUs (the same global batch, split across processes):
+    torchrun --nproc_per_node 4 sft.py --init gpt2-large --out_dir runs/sft --micro_batch 8
 """
 
+import contextlib
 import os
 import random
 import time
 from dataclasses import dataclass
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import (
@@ -20,9 +24,9 @@ from data import (
 )
 from model import GPT, GPTConfig, token_logprobs
 from utils import (
-    autocast, check_finite, get_device, is_done, load_state, log_row, lr_at, mark_done,
-    prepare_run, read_jsonl, resolve_init, resume_log, rng_state, run_main, save_checkpoint,
-    set_rng_state, set_seed, step_dir,
+    autocast, check_finite, ddp_barrier, ddp_init, ddp_mean, get_device, is_done, load_state,
+    log_row, lr_at, mark_done, prepare_run, read_jsonl, resolve_init, resume_log, rng_state,
+    run_main, save_checkpoint, set_rng_state, set_seed, step_dir,
 )
 
 
@@ -108,17 +112,19 @@ def eval_loss(model, prompts, completions, pad_id, micro_batch, device):
 
 
 def main(cfg: SFTConfig):
-    if cfg.batch_size % cfg.micro_batch:
-        raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch "
-                         f"{cfg.micro_batch}")
     if cfg.lr <= 0:
         raise ValueError(f"learning rate must be positive, got {cfg.lr}")
-    resuming = prepare_run(cfg)
+    rank, world, device = ddp_init(get_device(cfg.device))
+    if cfg.batch_size % (cfg.micro_batch * world):
+        raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch "
+                         f"{cfg.micro_batch} x {world} processes")
+    if rank == 0:
+        prepare_run(cfg)
+    ddp_barrier(world)
     if is_done(cfg.out_dir):
         return read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))
-    device = get_device(cfg.device)
     set_seed(cfg.seed)
-    state = load_state(cfg.out_dir) if resuming else None
+    state = load_state(cfg.out_dir)
     if state is None:
         model, tok = build_model(cfg)
     else:  # resume: weights from the last checkpoint, the rest from state.pt
@@ -128,20 +134,22 @@ def main(cfg: SFTConfig):
     if not train_p:
         raise ValueError("no training sequences")
     model.to(device).train()
+    ddp = DDP(model) if world > 1 else model  # averages gradients over processes
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             betas=(0.9, 0.95), fused=device.startswith("cuda"))
     step, history = 0, []
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
-        step, history = state["step"], resume_log(cfg.out_dir, state["step"])
-    elif held_p:
+        step = state["step"]
+        history = resume_log(cfg.out_dir, step) if rank == 0 else []
+    elif held_p and rank == 0:
         loss = eval_loss(model, held_p, held_c, tok.eos_id, cfg.micro_batch, device)
         log_row(cfg.out_dir, {"step": 0, "loss/eval": loss}, history)
 
-    accum = cfg.batch_size // cfg.micro_batch
+    accum = cfg.batch_size // (cfg.micro_batch * world)  # micro-batches per process per step
     pbar = tqdm(total=cfg.steps, initial=step, desc=f"sft {os.path.basename(cfg.out_dir)}",
-                mininterval=1.0)
+                mininterval=1.0, disable=rank > 0)
     while step < cfg.steps:
         t0 = time.time()
         lr = lr_at(step, cfg.lr, cfg.warmup, cfg.steps)
@@ -150,20 +158,26 @@ def main(cfg: SFTConfig):
         idx = stream_indices(len(train_p), cfg.batch_size, step, cfg.seed)
         loss_sum, n_tokens = 0.0, 0
         for k in range(accum):
-            mb = idx[k * cfg.micro_batch: (k + 1) * cfg.micro_batch]
+            j = k * world + rank  # this process's share of the global batch
+            mb = idx[j * cfg.micro_batch: (j + 1) * cfg.micro_batch]
             x, m = collate([train_p[i] for i in mb], [train_c[i] for i in mb], tok.eos_id)
             x, m = x.to(device), m.to(device)
-            with autocast(device):
-                loss = lm_loss(model, x, m) / accum
-            check_finite(loss, step + 1, cfg.out_dir)
-            loss.backward()
+            # gradients are averaged across processes only at the last micro-batch
+            with ddp.no_sync() if world > 1 and k < accum - 1 else contextlib.nullcontext():
+                with autocast(device):
+                    loss = lm_loss(ddp, x, m) / accum
+                check_finite(loss, step + 1, cfg.out_dir)
+                loss.backward()
             loss_sum, n_tokens = loss_sum + loss.item(), n_tokens + x.numel()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
+        loss_sum = ddp_mean(loss_sum, world, device)
         row = {"step": step, "loss/train": loss_sum, "lr": lr, "grad_norm": grad_norm.item(),
-               "tokens_per_s": n_tokens / (time.time() - t0)}
+               "tokens_per_s": n_tokens * world / (time.time() - t0)}
+        if rank > 0:
+            continue
         if held_p and (step % cfg.eval_every == 0 or step == cfg.steps):
             row["loss/eval"] = eval_loss(model, held_p, held_c, tok.eos_id, cfg.micro_batch,
                                          device)
@@ -175,7 +189,9 @@ def main(cfg: SFTConfig):
                             lambda folder: (model.save_pretrained(folder), tok.save(folder)),
                             dict(optimizer=opt.state_dict(), rng=rng_state()))
     pbar.close()
-    mark_done(cfg.out_dir)
+    if rank == 0:
+        mark_done(cfg.out_dir)
+    ddp_barrier(world)
     return history
 
 

@@ -123,6 +123,45 @@ def get_device(name: str = "auto") -> str:
     return "cpu"
 
 
+# ----------------------------------------------------------------------------- torchrun (DDP)
+# Under `torchrun --nproc_per_node N`, each process takes every N-th micro-batch of the same global
+# batch; DistributedDataParallel averages the gradients, so the update equals the single-process
+# one. Rank 0 alone writes the run folder.
+
+
+def ddp_init(device: str) -> tuple[int, int, str]:
+    """(rank, world size, this process's device). A plain `python x.py` is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)
+    return dist.get_rank(), world, device
+
+
+def ddp_barrier(world: int):
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def ddp_mean(value: float, world: int, device: str) -> float:
+    """The mean of a per-process number over all processes (for logging)."""
+    if world == 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item() / world
+
+
 def autocast(device: str):
     """bf16 autocast on CUDA (weights and optimizer stay fp32); plain fp32 elsewhere."""
     if device.startswith("cuda"):

@@ -1,0 +1,194 @@
+"""The whole IMDb experiment in one command: SFT -> ground truth -> pairs -> reward model -> DPO,
+Unlikelihood, Preferred-FT, PPO and PPO-GT sweeps -> best-of-N -> evaluation -> frontier.png.
+
+Every step calls a script's main(cfg) in this process and writes its own run folder under
+runs/<preset>/; a folder with its `done` marker is skipped, and an unfinished one resumes, so an
+interrupted sweep continues where it stopped.
+
+    python frontier.py --preset tiny     # CPU, offline: the synthetic corpus, minutes
+    python frontier.py --preset gpt2     # GPT-2 124M on IMDb, one GPU
+    python frontier.py --preset paper    # gpt2-large on IMDb, the paper's sweep
+"""
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from dpo import DPOConfig
+from dpo import main as dpo_main
+from evaluate import EvalConfig
+from evaluate import main as evaluate_main
+from pairs import PairsConfig
+from pairs import main as pairs_main
+from ppo import PPOConfig
+from ppo import main as ppo_main
+from reward import SIEBERT, RMConfig
+from reward import train as rm_train
+from sft import SFTConfig
+from sft import main as sft_main
+from utils import is_done, read_jsonl, run_main
+
+
+@dataclass
+class Preset:
+    """Everything a sweep needs; each dict overrides the defaults of one script's config."""
+
+    dataset: str
+    ground_truth: str | None  # None: train the GPT-2 label classifier (gt) as ground truth
+    sft: dict
+    gt: dict
+    pairs: dict
+    rm: dict
+    dpo: dict
+    betas: tuple  # DPO sweep
+    alphas: tuple  # Unlikelihood sweep
+    pft: dict  # Preferred-FT: sft.py on the chosen completions
+    pft_seeds: tuple
+    ppo: dict
+    target_kls: tuple  # PPO and PPO-GT sweeps
+    eval: dict
+    best_of: tuple = ()
+    notes: list = field(default_factory=list)
+
+
+PRESETS = {
+    # CPU only, offline: the synthetic corpus, a 2-layer 64-wide GPT trained from scratch as the
+    # base (compact vocabulary), the label classifier as ground truth, two values per sweep.
+    "tiny": Preset(
+        dataset="synthetic", ground_truth=None,
+        sft=dict(init="scratch", steps=300, batch_size=32, micro_batch=32, lr=3e-3, warmup=20,
+                 eval_every=100, save_every=100, n_layer=2, n_head=2, n_embd=64),
+        gt=dict(epochs=1, batch_size=32, micro_batch=32, lr=1e-3, warmup=20,
+                eval_every=100, save_every=200, eval_size=512),
+        pairs=dict(n_prefixes=1024, chunk=128),
+        rm=dict(epochs=2, batch_size=32, micro_batch=32, lr=1e-3, warmup=20, eval_every=50,
+                save_every=100, eval_size=256),
+        dpo=dict(steps=120, batch_size=32, micro_batch=32, lr=2e-4, warmup=10, save_every=20,
+                 eval_every=20, eval_size=256),
+        betas=(0.1, 1.0), alphas=(0.1, 1.0),
+        pft=dict(steps=120, batch_size=32, micro_batch=32, lr=2e-4, warmup=10, save_every=20,
+                 eval_every=20, eval_size=256),
+        pft_seeds=(0,),
+        ppo=dict(steps=40, batch_size=64, gen_batch=64, mini_batch=32, micro_batch=32,
+                 lr=1e-4, n_prompts=2000, save_every=5, normalize_score=True, horizon=640),
+        target_kls=(3.0, 6.0),
+        eval=dict(n_prefixes=128, micro_batch=64),
+        best_of=(4, 16),
+    ),
+    # GPT-2 124M on IMDb with siebert, sized for one consumer GPU (see README for the estimate).
+    "gpt2": Preset(
+        dataset="stanfordnlp/imdb", ground_truth=SIEBERT,
+        sft=dict(init="gpt2", steps=400, batch_size=64, micro_batch=16, lr=5e-5, warmup=40),
+        gt={},
+        pairs=dict(n_prefixes=5000, chunk=64),
+        rm=dict(epochs=1, batch_size=64, micro_batch=16, lr=1e-5),
+        dpo=dict(steps=400, micro_batch=16, save_every=50),
+        betas=(0.05, 0.1, 1.0, 5.0), alphas=(0.05, 0.1, 0.5, 1.0),
+        pft=dict(steps=400, micro_batch=16, lr=1e-5, save_every=50),
+        pft_seeds=(0,),
+        ppo=dict(steps=40, batch_size=256, gen_batch=128, mini_batch=64, micro_batch=16,
+                 n_prompts=25000, save_every=5, normalize_score=True),
+        target_kls=(3.0, 6.0, 9.0, 12.0),
+        eval=dict(n_prefixes=512, micro_batch=64),
+        best_of=(4, 16, 64),
+    ),
+    # The paper (§6.1, App. C.1): gpt2-large, siebert, 25k prefixes x 6 pairs, the full sweeps.
+    "paper": Preset(
+        dataset="stanfordnlp/imdb", ground_truth=SIEBERT,
+        sft=dict(init="gpt2-large", steps=400, batch_size=64, micro_batch=8, lr=1e-5, warmup=40),
+        gt={},
+        pairs=dict(n_prefixes=25000, chunk=64),
+        rm=dict(epochs=3, batch_size=64, micro_batch=8, lr=1e-5),
+        dpo=dict(micro_batch=8, save_every=100),
+        betas=(0.05, 0.1, 1.0, 5.0), alphas=(0.05, 0.1, 0.5, 1.0),
+        pft=dict(steps=2000, micro_batch=8, lr=1e-6, warmup=150, save_every=100),
+        pft_seeds=(0, 1, 2),
+        ppo=dict(steps=100, batch_size=1024, gen_batch=128, mini_batch=256, micro_batch=8,
+                 save_every=5, normalize_score=True),
+        target_kls=(3.0, 6.0, 9.0, 12.0),
+        eval=dict(n_prefixes=512, micro_batch=32),
+        best_of=(4, 16, 64, 128),
+    ),
+}
+
+
+@dataclass
+class FrontierConfig:
+    preset: str = "tiny"  # tiny | gpt2 | paper
+    out_dir: str | None = None  # default runs/<preset>
+    device: str = "auto"  # cuda > mps > cpu
+    dataset: str | None = None  # override the preset's dataset (e.g. a local IMDb folder)
+    ground_truth: str | None = None  # override the preset's ground truth (e.g. a local siebert)
+
+
+def plan(cfg: FrontierConfig):
+    """The ordered steps: (name, main function, config)."""
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, not {cfg.preset!r}")
+    p = PRESETS[cfg.preset]
+    out = cfg.out_dir or os.path.join("runs", cfg.preset)
+    dataset = cfg.dataset or p.dataset
+    run = lambda name: os.path.join(out, name)
+    common = dict(device=cfg.device)
+    sft = run("sft")
+    gt = cfg.ground_truth or p.ground_truth or run("gt")
+    pairs_file = os.path.join(run("pairs"), "pairs.jsonl")
+    steps = [("sft", sft_main, SFTConfig(out_dir=sft, dataset=dataset, **common, **p.sft))]
+    if not (cfg.ground_truth or p.ground_truth):
+        steps.append(("ground truth", rm_train, RMConfig(out_dir=gt, init=sft, objective="label",
+                                                        dataset=dataset, **common, **p.gt)))
+    steps += [
+        ("pairs", pairs_main, PairsConfig(out_dir=run("pairs"), init=sft, ground_truth=gt,
+                                          dataset=dataset, **common, **p.pairs)),
+        ("reward model", rm_train, RMConfig(out_dir=run("rm"), init=sft, objective="bt",
+                                            pairs=pairs_file, **common, **p.rm)),
+    ]
+    for b in p.betas:
+        steps.append((f"DPO beta={b}", dpo_main, DPOConfig(
+            out_dir=run(f"dpo_beta{b}"), init=sft, pairs=pairs_file, beta=b, **common, **p.dpo)))
+    for a in p.alphas:
+        steps.append((f"Unlikelihood alpha={a}", dpo_main, DPOConfig(
+            out_dir=run(f"unlikelihood_alpha{a}"), init=sft, pairs=pairs_file,
+            loss="unlikelihood", alpha=a, **common, **p.dpo)))
+    for s in p.pft_seeds:
+        steps.append((f"Preferred-FT seed={s}", sft_main, SFTConfig(
+            out_dir=run(f"preferred_ft_seed{s}"), init=sft, pairs=pairs_file, seed=s,
+            dataset=dataset, **common, **p.pft)))
+    for reward in ("rm", "gt"):
+        for t in p.target_kls:
+            name = f"ppo{'_gt' if reward == 'gt' else ''}_kl{t}"
+            steps.append((f"PPO{'-GT' if reward == 'gt' else ''} target KL={t}", ppo_main,
+                          PPOConfig(out_dir=run(name), init=sft, reward=reward, rm=run("rm"),
+                                    ground_truth=gt, dataset=dataset, target_kl=t, **common,
+                                    **p.ppo)))
+    trained = [c.out_dir for _, _, c in steps[1:] if os.path.basename(c.out_dir) not in
+               ("gt", "pairs", "rm")]
+    steps.append(("evaluate", evaluate_main, EvalConfig(
+        runs=tuple(trained), ref=sft, ground_truth=gt, dataset=dataset,
+        out=os.path.join(out, "frontier.jsonl"), best_of=p.best_of, rm=run("rm"), **common,
+        **p.eval)))
+    return steps
+
+
+def main(cfg: FrontierConfig):
+    steps = plan(cfg)
+    timings = {}
+    for i, (name, fn, c) in enumerate(steps, 1):
+        folder = getattr(c, "out_dir", None)
+        if folder and is_done(folder):
+            print(f"[{i}/{len(steps)}] {name}: done, skipped ({folder})")
+            continue
+        print(f"[{i}/{len(steps)}] {name} -> {folder or c.out}")
+        t0 = time.time()
+        fn(c)
+        timings[name] = time.time() - t0
+    results = read_jsonl(steps[-1][2].out)
+    png = os.path.splitext(steps[-1][2].out)[0] + ".png"
+    print(f"frontier: {len(results)} points in {steps[-1][2].out}, plot {png}")
+    for name, t in timings.items():
+        print(f"  {name}: {t:.0f} s")
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main, FrontierConfig)
