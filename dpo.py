@@ -273,12 +273,13 @@ def main(cfg: DPOConfig):
             with ddp.no_sync() if world > 1 and k < accum - 1 else contextlib.nullcontext():
                 loss, losses, stats = batch_loss(cfg, ddp, [rows[i] for i in b], ref_c[b],
                                                  ref_r[b], tok.eos_id)
-                check_finite(loss, step + 1, cfg.out_dir)
                 (loss / accum).backward()
             for key, v in [("loss/train", losses)] + list(stats.items()):
-                sums[key] = sums.get(key, 0.0) + v.sum().item()
+                sums[key] = sums.get(key, 0.0) + v.sum()  # summed on the device: no host sync
             n_tokens += sum(len(rows[i]["prompt_ids"]) * 2 + len(rows[i]["chosen_ids"])
                             + len(rows[i]["rejected_ids"]) for i in b)
+        sums = dict(zip(sums, torch.stack(list(sums.values())).tolist()))  # one host sync
+        check_finite(torch.tensor(sums["loss/train"]), step + 1, cfg.out_dir)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -50,8 +50,9 @@ def kl_estimates(logps, ref_logps, mask):
 
 
 def best_of_n_kl_bound(n: int) -> float:
-    """KL(best-of-N || base) <= log N - (N - 1) / N (Stiennon et al. 2020; exact when all N
-    samples are distinct)."""
+    """KL(best-of-N || base) <= log N - (N - 1) / N (Stiennon et al. 2020): the exact value when
+    no single completion carries noticeable probability, an upper bound otherwise (Beirami et al.
+    2024)."""
     return math.log(n) - (n - 1) / n
 
 
@@ -136,6 +137,8 @@ def main(cfg: EvalConfig):
     ref_path = resolve_init(cfg.ref)
     tok = load_tokenizer(ref_path)
     prefixes = make_prefixes(load_reviews(cfg.dataset, "test")[0], cfg.n_prefixes, cfg.seed, tok)
+    where = os.path.dirname(os.path.abspath(cfg.out))
+    rel = lambda p: os.path.relpath(os.path.abspath(p), where)  # results move with their runs
     done = {(r["checkpoint"], r.get("best_of")) for r in read_jsonl(cfg.out)}
     todo = [("SFT", "", None, 0, ref_path)] if cfg.include_ref else []
     for run in cfg.runs:
@@ -144,8 +147,8 @@ def main(cfg: EvalConfig):
         else:
             method, pname, pval = os.path.basename(os.path.normpath(run)), "", None
         todo += [(method, pname, pval, s, p) for s, p in checkpoints_of(run, cfg.every)]
-    todo = [t for t in todo if (os.path.abspath(t[4]), None) not in done]
-    todo_bon = [n for n in cfg.best_of if (os.path.abspath(ref_path), n) not in done]
+    todo = [t for t in todo if (rel(t[4]), None) not in done]
+    todo_bon = [n for n in cfg.best_of if (rel(ref_path), n) not in done]
     if not todo and not todo_bon:
         plot_frontier(cfg.out)
         return read_jsonl(cfg.out)
@@ -159,8 +162,7 @@ def main(cfg: EvalConfig):
         texts = [tok.decode(p + c) for p, c in zip(prefixes, comps)]
         rewards = scorer(texts, batch_size=cfg.score_batch)
         append_jsonl(cfg.out, dict(method=method, param=pname, value=pval,
-                                   seed=_run_seed(path), step=step,
-                                   checkpoint=os.path.abspath(path),
+                                   seed=_run_seed(path), step=step, checkpoint=rel(path),
                                    **summarize(rewards, kl, k1, k3)))
     if todo_bon:
         if cfg.rm is None:
@@ -168,7 +170,7 @@ def main(cfg: EvalConfig):
         rm = load_reward_model(resolve_init(cfg.rm), device=device)
         for n in todo_bon:
             append_jsonl(cfg.out, best_of_n(ref, rm, scorer, prefixes, tok, n, cfg, device,
-                                            ref_path))
+                                            rel(ref_path)))
     plot_frontier(cfg.out)
     return read_jsonl(cfg.out)
 
@@ -182,14 +184,13 @@ def _run_seed(path: str):
 
 
 @torch.no_grad()
-def best_of_n(sft, rm, scorer, prefixes, tok, n, cfg, device, ref_path):
+def best_of_n(sft, rm, scorer, prefixes, tok, n, cfg, device, checkpoint):
     """Sample n completions per prefix from the SFT policy, keep the one the learned RM scores
     highest, report its ground-truth reward, at the KL bound log n - (n-1)/n."""
     g = torch.Generator(device=device).manual_seed(cfg.seed + n)
-    best = []
-    for i in tqdm(range(0, len(prefixes), max(1, cfg.micro_batch // n) or 1),
-                  desc=f"best-of-{n}", mininterval=1.0):
-        chunk = prefixes[i: i + max(1, cfg.micro_batch // n)]
+    best, per_batch = [], max(1, cfg.micro_batch // n)  # prefixes per batch of n samples each
+    for i in tqdm(range(0, len(prefixes), per_batch), desc=f"best-of-{n}", mininterval=1.0):
+        chunk = prefixes[i: i + per_batch]
         prompts = [p for p in chunk for _ in range(n)]
         with autocast(device):
             tokens, mask = sft.generate(prompts, generator=g, eos_id=tok.eos_id,
@@ -201,7 +202,7 @@ def best_of_n(sft, rm, scorer, prefixes, tok, n, cfg, device, ref_path):
     rewards = scorer(best, batch_size=cfg.score_batch)
     bound = torch.full((len(best),), best_of_n_kl_bound(n))
     return dict(method="Best-of-N", param="N", value=n, seed=None, step=0,
-                checkpoint=os.path.abspath(ref_path), best_of=n, kl_is_bound=True,
+                checkpoint=checkpoint, best_of=n, kl_is_bound=True,
                 **summarize(rewards, bound, bound, bound))
 
 
@@ -218,16 +219,14 @@ STYLE = {  # method: (colour, marker), close to the paper's Figure 2
 def plot_frontier(jsonl: str, png: str | None = None) -> str:
     """Reward (y) against sequence KL (x) for every evaluated checkpoint, one colour and marker
     per method; best-of-N sits at its KL bound (hollow). Returns the path of the PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 
     rows = read_jsonl(jsonl)
     if not rows:
         raise ValueError(f"{jsonl} holds no results to plot")
     png = png or os.path.splitext(jsonl)[0] + ".png"
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
     for method in sorted({r["method"] for r in rows}, key=lambda m: list(STYLE).index(m)
                          if m in STYLE else 99):
         pts = [r for r in rows if r["method"] == method]
@@ -246,7 +245,6 @@ def plot_frontier(jsonl: str, png: str | None = None) -> str:
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
     return png
 
 

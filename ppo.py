@@ -266,7 +266,7 @@ def main(cfg: PPOConfig):
         sums = dict.fromkeys(["loss/train", "ppo/approx_kl", "ppo/clipfrac", "ppo/value_loss",
                               "ppo/entropy", "grad_norm"], 0.0)
         n_updates, n_micro = 0, 0
-        for _ in range(cfg.ppo_epochs):
+        for epoch in range(cfg.ppo_epochs):
             perm = torch.randperm(cfg.batch_size, generator=g_perm)
             for s in range(0, cfg.batch_size, cfg.mini_batch):
                 for u in range(s, s + cfg.mini_batch, cfg.micro_batch):
@@ -279,27 +279,32 @@ def main(cfg: PPOConfig):
                     vf = value_loss(values, old_values[idx], returns[idx], mk,
                                     cfg.cliprange_value)
                     loss = pg + cfg.vf_coef * vf
-                    check_finite(loss, step + 1, cfg.out_dir)
                     (loss * cfg.micro_batch / cfg.mini_batch).backward()
-                    with torch.no_grad():
-                        lg = logits[:, :-1].float()
-                        entropy = torch.logsumexp(lg, -1) - (lg.softmax(-1) * lg).sum(-1)
-                    for k, v in (("loss/train", loss), ("ppo/approx_kl", approx_kl),
-                                 ("ppo/clipfrac", clipfrac), ("ppo/value_loss", vf),
-                                 ("ppo/entropy", masked_mean(entropy, mk))):
-                        sums[k] += v.item()
+                    stats = [loss.detach(), approx_kl, clipfrac, vf.detach()]
+                    if epoch == 0:  # the entropy needs a full softmax: measured on one pass
+                        with torch.no_grad():
+                            lg = logits[:, :-1].float()
+                            entropy = torch.logsumexp(lg, -1) - (lg.softmax(-1) * lg).sum(-1)
+                            sums["ppo/entropy"] += masked_mean(entropy, mk)
+                    for k, v in zip(("loss/train", "ppo/approx_kl", "ppo/clipfrac",
+                                     "ppo/value_loss"), stats):
+                        sums[k] += v  # kept on the device: no host sync per micro-batch
                     n_micro += 1
-                sums["grad_norm"] += torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
+                check_finite(sums["loss/train"], step + 1, cfg.out_dir)
+                sums["grad_norm"] += torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 n_updates += 1
+        sums = dict(zip(sums, torch.stack([torch.as_tensor(v, device=device).float()
+                                           for v in sums.values()]).tolist()))
         t_update = time.time() - t0
 
         step += 1
         row = {"step": step, "score/mean": raw_scores.mean().item(), "kl/seq": kl_seq,
                "kl/coef": kl_coef, "lr": cfg.lr, "time/rollout": t_rollout,
                "time/update": t_update, "tokens_per_s": x.numel() / (t_rollout + t_update)}
-        row.update({k: v / (n_updates if k == "grad_norm" else n_micro) for k, v in sums.items()})
+        per = dict(grad_norm=n_updates, **{"ppo/entropy": n_micro // cfg.ppo_epochs})
+        row.update({k: v / per.get(k, n_micro) for k, v in sums.items()})
         kl_coef = update_kl_coef(kl_coef, kl_seq, cfg.target_kl, cfg.horizon, cfg.batch_size)
         log_row(cfg.out_dir, row, history)
         pbar.update(1)

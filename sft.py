@@ -166,14 +166,14 @@ def main(cfg: SFTConfig):
             with ddp.no_sync() if world > 1 and k < accum - 1 else contextlib.nullcontext():
                 with autocast(device):
                     loss = lm_loss(ddp, x, m) / accum
-                check_finite(loss, step + 1, cfg.out_dir)
                 loss.backward()
-            loss_sum, n_tokens = loss_sum + loss.item(), n_tokens + x.numel()
+            loss_sum, n_tokens = loss_sum + loss.detach(), n_tokens + x.numel()
+        check_finite(loss_sum, step + 1, cfg.out_dir)  # one host sync per step, before the update
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        loss_sum = ddp_mean(loss_sum, world, device)
+        loss_sum = ddp_mean(loss_sum.item(), world, device)
         row = {"step": step, "loss/train": loss_sum, "lr": lr, "grad_norm": grad_norm.item(),
                "tokens_per_s": n_tokens * world / (time.time() - t0)}
         if rank > 0:
