@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from data import PROTOCOL, collate, load_reviews, load_tokenizer, make_prefixes
-from model import GPT, token_logprobs
+from model import GPT, completions, token_logprobs
 from reward import load_ground_truth, load_reward_model
 from utils import (
     append_jsonl, atomic_write, autocast, get_device, list_checkpoints, read_jsonl,
@@ -60,13 +60,13 @@ def best_of_n_kl_bound(n: int) -> float:
 def sample_and_measure(policy, ref, prefixes, tok, micro_batch, seed, device):
     """Completions for `prefixes` and each one's sequence KL (exact, k1, k3) against ref."""
     g = torch.Generator(device=device).manual_seed(seed)
-    completions, kl, k1, k3 = [], [], [], []
+    texts_ids, kl, k1, k3 = [], [], [], []
     for i in range(0, len(prefixes), micro_batch):
         prompts = prefixes[i: i + micro_batch]
         with autocast(device):
             tokens, mask = policy.generate(prompts, generator=g, eos_id=tok.eos_id,
                                            **PROTOCOL.sampling())
-        comps = [r[: int(k.sum())] for r, k in zip(tokens.tolist(), mask)]
+        comps = completions(tokens, mask)
         x, m = collate(prompts, comps, tok.eos_id)
         x, m = x.to(device), m.to(device)
         with autocast(device):
@@ -78,8 +78,8 @@ def sample_and_measure(policy, ref, prefixes, tok, micro_batch, seed, device):
         kl.append(token_kl(logits, ref_logits, m, t).sum(-1).cpu())
         k1.append(e1.sum(-1).cpu())
         k3.append(e3.sum(-1).cpu())
-        completions += comps
-    return completions, torch.cat(kl), torch.cat(k1), torch.cat(k3)
+        texts_ids += comps
+    return texts_ids, torch.cat(kl), torch.cat(k1), torch.cat(k3)
 
 
 def summarize(rewards: torch.Tensor, kl, k1, k3) -> dict:
@@ -195,8 +195,7 @@ def best_of_n(sft, rm, scorer, prefixes, tok, n, cfg, device, checkpoint):
         with autocast(device):
             tokens, mask = sft.generate(prompts, generator=g, eos_id=tok.eos_id,
                                         **PROTOCOL.sampling())
-        texts = [tok.decode(p + r[: int(k.sum())]) for p, r, k in
-                 zip(prompts, tokens.tolist(), mask)]
+        texts = [tok.decode(p + c) for p, c in zip(prompts, completions(tokens, mask))]
         rm_scores = rm(texts, batch_size=cfg.score_batch, progress=False).view(len(chunk), n)
         best += [texts[j * n + int(rm_scores[j].argmax())] for j in range(len(chunk))]
     rewards = scorer(best, batch_size=cfg.score_batch)

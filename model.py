@@ -286,6 +286,12 @@ class GPT(nn.Module):
         return torch.stack(out, 1), torch.stack(masks, 1)
 
 
+def completions(tokens, mask) -> list[list[int]]:
+    """generate()'s (B, N) output as B token lists, each cut after its EOS (two host copies in
+    all, not one per row)."""
+    return [row[:n] for row, n in zip(tokens.tolist(), mask.sum(1).tolist())]
+
+
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """One token per row from (B, V) logits: temperature (0 = greedy), then top-k, then top-p."""
     if temperature == 0:

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from data import PROTOCOL, load_reviews, load_tokenizer, make_prefixes, pair_row
-from model import GPT
+from model import GPT, completions
 from reward import load_ground_truth
 from utils import (
     append_jsonl, autocast, get_device, is_done, log_row, mark_done, prepare_run, read_jsonl,
@@ -42,16 +42,16 @@ class PairsConfig:
     overwrite: bool = False  # delete an existing run folder with another config
 
 
-def pairs_of(prefix, completions, rewards, tok):
+def pairs_of(prefix, comps, rewards, tok):
     """All ordered pairs of one prefix's completions: (rows, number of exact ties dropped; two
     identical completions count as a tie even if batching noise scored them apart)."""
     rows, ties = [], 0
-    for i, j in itertools.combinations(range(len(completions)), 2):
-        if rewards[i] == rewards[j] or completions[i] == completions[j]:
+    for i, j in itertools.combinations(range(len(comps)), 2):
+        if rewards[i] == rewards[j] or comps[i] == comps[j]:
             ties += 1
             continue
         w, lo = (i, j) if rewards[i] > rewards[j] else (j, i)
-        rows.append(pair_row(prefix, completions[w], completions[lo], rewards[w], rewards[lo], tok))
+        rows.append(pair_row(prefix, comps[w], comps[lo], rewards[w], rewards[lo], tok))
     return rows, ties
 
 
@@ -91,13 +91,13 @@ def main(cfg: PairsConfig):
         with autocast(device):
             tokens, mask = policy.generate(prompts, generator=g, eos_id=tok.eos_id,
                                            **PROTOCOL.sampling())
-        completions = [row[: int(m.sum())] for row, m in zip(tokens.tolist(), mask)]
-        rewards = scorer([tok.decode(p + comp) for p, comp in zip(prompts, completions)],
+        comps = completions(tokens, mask)
+        rewards = scorer([tok.decode(p + c) for p, c in zip(prompts, comps)],
                          batch_size=cfg.score_batch, progress=False).tolist()
         n_pairs, n_ties = 0, 0
         for k, prefix in enumerate(chunk):
             s = slice(k * cfg.samples, (k + 1) * cfg.samples)
-            rows, ties = pairs_of(prefix, completions[s], rewards[s], tok)
+            rows, ties = pairs_of(prefix, comps[s], rewards[s], tok)
             for r in rows:
                 append_jsonl(path, {"prefix_index": first + k, **r})
             n_pairs, n_ties = n_pairs + len(rows), n_ties + ties

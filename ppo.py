@@ -24,7 +24,7 @@ from tqdm import tqdm
 from data import (
     PROTOCOL, collate, last_index, load_reviews, load_tokenizer, make_prefixes, stream_indices,
 )
-from model import GPT, token_logprobs
+from model import GPT, completions, token_logprobs
 from reward import load_ground_truth, load_head, load_reward_model, save_head
 from utils import (
     autocast, check_finite, get_device, is_done, load_state, log_row, mark_done, prepare_run,
@@ -236,17 +236,17 @@ def main(cfg: PPOConfig):
         policy.eval()
         prompts = [pool[i] for i in stream_indices(len(pool), cfg.batch_size, step, cfg.seed)]
         g = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
-        completions = []
+        comps = []
         for i in range(0, len(prompts), cfg.gen_batch):
             with autocast(device):
                 tokens, mask = policy.generate(prompts[i: i + cfg.gen_batch], generator=g,
                                                eos_id=tok.eos_id, **PROTOCOL.sampling())
-            completions += [r[: int(k.sum())] for r, k in zip(tokens.tolist(), mask)]
-        x, m = collate(prompts, completions, tok.eos_id)
+            comps += completions(tokens, mask)
+        x, m = collate(prompts, comps, tok.eos_id)
         x, m = x.to(device), m.to(device)
         mask = m[:, 1:].float()  # (B, T-1), aligned with token_logprobs
         old_lp, old_values, ref_lp = rollout_stats(policy, value_head, ref, x, m, cfg.micro_batch)
-        raw_scores = scorer([tok.decode(p + c) for p, c in zip(prompts, completions)],
+        raw_scores = scorer([tok.decode(p + c) for p, c in zip(prompts, comps)],
                             batch_size=cfg.score_batch, progress=False).to(device).float()
         scores = raw_scores
         if cfg.normalize_score:
