@@ -245,13 +245,14 @@ def main(cfg: DPOConfig):
         opt = torch.optim.RMSprop(model.parameters(), lr=cfg.lr)
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    step, history = 0, []
+    step = 0
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         step = state["step"]
-        history = resume_log(cfg.out_dir, step) if rank == 0 else []
-    elif eval_idx and rank == 0:
+    # the log keeps the rows its checkpoint covers: a killed run's later rows are logged again
+    history = resume_log(cfg.out_dir, step if state else -1) if rank == 0 else []
+    if state is None and eval_idx and rank == 0:
         log_row(cfg.out_dir, {"step": 0, **evaluate_pairs(cfg, model, rows, eval_idx, ref_c,
                                                             ref_r, tok.eos_id)}, history)
 

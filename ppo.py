@@ -220,13 +220,15 @@ def main(cfg: PPOConfig):
     ref = GPT.from_pretrained(init).to(device).eval().requires_grad_(False)
     params = list(policy.parameters()) + list(value_head.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    step, history, kl_coef, moments = 0, [], cfg.init_kl_coef, RunningMoments()
+    step, kl_coef, moments = 0, cfg.init_kl_coef, RunningMoments()
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         kl_coef = state["kl_coef"]
         moments.__dict__.update(state["moments"])
-        step, history = state["step"], resume_log(cfg.out_dir, state["step"])
+        step = state["step"]
+    # the log keeps the rows its checkpoint covers: a killed run's later rows are logged again
+    history = resume_log(cfg.out_dir, step if state else -1)
 
     pbar = tqdm(total=cfg.steps, initial=step, desc=f"ppo {os.path.basename(cfg.out_dir)}",
                 mininterval=1.0)

@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data import (
-    Tokenizer, check_pairs, collate, collate_pairs, last_index, load_reviews, load_tokenizer,
-    split_pairs, stream_indices,
+    Tokenizer, check_pairs, collate, load_reviews, load_tokenizer, split_pairs, stream_indices,
 )
 from model import GPT, read_safetensors
 from roberta import SIEBERT, load_roberta_scorer
@@ -66,12 +65,22 @@ class RewardModel(nn.Module):
             nn.init.zeros_(head.bias)
         self.head = head
 
-    def forward(self, input_ids, mask):
-        """(B,) scalar rewards of right-padded input_ids (B, T), read at the last True of mask
-        (the last real token, as data.collate marks it)."""
+    def forward(self, input_ids, lengths):
+        """(B,) scalar rewards of right-padded input_ids (B, T), read at each row's last real
+        token (index lengths - 1)."""
         h = self.gpt.hidden(input_ids)  # (B, T, C)
-        last = h[torch.arange(len(h), device=h.device), last_index(mask)]  # (B, C)
+        last = h[torch.arange(len(h), device=h.device), lengths - 1]  # (B, C)
         return self.head(last).squeeze(-1).float()
+
+    def score(self, seqs: list[list[int]], pad_id: int):
+        """(B,) rewards of whole token sequences. Training and scoring both come through here, on
+        the tokens of the text the ground truth reads: no EOS (Tokenizer.decode drops it), so the
+        reward sits on the same token in both."""
+        device = self.head.weight.device
+        x, _ = collate([[]] * len(seqs), seqs, pad_id)
+        lengths = torch.tensor([len(s) for s in seqs], device=device)
+        with autocast(str(device)):
+            return self(x.to(device), lengths)
 
     def save_pretrained(self, folder: str, kind: str, tok: Tokenizer):
         self.gpt.save_pretrained(folder)
@@ -112,12 +121,7 @@ class GPTScorer:
         starts = range(0, len(ids), batch_size)
         show = progress if progress is not None else len(starts) > 4
         for s in tqdm(starts, desc="reward model", disable=not show, mininterval=1.0):
-            x, m = collate([[]] * len(ids[s: s + batch_size]), ids[s: s + batch_size],
-                           self.tok.eos_id)
-            m[:, 0] = True  # the score may sit on the first token of a one-token text
-            with autocast(self.device):
-                r = self.model(x.to(self.device), m.to(self.device))
-            out[s: s + batch_size] = r.cpu()
+            out[s: s + batch_size] = self.model.score(ids[s: s + batch_size], self.tok.eos_id).cpu()
         return out.sigmoid() if self.kind == "label" else out
 
 
@@ -178,17 +182,17 @@ def rm_data(cfg: RMConfig, tok: Tokenizer):
             list(zip(seq([test[i] for i in pick]), [test_labels[i] for i in pick])))
 
 
-def rm_loss(cfg: RMConfig, model: RewardModel, examples, pad_id):
+def rm_loss(cfg: RMConfig, model: RewardModel, examples, eos_id):
     """(mean loss, number correct) of a micro-batch."""
-    device = model.head.weight.device
     if cfg.objective == "bt":  # chosen and rejected in one (2B, T) forward
-        x, m = collate_pairs(examples, pad_id)
-        r = model(x.to(device), m.to(device))
+        no_eos = lambda c: c[:-1] if len(c) > 1 and c[-1] == eos_id else c  # as text reads it
+        seqs = ([r["prompt_ids"] + no_eos(r["chosen_ids"]) for r in examples]
+                + [r["prompt_ids"] + no_eos(r["rejected_ids"]) for r in examples])
+        r = model.score(seqs, eos_id)
         margin = r[: len(examples)] - r[len(examples):]
         return -F.logsigmoid(margin).mean(), (margin > 0).sum().item()
-    x, m = collate([[]] * len(examples), [ids for ids, _ in examples], pad_id)
-    y = torch.tensor([float(lab) for _, lab in examples], device=device)
-    r = model(x.to(device), m.to(device))
+    y = torch.tensor([float(lab) for _, lab in examples], device=model.head.weight.device)
+    r = model.score([ids for ids, _ in examples], eos_id)
     return F.binary_cross_entropy_with_logits(r, y), ((r > 0).float() == y).sum().item()
 
 
@@ -198,8 +202,7 @@ def rm_accuracy(cfg, model, examples, pad_id) -> tuple[float, float]:
     loss, correct = 0.0, 0
     for i in range(0, len(examples), cfg.micro_batch):
         b = examples[i: i + cfg.micro_batch]
-        with autocast(str(model.head.weight.device)):
-            lb, cb = rm_loss(cfg, model, b, pad_id)
+        lb, cb = rm_loss(cfg, model, b, pad_id)
         loss, correct = loss + lb.item() * len(b), correct + cb
     model.train()
     return loss / len(examples), correct / len(examples)
@@ -229,12 +232,13 @@ def train(cfg: RMConfig):
         raise ValueError("no validation examples: raise --eval_size or add data")
     steps = max(1, cfg.epochs * len(train_ex) // cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    step, history, best = 0, [], -1.0
+    step, best = 0, -1.0
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         step, best = state["step"], state["best"]
-        history = resume_log(cfg.out_dir, step)
+    # the log keeps the rows its checkpoint covers: a killed run's later rows are logged again
+    history = resume_log(cfg.out_dir, step if state else -1)
     accum = cfg.batch_size // cfg.micro_batch
     pbar = tqdm(total=steps, initial=step, desc=f"rm {cfg.objective}", mininterval=1.0)
     while step < steps:
@@ -246,8 +250,7 @@ def train(cfg: RMConfig):
         loss_sum, correct = 0.0, 0
         for k in range(accum):
             b = [train_ex[i] for i in idx[k * cfg.micro_batch: (k + 1) * cfg.micro_batch]]
-            with autocast(device):
-                loss, c = rm_loss(cfg, model, b, tok.eos_id)
+            loss, c = rm_loss(cfg, model, b, tok.eos_id)
             check_finite(loss, step + 1, cfg.out_dir)
             (loss / accum).backward()
             loss_sum, correct = loss_sum + loss.item() / accum, correct + c

@@ -137,13 +137,14 @@ def main(cfg: SFTConfig):
     ddp = DDP(model) if world > 1 else model  # averages gradients over processes
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             betas=(0.9, 0.95), fused=device.startswith("cuda"))
-    step, history = 0, []
+    step = 0
     if state is not None:
         opt.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         step = state["step"]
-        history = resume_log(cfg.out_dir, step) if rank == 0 else []
-    elif held_p and rank == 0:
+    # the log keeps the rows its checkpoint covers: a killed run's later rows are logged again
+    history = resume_log(cfg.out_dir, step if state else -1) if rank == 0 else []
+    if state is None and held_p and rank == 0:
         loss = eval_loss(model, held_p, held_c, tok.eos_id, cfg.micro_batch, device)
         log_row(cfg.out_dir, {"step": 0, "loss/eval": loss}, history)
 
