@@ -229,16 +229,26 @@ def pair_row(prompt_ids, chosen_ids, rejected_ids, reward_chosen, reward_rejecte
                 reward_chosen=float(reward_chosen), reward_rejected=float(reward_rejected))
 
 
-def check_pairs(rows: list[dict], path: str) -> list[dict]:
-    """Validate rows read from a pairs file (utils.read_jsonl); a clear error names the line."""
+def check_pairs(rows: list[dict], path: str, block_size: int | None = None,
+                vocab_size: int | None = None) -> list[dict]:
+    """Validate rows read from a pairs file (utils.read_jsonl); a clear error names the line.
+    With a model's block_size and vocab_size, also that every pair fits it."""
     if not rows:
         raise ValueError(f"{path} holds no pairs")
     for n, row in enumerate(rows, 1):
         missing = [k for k in PAIR_KEYS if k not in row]
         if missing:
             raise ValueError(f"{path}:{n}: pair lacks {', '.join(missing)}")
-        if not row["prompt_ids"] or not row["chosen_ids"] or not row["rejected_ids"]:
+        p, c, r = row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]
+        if not p or not c or not r:
             raise ValueError(f"{path}:{n}: empty prompt or completion")
+        length = len(p) + max(len(c), len(r))
+        if block_size is not None and length > block_size:
+            raise ValueError(f"{path}:{n}: prompt + completion is {length} tokens, longer than "
+                             f"the model's context window of {block_size}")
+        if vocab_size is not None and not all(0 <= i < vocab_size for i in (*p, *c, *r)):
+            raise ValueError(f"{path}:{n}: a token id lies outside the model's vocabulary of "
+                             f"{vocab_size} (a pairs file of another model?)")
     return rows
 
 

@@ -27,8 +27,9 @@ from data import check_pairs, collate_pairs, load_tokenizer, split_pairs, stream
 from model import GPT, token_logprobs
 from utils import (
     atomic_torch_save, autocast, check_finite, ddp_barrier, ddp_init, ddp_mean, get_device,
-    is_done, load_state, log_row, lr_at, mark_done, prepare_run, read_jsonl, resolve_init,
-    resume_log, rng_state, run_main, save_checkpoint, set_rng_state, set_seed, step_dir,
+    is_done, load_state, log_row, lr_at, mark_done, open_run, read_jsonl, resolve_init,
+    resume_log, rng_state, run_main, save_checkpoint, set_rng_state, set_seed, start_run,
+    step_dir,
 )
 
 LOSSES = ("dpo", "ipo", "hinge", "unlikelihood", "unlikelihood_token")
@@ -219,15 +220,20 @@ def main(cfg: DPOConfig):
     if cfg.batch_size % (cfg.micro_batch * world):
         raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch "
                          f"{cfg.micro_batch} x {world} processes")
-    rows = check_pairs(read_jsonl(cfg.pairs), cfg.pairs)
-    if rank == 0:
-        prepare_run(cfg)
-    ddp_barrier(world)
-    if is_done(cfg.out_dir):
+    resuming = open_run(cfg)  # refuses another config; writes nothing yet
+    if resuming and is_done(cfg.out_dir):
         return read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))
     set_seed(cfg.seed)
     init = resolve_init(cfg.init)
     tok = load_tokenizer(init)
+    state = load_state(cfg.out_dir) if resuming else None
+    policy_path = step_dir(cfg.out_dir, state["step"]) if state else init
+    model = GPT.from_pretrained(policy_path).to(device).train()  # dropout is 0: see DESIGN.md
+    rows = check_pairs(read_jsonl(cfg.pairs), cfg.pairs, model.config.block_size,
+                       model.config.vocab_size)
+    if rank == 0:  # the inputs are good: now the run folder
+        start_run(cfg)
+    ddp_barrier(world)
     ref_path = resolve_init(cfg.ref or cfg.init)
     if rank == 0:  # computed once (or read from the cache), then read by every process
         reference_logps(ref_path, cfg.pairs, rows, tok.eos_id, device, cfg.micro_batch)
@@ -236,10 +242,6 @@ def main(cfg: DPOConfig):
                                    cfg.micro_batch)
     train_idx, eval_idx = split_pairs(rows, cfg.eval_size)
     steps = cfg.steps or max(1, len(train_idx) // cfg.batch_size)
-
-    state = load_state(cfg.out_dir)
-    policy_path = step_dir(cfg.out_dir, state["step"]) if state else init
-    model = GPT.from_pretrained(policy_path).to(device).train()  # dropout is 0: see DESIGN.md
     ddp = DDP(model) if world > 1 else model  # averages gradients over processes
     if cfg.optimizer == "rmsprop":
         opt = torch.optim.RMSprop(model.parameters(), lr=cfg.lr)

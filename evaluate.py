@@ -167,7 +167,7 @@ def main(cfg: EvalConfig):
     if todo_bon:
         if cfg.rm is None:
             raise ValueError("--best_of needs --rm (the learned reward model picks the best)")
-        rm = load_reward_model(resolve_init(cfg.rm), device=device)
+        rm = load_reward_model(cfg.rm, device=device)
         for n in todo_bon:
             append_jsonl(cfg.out, best_of_n(ref, rm, scorer, prefixes, tok, n, cfg, device,
                                             rel(ref_path)))

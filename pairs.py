@@ -22,8 +22,8 @@ from data import PROTOCOL, load_reviews, load_tokenizer, make_prefixes, pair_row
 from model import GPT, completions
 from reward import load_ground_truth
 from utils import (
-    append_jsonl, autocast, get_device, is_done, log_row, mark_done, prepare_run, read_jsonl,
-    resolve_init, resume_log, run_main, write_jsonl,
+    append_jsonl, autocast, get_device, is_done, log_row, mark_done, open_run, read_jsonl,
+    resolve_init, resume_log, run_main, start_run, write_jsonl,
 )
 
 
@@ -58,9 +58,9 @@ def pairs_of(prefix, comps, rewards, tok):
 def main(cfg: PairsConfig):
     if cfg.samples < 2:
         raise ValueError("need at least 2 samples per prefix to make a pair")
-    resuming = prepare_run(cfg)
+    resuming = open_run(cfg)  # refuses another config; writes nothing yet
     path = os.path.join(cfg.out_dir, "pairs.jsonl")
-    if is_done(cfg.out_dir):
+    if resuming and is_done(cfg.out_dir):
         return read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))
     device = get_device(cfg.device)
     init = resolve_init(cfg.init)
@@ -68,6 +68,9 @@ def main(cfg: PairsConfig):
     texts = load_reviews(cfg.dataset, "train")[0]
     prefixes = make_prefixes(texts, cfg.n_prefixes, cfg.seed, tok)
     n_chunks = (len(prefixes) + cfg.chunk - 1) // cfg.chunk
+    policy = GPT.from_pretrained(init).to(device).eval()
+    scorer = load_ground_truth(cfg.ground_truth, device=device)
+    start_run(cfg)  # the inputs are good: now the run folder
 
     # Resume: chunks with a log row are complete; pairs of a later chunk are half-written: drop.
     done_chunks, history = 0, []
@@ -77,9 +80,6 @@ def main(cfg: PairsConfig):
         history = resume_log(cfg.out_dir, done_chunks)
         rows = read_jsonl(path)
         write_jsonl(path, [r for r in rows if r["prefix_index"] < done_chunks * cfg.chunk])
-
-    policy = GPT.from_pretrained(init).to(device).eval()
-    scorer = load_ground_truth(cfg.ground_truth, device=device)
     pbar = tqdm(total=len(prefixes), initial=min(done_chunks * cfg.chunk, len(prefixes)),
                 desc="pairs", unit="prefix", mininterval=1.0)
     for c in range(done_chunks, n_chunks):

@@ -27,9 +27,9 @@ from data import (
 from model import GPT, completions, token_logprobs
 from reward import load_ground_truth, load_head, load_reward_model, save_head
 from utils import (
-    autocast, check_finite, get_device, is_done, load_state, log_row, mark_done, prepare_run,
+    autocast, check_finite, get_device, is_done, load_state, log_row, mark_done, open_run,
     read_jsonl, resolve_init, resume_log, rng_state, run_main, save_checkpoint, set_rng_state,
-    set_seed, step_dir,
+    set_seed, start_run, step_dir,
 )
 
 # ----------------------------------------------------------------------------- the math
@@ -197,15 +197,15 @@ def main(cfg: PPOConfig):
     if cfg.batch_size % cfg.mini_batch or cfg.mini_batch % cfg.micro_batch:
         raise ValueError("batch_size must be a multiple of mini_batch, and mini_batch of "
                          "micro_batch")
-    resuming = prepare_run(cfg)
-    if is_done(cfg.out_dir):
+    resuming = open_run(cfg)  # refuses another config; writes nothing yet
+    if resuming and is_done(cfg.out_dir):
         return read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))
     device = get_device(cfg.device)
     set_seed(cfg.seed)
     init = resolve_init(cfg.init)
     tok = load_tokenizer(init)
     pool = make_prefixes(load_reviews(cfg.dataset, "train")[0], cfg.n_prompts, cfg.seed, tok)
-    scorer = (load_reward_model(resolve_init(cfg.rm), device=device) if cfg.reward == "rm"
+    scorer = (load_reward_model(cfg.rm, device=device) if cfg.reward == "rm"
               else load_ground_truth(cfg.ground_truth, device=device))
 
     state = load_state(cfg.out_dir) if resuming else None
@@ -218,6 +218,7 @@ def main(cfg: PPOConfig):
         value_head = load_head(os.path.join(policy_path, "value_head.safetensors"))
     value_head.to(device)
     ref = GPT.from_pretrained(init).to(device).eval().requires_grad_(False)
+    start_run(cfg)  # the inputs are good: now the run folder
     params = list(policy.parameters()) + list(value_head.parameters())
     opt = torch.optim.Adam(params, lr=cfg.lr)
     step, kl_coef, moments = 0, cfg.init_kl_coef, RunningMoments()

@@ -28,8 +28,8 @@ from model import GPT, read_safetensors
 from roberta import SIEBERT, load_roberta_scorer
 from utils import (
     autocast, check_finite, get_device, is_done, load_state, log_row, lr_at, mark_done,
-    prepare_run, read_jsonl, resolve_init, resume_log, rng_state, run_main, save_checkpoint,
-    set_rng_state, set_seed, step_dir, write_folder,
+    open_run, read_jsonl, resolve_init, resume_log, rng_state, run_main, save_checkpoint,
+    set_rng_state, set_seed, start_run, step_dir, write_folder,
 )
 
 # A GPT-2 backbone with a scalar head read at the last real token: r(x, y). Trained two ways:
@@ -167,17 +167,17 @@ class RMConfig:
     overwrite: bool = False  # delete an existing run folder with another config
 
 
-def rm_data(cfg: RMConfig, tok: Tokenizer):
-    """Training and validation examples: (prompt, chosen, rejected) triples for bt, (ids, label)
-    for label."""
+def rm_data(cfg: RMConfig, tok: Tokenizer, gcfg):
+    """Training and validation examples: pair rows for bt, (ids, label) for label."""
     if cfg.objective == "bt":
-        rows = check_pairs(read_jsonl(cfg.pairs), cfg.pairs)
+        rows = check_pairs(read_jsonl(cfg.pairs), cfg.pairs, gcfg.block_size, gcfg.vocab_size)
         train, held = split_pairs(rows, cfg.eval_size)
         return [rows[i] for i in train], [rows[i] for i in held]
     texts, labels = load_reviews(cfg.dataset, "train")
     test, test_labels = load_reviews(cfg.dataset, "test")
     pick = random.Random(0).sample(range(len(test)), min(cfg.eval_size, len(test)))
-    seq = lambda ts: [ids[: cfg.max_len] for ids in (tok.encode(t) for t in ts)]
+    n = min(cfg.max_len, gcfg.block_size)
+    seq = lambda ts: [ids[:n] or [tok.eos_id] for ids in (tok.encode(t) for t in ts)]
     return (list(zip(seq(texts), labels)),
             list(zip(seq([test[i] for i in pick]), [test_labels[i] for i in pick])))
 
@@ -217,8 +217,8 @@ def train(cfg: RMConfig):
     if cfg.batch_size % cfg.micro_batch:
         raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch "
                          f"{cfg.micro_batch}")
-    resuming = prepare_run(cfg)
-    if is_done(cfg.out_dir):
+    resuming = open_run(cfg)  # refuses another config; writes nothing yet
+    if resuming and is_done(cfg.out_dir):
         return read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))
     device = get_device(cfg.device)
     set_seed(cfg.seed)
@@ -227,9 +227,10 @@ def train(cfg: RMConfig):
     tok = load_tokenizer(folder)
     head = load_head(os.path.join(folder, "reward_head.safetensors")) if state else None
     model = RewardModel(GPT.from_pretrained(folder), head).to(device).train()
-    train_ex, held_ex = rm_data(cfg, tok)
+    train_ex, held_ex = rm_data(cfg, tok, model.gpt.config)
     if not held_ex:
         raise ValueError("no validation examples: raise --eval_size or add data")
+    start_run(cfg)  # the inputs are good: now the run folder
     steps = max(1, cfg.epochs * len(train_ex) // cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     step, best = 0, -1.0

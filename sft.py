@@ -25,8 +25,8 @@ from data import (
 from model import GPT, GPTConfig, token_logprobs
 from utils import (
     autocast, check_finite, ddp_barrier, ddp_init, ddp_mean, get_device, is_done, load_state,
-    log_row, lr_at, mark_done, prepare_run, read_jsonl, resolve_init, resume_log, rng_state,
-    run_main, save_checkpoint, set_rng_state, set_seed, step_dir,
+    log_row, lr_at, mark_done, open_run, read_jsonl, resolve_init, resume_log, rng_state,
+    run_main, save_checkpoint, set_rng_state, set_seed, start_run, step_dir,
 )
 
 
@@ -118,13 +118,11 @@ def main(cfg: SFTConfig):
     if cfg.batch_size % (cfg.micro_batch * world):
         raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch "
                          f"{cfg.micro_batch} x {world} processes")
-    if rank == 0:
-        prepare_run(cfg)
-    ddp_barrier(world)
-    if is_done(cfg.out_dir):
+    resuming = open_run(cfg)  # refuses another config; writes nothing yet
+    if resuming and is_done(cfg.out_dir):
         return read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))
     set_seed(cfg.seed)
-    state = load_state(cfg.out_dir)
+    state = load_state(cfg.out_dir) if resuming else None
     if state is None:
         model, tok = build_model(cfg)
     else:  # resume: weights from the last checkpoint, the rest from state.pt
@@ -133,6 +131,9 @@ def main(cfg: SFTConfig):
     (train_p, train_c), (held_p, held_c) = build_data(cfg, tok)
     if not train_p:
         raise ValueError("no training sequences")
+    if rank == 0:  # the inputs are good: now the run folder
+        start_run(cfg)
+    ddp_barrier(world)
     model.to(device).train()
     ddp = DDP(model) if world > 1 else model  # averages gradients over processes
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,

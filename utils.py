@@ -106,6 +106,10 @@ def run_main(main, cls, argv=None):
     except (ValueError, OSError, FloatingPointError) as e:
         if os.environ.get("DPO_DEBUG"):
             raise
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):  # a bar left open would redraw after
+            bar.close()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
@@ -270,27 +274,41 @@ def config_dict(cfg) -> dict:
     return d
 
 
-def prepare_run(cfg) -> bool:
-    """Create or reopen cfg.out_dir. Returns True when an existing run is to be resumed.
-
-    Same config: resume. Different config: refuse, naming the first differing field, unless
-    cfg.overwrite, which deletes the folder and starts over."""
+def open_run(cfg) -> bool:
+    """Check cfg.out_dir against cfg before anything is loaded or written. True: a run of this
+    config is there to continue. False: a new run, or --overwrite. Another config there: refuse,
+    naming the first differing field."""
     out, new = cfg.out_dir, config_dict(cfg)
     path = os.path.join(out, "run_config.json")
-    if os.path.exists(path) and getattr(cfg, "overwrite", False):
+    if not os.path.exists(path) or getattr(cfg, "overwrite", False):
+        return False
+    with open(path) as f:
+        old = json.load(f)
+    if old != new:
+        key = next(k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
+        raise ValueError(f"{out} holds a run with another config ({key}: {old.get(key)!r} "
+                         f"there, {new.get(key)!r} now); pass --overwrite to start over or "
+                         f"choose another --out_dir")
+    return True
+
+
+def start_run(cfg):
+    """Create (or reopen) cfg.out_dir with its run_config.json. Scripts call it once their inputs
+    have loaded, so bad input leaves nothing behind. --overwrite deletes an old run first; the
+    temporaries of writes that a kill interrupted are removed."""
+    out = cfg.out_dir
+    path = os.path.join(out, "run_config.json")
+    if getattr(cfg, "overwrite", False) and os.path.exists(path):
         shutil.rmtree(out)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        if old != new:
-            key = next(k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
-            raise ValueError(f"{out} holds a run with another config ({key}: {old.get(key)!r} "
-                             f"there, {new.get(key)!r} now); pass --overwrite to start over or "
-                             f"choose another --out_dir")
-        return True
     os.makedirs(out, exist_ok=True)
-    atomic_write_json(path, new)
-    return False
+    for name in os.listdir(out):  # x.tmp<pid> (atomic_write), step_X.tmp / .old (write_folder)
+        p = os.path.join(out, name)
+        if name.endswith(".old") and not os.path.exists(p[:-4]):
+            os.rename(p, p[:-4])  # killed between write_folder's two renames: the old one stays
+        elif re.search(r"\.(tmp\d*|old)$", name):
+            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+    if not os.path.exists(path):
+        atomic_write_json(path, config_dict(cfg))
 
 
 def step_dir(out_dir: str, step: int) -> str:
@@ -319,9 +337,13 @@ def resolve_init(path: str) -> str:
 
 def write_folder(final: str, write):
     """Fill a folder with write(folder) under a temporary name, then rename it into place: a
-    reader never sees half a checkpoint. An existing folder of that name is replaced."""
-    tmp = final + ".tmp"
+    reader never sees half a checkpoint. An existing folder of that name is replaced by two
+    renames (old aside, new in), so a kill leaves one whole version under `final` or `.old`."""
+    tmp, old = final + ".tmp", final + ".old"
+    if os.path.exists(old) and not os.path.exists(final):  # a kill between the two renames
+        os.rename(old, final)
     shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
     os.makedirs(tmp)
     try:
         write(tmp)
@@ -329,8 +351,9 @@ def write_folder(final: str, write):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if os.path.exists(final):
-        shutil.rmtree(final)
+        os.rename(final, old)
     os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_checkpoint(out_dir: str, step: int, write, state: dict | None = None):
@@ -374,12 +397,12 @@ def is_done(out_dir: str) -> bool:
 
 
 def check_finite(loss: torch.Tensor, step: int, out_dir: str):
-    """Stop on a NaN or inf loss, naming the step and the last good checkpoint."""
+    """Stop on a NaN or inf loss at `step`, before the update, naming the last good checkpoint:
+    the weights of the checkpoint at step - 1 gave this loss, so it is the one before that."""
     if not torch.isfinite(loss).all():
-        ckpts = list_checkpoints(out_dir)
-        last = ckpts[-1][1] if ckpts else "none yet"
-        raise FloatingPointError(f"loss is {loss.item()} at step {step}; stopped. Last good "
-                                 f"checkpoint: {last}")
+        good = [path for s, path in list_checkpoints(out_dir) if s < step - 1]
+        raise FloatingPointError(f"loss is {loss.item()} at step {step}; stopped before the "
+                                 f"update. Last good checkpoint: {good[-1] if good else 'none'}")
 
 
 def lr_at(step: int, lr: float, warmup: int, total: int | None = None, final_frac: float = 0.1):

@@ -21,11 +21,12 @@ from utils import (
     list_checkpoints,
     load_state,
     parse_config,
-    prepare_run,
+    open_run,
     read_jsonl,
     resume_log,
     run_main,
     save_checkpoint,
+    start_run,
     write_jsonl,
 )
 
@@ -108,27 +109,48 @@ def test_help_with_percent_in_comment(capsys):
 # ----------------------------------------------------------------------------- run folders
 
 
-def test_prepare_run_new_resume_refuse_overwrite(tmp_path):
+def open_and_start(cfg):
+    resuming = open_run(cfg)
+    start_run(cfg)
+    return resuming
+
+
+def test_open_run_new_resume_refuse_overwrite(tmp_path):
     out = str(tmp_path / "run")
     cfg = Cfg(out_dir=out, steps=5)
-    assert prepare_run(cfg) is False
+    assert open_run(cfg) is False and not os.path.exists(out)  # checking writes nothing
+    assert open_and_start(cfg) is False
     with open(os.path.join(out, "run_config.json")) as f:
         saved = json.load(f)
     assert saved["steps"] == 5 and saved["betas"] == [0.05, 0.1, 1.0]
     assert "overwrite" not in saved
-    assert prepare_run(Cfg(out_dir=out, steps=5)) is True  # same config: resume
+    assert open_and_start(Cfg(out_dir=out, steps=5)) is True  # same config: resume
     with open(os.path.join(out, "log.jsonl"), "w") as f:
         f.write('{"step": 1}\n')
     with pytest.raises(ValueError, match=r"steps: 5 there, 6 now.*--overwrite"):
-        prepare_run(Cfg(out_dir=out, steps=6))
+        open_run(Cfg(out_dir=out, steps=6))
     with pytest.raises(ValueError, match="betas"):
-        prepare_run(Cfg(out_dir=out, steps=5, betas=(0.1,)))
+        open_run(Cfg(out_dir=out, steps=5, betas=(0.1,)))
     assert os.path.exists(os.path.join(out, "log.jsonl"))  # refusing touched nothing
-    assert prepare_run(Cfg(out_dir=out, steps=6, overwrite=True)) is False
+    assert open_run(Cfg(out_dir=out, steps=6, overwrite=True)) is False
+    assert os.path.exists(os.path.join(out, "log.jsonl"))  # --overwrite deletes at start_run
+    start_run(Cfg(out_dir=out, steps=6, overwrite=True))
     assert os.listdir(out) == ["run_config.json"]  # the old run's files are gone
     with open(os.path.join(out, "run_config.json")) as f:
         assert json.load(f)["steps"] == 6
-    assert prepare_run(Cfg(out_dir=out, steps=6)) is True
+    assert open_and_start(Cfg(out_dir=out, steps=6)) is True
+
+
+def test_start_run_clears_killed_writes(tmp_path):
+    out = str(tmp_path / "run")
+    cfg = Cfg(out_dir=out, steps=5)
+    start_run(cfg)
+    for name in ("state.pt.tmp123", "step_000002.tmp", "best.old", "step_000001.old"):
+        os.makedirs(os.path.join(out, name)) if "step" in name or "best" in name else \
+            open(os.path.join(out, name), "w").close()
+    os.makedirs(os.path.join(out, "step_000001"))  # the new version of step 1 is in place
+    start_run(cfg)
+    assert sorted(os.listdir(out)) == ["best", "run_config.json", "step_000001"]  # best.old back
 
 
 # ----------------------------------------------------------------------------- JSONL
@@ -267,9 +289,12 @@ def test_done_marker(tmp_path):
 
 def test_check_finite(tmp_path):
     check_finite(torch.tensor(0.5), 3, str(tmp_path))  # fine: no error
-    with pytest.raises(FloatingPointError, match="step 7.*none yet"):
+    with pytest.raises(FloatingPointError, match="step 7.*checkpoint: none"):
         check_finite(torch.tensor(float("nan")), 7, str(tmp_path))
     save_checkpoint(str(tmp_path), 5, write_ckpt)
+    with pytest.raises(FloatingPointError, match=r"inf at step 12.*step_000005"):
+        check_finite(torch.tensor(float("inf")), 12, str(tmp_path))
+    save_checkpoint(str(tmp_path), 11, write_ckpt)  # its weights gave step 12's inf loss
     with pytest.raises(FloatingPointError, match=r"inf at step 12.*step_000005"):
         check_finite(torch.tensor(float("inf")), 12, str(tmp_path))
 
