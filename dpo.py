@@ -26,7 +26,7 @@ from tqdm import tqdm
 from data import check_pairs, collate_pairs, load_tokenizer, split_pairs, stream_indices
 from model import GPT, token_logprobs
 from utils import (
-    atomic_torch_save, autocast, check_finite, ddp_barrier, ddp_init, ddp_mean, get_device,
+    adamw, atomic_torch_save, autocast, check_finite, ddp_barrier, ddp_init, ddp_mean, get_device,
     is_done, load_state, log_row, lr_at, mark_done, open_run, read_jsonl, resolve_init,
     resume_log, rng_state, run_main, save_checkpoint, set_rng_state, set_seed, start_run,
     step_dir,
@@ -246,7 +246,7 @@ def main(cfg: DPOConfig):
     if cfg.optimizer == "rmsprop":
         opt = torch.optim.RMSprop(model.parameters(), lr=cfg.lr)
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        opt = adamw(model.parameters(), cfg.lr, device, weight_decay=0.0)
     step = 0
     if state is not None:
         opt.load_state_dict(state["optimizer"])

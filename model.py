@@ -239,6 +239,20 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------------- sampling
 
+    def output_layer(self):
+        """The LM head for sampling. On CPU, multiplying by a contiguous (C, vocab) copy of the
+        tied weight beats F.linear on the (vocab, C) embedding (bench/sample.py); the copy is
+        kept until the weights change. Elsewhere (CUDA: bf16 autocast casts and caches the leaf
+        weight itself) the plain layer."""
+        w = self.lm_head.weight
+        if w.device.type != "cpu":
+            return self.lm_head
+        key = (id(w), w.data_ptr(), w._version, w.dtype)  # _version: bumped by in-place updates
+        if getattr(self, "_head_t", (None,))[0] != key:
+            self._head_t = (key, w.detach().t().contiguous())
+        head_t = self._head_t[1]
+        return lambda h: h @ head_t
+
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                  eos_id=None, generator=None):
@@ -265,15 +279,13 @@ class GPT(nn.Module):
         attn[:, P:] = 1
         pos = (attn[:, :P].cumsum(1) - 1).clamp(min=0)  # (B, P) position ids of the prompt
         cache = KVCache(self.config.n_layer, P + max_new_tokens)
-        # The per-token output layer streams vocab x C weights: a contiguous (C, vocab) copy made
-        # once per call is faster to multiply than the (vocab, C) embedding (see bench/).
-        head_t = self.lm_head.weight.t().contiguous()
+        head = self.output_layer()
         h = self.hidden(idx, attn[:, :P], pos, cache)[:, -1]  # (B, C), last prompt position
         pos = pos[:, -1]
         out, done = [], torch.zeros(B, dtype=torch.bool, device=device)
         masks = []
         for t in range(max_new_tokens):
-            nxt = sample_next(h @ head_t, temperature, top_k, top_p, generator)  # (B,)
+            nxt = sample_next(head(h), temperature, top_k, top_p, generator)  # (B,)
             nxt = torch.where(done, eos_id, nxt)
             masks.append(~done)
             out.append(nxt)

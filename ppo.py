@@ -27,7 +27,7 @@ from data import (
 from model import GPT, completions, token_logprobs
 from reward import load_ground_truth, load_head, load_reward_model, save_head
 from utils import (
-    autocast, check_finite, get_device, is_done, load_state, log_row, mark_done, open_run,
+    adamw, autocast, check_finite, get_device, is_done, load_state, log_row, mark_done, open_run,
     read_jsonl, resolve_init, resume_log, rng_state, run_main, save_checkpoint, set_rng_state,
     set_seed, start_run, step_dir,
 )
@@ -220,7 +220,7 @@ def main(cfg: PPOConfig):
     ref = GPT.from_pretrained(init).to(device).eval().requires_grad_(False)
     start_run(cfg)  # the inputs are good: now the run folder
     params = list(policy.parameters()) + list(value_head.parameters())
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = adamw(params, cfg.lr, device, weight_decay=0.0)  # = Adam
     step, kl_coef, moments = 0, cfg.init_kl_coef, RunningMoments()
     if state is not None:
         opt.load_state_dict(state["optimizer"])

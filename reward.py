@@ -27,7 +27,7 @@ from data import (
 from model import GPT, read_safetensors
 from roberta import SIEBERT, load_roberta_scorer
 from utils import (
-    autocast, check_finite, get_device, is_done, load_state, log_row, lr_at, mark_done,
+    adamw, autocast, check_finite, get_device, is_done, load_state, log_row, lr_at, mark_done,
     open_run, read_jsonl, resolve_init, resume_log, rng_state, run_main, save_checkpoint,
     set_rng_state, set_seed, start_run, step_dir, write_folder,
 )
@@ -232,7 +232,7 @@ def train(cfg: RMConfig):
         raise ValueError("no validation examples: raise --eval_size or add data")
     start_run(cfg)  # the inputs are good: now the run folder
     steps = max(1, cfg.epochs * len(train_ex) // cfg.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = adamw(model.parameters(), cfg.lr, device, weight_decay=0.0)
     step, best = 0, -1.0
     if state is not None:
         opt.load_state_dict(state["optimizer"])

@@ -24,7 +24,7 @@ from data import (
 )
 from model import GPT, GPTConfig, token_logprobs
 from utils import (
-    autocast, check_finite, ddp_barrier, ddp_init, ddp_mean, get_device, is_done, load_state,
+    adamw, autocast, check_finite, ddp_barrier, ddp_init, ddp_mean, get_device, is_done, load_state,
     log_row, lr_at, mark_done, open_run, read_jsonl, resolve_init, resume_log, rng_state,
     run_main, save_checkpoint, set_rng_state, set_seed, start_run, step_dir,
 )
@@ -136,8 +136,8 @@ def main(cfg: SFTConfig):
     ddp_barrier(world)
     model.to(device).train()
     ddp = DDP(model) if world > 1 else model  # averages gradients over processes
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            betas=(0.9, 0.95), fused=device.startswith("cuda"))
+    opt = adamw(model.parameters(), cfg.lr, device, weight_decay=cfg.weight_decay,
+                betas=(0.9, 0.95))
     step = 0
     if state is not None:
         opt.load_state_dict(state["optimizer"])

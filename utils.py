@@ -166,6 +166,13 @@ def ddp_mean(value: float, world: int, device: str) -> float:
     return t.item() / world
 
 
+def adamw(params, lr: float, device: str, **kw):
+    """AdamW as one fused kernel over all parameters where PyTorch has one (CPU, CUDA): on CPU
+    4-5x faster than the per-tensor loop (bench/train_step.py). weight_decay=0 is Adam."""
+    return torch.optim.AdamW(params, lr=lr, fused=torch.device(device).type in ("cpu", "cuda"),
+                             **kw)
+
+
 def autocast(device: str):
     """bf16 autocast on CUDA (weights and optimizer stay fp32); plain fp32 elsewhere."""
     if device.startswith("cuda"):

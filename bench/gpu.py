@@ -9,7 +9,6 @@ against the GPU's bf16 peak and peak memory; then estimates the `paper` preset's
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ from common import SIZES  # noqa: E402
 from dpo import concatenated_logps, preference_loss  # noqa: E402
 from model import GPT, GPTConfig, token_logprobs  # noqa: E402
 from roberta import RobertaClassifier, RobertaConfig  # noqa: E402
-from utils import autocast  # noqa: E402
+from utils import adamw, autocast  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s, datasheets
 
@@ -55,7 +54,7 @@ def peak_mem_gb(dev):
 def bench_sft(train_model, model, cfg, args, dev, N, mfu):
     """Forward + backward + fused AdamW on (sft_batch, seq) tokens. The optimizer is local, so
     its moments are freed before the next measurement."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=dev.startswith("cuda"))
+    opt = adamw(model.parameters(), 1e-5, dev)
     x = torch.randint(0, cfg.vocab_size, (args.sft_batch, args.seq), device=dev)
     mask = torch.ones_like(x, dtype=torch.bool)
 
@@ -113,6 +112,7 @@ def main(argv=None):
     ap.add_argument("--compile", action="store_true", help="torch.compile the training model")
     ap.add_argument("--roberta", default="large", choices=["large", "tiny"])
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--estimate", default="paper", help="preset to estimate ('' for none)")
     args = ap.parse_args(argv)
     dev = args.device
     torch.manual_seed(0)
@@ -179,7 +179,8 @@ def main(argv=None):
     res["roberta"] = dict(texts_per_s=64 / t)
     if dev.startswith("cuda"):
         res["peak_mem_gb_total"] = torch.cuda.max_memory_allocated() / 2**30
-    res["paper_estimate_h"] = estimate_paper_hours(res)
+    if args.estimate:
+        res[f"{args.estimate}_preset_estimate_h"] = estimate_hours(res, args.estimate)
     print(json.dumps(res, indent=2))
     if args.json:
         with open(args.json, "w") as f:
@@ -187,38 +188,44 @@ def main(argv=None):
     return res
 
 
-def estimate_paper_hours(r) -> dict:
-    """Wall-clock hours of `python frontier.py --preset paper` from the measured throughputs,
-    stage by stage (counts from frontier.PRESETS['paper'] and the scripts' defaults)."""
-    pairs, seqs_per_pair, pair_len = 150_000, 2, 56
-    sft_tokens = 400 * 64 * 128
-    samples = 25_000 * 4
-    hours = {}
-    hours["sft"] = sft_tokens / r["sft"]["tokens_per_s"]
-    hours["pairs"] = (samples / r["sample"]["sequences_per_s"]
-                      + samples / r["roberta"]["texts_per_s"])
-    # RM: 3 epochs of Bradley-Terry, a DPO-shaped step per pair
-    hours["rm"] = 3 * pairs / r["dpo"]["pairs_per_s"]
-    # DPO: 4 betas + 4 alphas, one epoch each (minus 256 held-out pairs), ref log-probs once
-    hours["dpo+unlikelihood"] = 8 * pairs / r["dpo"]["pairs_per_s"] + \
-        pairs * seqs_per_pair * pair_len / r["forward"]["tokens_per_s"]
-    hours["preferred_ft"] = 3 * 2000 * 64 * pair_len / r["sft"]["tokens_per_s"]
-    # PPO: 8 runs x 100 iterations x 1024 rollouts: sampling, 3 forward passes (policy+values,
-    # ref, scoring), 4 epochs of forward + backward (an SFT-shaped step per token)
-    ppo_iter = (1024 / r["sample"]["sequences_per_s"]
-                + 2 * 1024 * pair_len / r["forward"]["tokens_per_s"]
-                + 1024 / r["roberta"]["texts_per_s"]
-                + 4 * 1024 * pair_len / r["sft"]["tokens_per_s"])
-    hours["ppo (8 runs)"] = 8 * 100 * ppo_iter
-    # evaluation: checkpoints every 100 DPO steps (~23 per run), 20 per PFT run, 20 per PPO run
-    n_ckpt = 8 * math.ceil(pairs / 64 / 100) + 3 * 20 + 8 * 20
-    per_eval = (512 / r["sample"]["sequences_per_s"]
-                + 2 * 512 * pair_len / r["forward"]["tokens_per_s"]
-                + 512 / r["roberta"]["texts_per_s"])
-    hours["evaluation"] = n_ckpt * per_eval
-    hours = {k: v / 3600 for k, v in hours.items()}
-    hours["total"] = sum(hours.values())
-    return hours
+def estimate_hours(r: dict, preset: str) -> dict:
+    """Wall-clock hours of `python frontier.py --preset <preset>` from measured throughputs, stage
+    by stage, with the counts of frontier.PRESETS (the scripts' defaults where a preset is
+    silent). Ignores start-up, checkpoint writes and the host side: a lower bound in spirit."""
+    from dpo import DPOConfig
+    from frontier import PRESETS
+    from ppo import PPOConfig
+    from reward import RMConfig
+    from sft import SFTConfig
+
+    p = PRESETS[preset]
+    sft, dpo = SFTConfig(**p.sft), DPOConfig(**p.dpo)
+    pft, ppo, rm = SFTConfig(**p.pft), PPOConfig(**p.ppo), RMConfig(**p.rm)
+    pair_len, samples = 56, p.pairs.get("n_prefixes", 25000) * 4
+    pairs = samples // 4 * 6
+    gen = lambda n: n / r["sample"]["sequences_per_s"]  # n completions of 48 tokens
+    fwd = lambda n: n * pair_len / r["forward"]["tokens_per_s"]  # n sequences, no grad
+    score = lambda n: n / r["roberta"]["texts_per_s"]
+    h = {}
+    h["sft"] = sft.steps * sft.batch_size * sft.max_len / r["sft"]["tokens_per_s"]
+    h["pairs"] = gen(samples) + score(samples)
+    h["reward model"] = rm.epochs * pairs / r["dpo"]["pairs_per_s"]
+    dpo_steps = dpo.steps or pairs // dpo.batch_size
+    runs = len(p.betas) + len(p.alphas)
+    h["dpo + unlikelihood"] = (runs * dpo_steps * dpo.batch_size / r["dpo"]["pairs_per_s"]
+                               + fwd(2 * pairs))  # + the reference log-probs, once
+    h["preferred-ft"] = (len(p.pft_seeds) * pft.steps * pft.batch_size * pair_len
+                         / r["sft"]["tokens_per_s"])
+    per_iter = (gen(ppo.batch_size) + 2 * fwd(ppo.batch_size) + score(ppo.batch_size)
+                + ppo.ppo_epochs * ppo.batch_size * pair_len / r["sft"]["tokens_per_s"])
+    h["ppo + ppo-gt"] = 2 * len(p.target_kls) * ppo.steps * per_iter
+    n_eval = p.eval.get("n_prefixes", 512)
+    ckpts = (runs * (dpo_steps // dpo.save_every) + len(p.pft_seeds) * (pft.steps // pft.save_every)
+             + 2 * len(p.target_kls) * (ppo.steps // ppo.save_every) + 1)
+    h["evaluation"] = ckpts * (gen(n_eval) + 2 * fwd(n_eval) + score(n_eval))
+    h = {k: round(v / 3600, 2) for k, v in h.items()}
+    h["total"] = round(sum(h.values()), 2)
+    return h
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch
 from common import add_size_args, interleaved, model_pair, setup_threads, table
 
 from sft import lm_loss  # noqa: E402
+from utils import adamw  # noqa: E402
 
 
 def matmul_flops(n=2048, reps=10) -> float:
@@ -49,7 +50,7 @@ def main(argv=None):
     ours.train(), ref.train()
     x = torch.randint(0, args.vocab, (args.batch, args.seq))
     mask = torch.ones_like(x, dtype=torch.bool)
-    opt = torch.optim.AdamW(ours.parameters(), lr=1e-5)
+    opt = adamw(ours.parameters(), 1e-5, "cpu")  # as the loops build it: fused
     opt_ref = torch.optim.AdamW(ref.parameters(), lr=1e-5)
 
     def step():

@@ -12,6 +12,7 @@ import torch
 from common import add_size_args, interleaved, model_pair, setup_threads, table
 
 from sft import lm_loss  # noqa: E402  (common.py put the repo root on sys.path)
+from utils import adamw  # noqa: E402
 
 
 def main(argv=None):
@@ -19,6 +20,7 @@ def main(argv=None):
     add_size_args(ap)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--fused_ref", action="store_true", help="fused AdamW for transformers too")
     args = ap.parse_args(argv)
     setup_threads(args)
     ours, ref = model_pair(args.size, args.vocab)
@@ -26,8 +28,10 @@ def main(argv=None):
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, args.vocab, (args.batch, args.seq), generator=g)
     mask = torch.ones_like(x, dtype=torch.bool)
-    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-5)
-    opt_ref = torch.optim.AdamW(ref.parameters(), lr=1e-5)
+    opt_ours = adamw(ours.parameters(), 1e-5, "cpu")  # as the loops build it: fused
+    # the reference as users run it: the default AdamW (--fused_ref: fused too, to compare the
+    # models alone)
+    opt_ref = torch.optim.AdamW(ref.parameters(), lr=1e-5, fused=args.fused_ref)
 
     # the same loss on the same weights first: mean next-token NLL
     with torch.no_grad():
