@@ -239,20 +239,6 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------------- sampling
 
-    def output_layer(self):
-        """The LM head for sampling. On CPU, multiplying by a contiguous (C, vocab) copy of the
-        tied weight beats F.linear on the (vocab, C) embedding (bench/sample.py); the copy is
-        kept until the weights change. Elsewhere (CUDA: bf16 autocast casts and caches the leaf
-        weight itself) the plain layer."""
-        w = self.lm_head.weight
-        if w.device.type != "cpu":
-            return self.lm_head
-        key = (id(w), w.data_ptr(), w._version, w.dtype)  # _version: bumped by in-place updates
-        if getattr(self, "_head_t", (None,))[0] != key:
-            self._head_t = (key, w.detach().t().contiguous())
-        head_t = self._head_t[1]
-        return lambda h: h @ head_t
-
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                  eos_id=None, generator=None):
@@ -279,7 +265,16 @@ class GPT(nn.Module):
         attn[:, P:] = 1
         pos = (attn[:, :P].cumsum(1) - 1).clamp(min=0)  # (B, P) position ids of the prompt
         cache = KVCache(self.config.n_layer, P + max_new_tokens)
-        head = self.output_layer()
+        # The per-token output layer streams vocab x C weights. On CPU a contiguous (C, vocab)
+        # copy, made once per call, multiplies faster than F.linear on the (vocab, C) embedding
+        # (bench/sample.py). Not cached across calls: fused optimizers update weights in place
+        # without bumping their version counter, so a stale copy would go unnoticed. On CUDA the
+        # plain layer (autocast casts and caches the leaf weight itself).
+        if self.lm_head.weight.device.type == "cpu":
+            head_t = self.lm_head.weight.t().contiguous()
+            head = lambda h: h @ head_t
+        else:
+            head = self.lm_head
         h = self.hidden(idx, attn[:, :P], pos, cache)[:, -1]  # (B, C), last prompt position
         pos = pos[:, -1]
         out, done = [], torch.zeros(B, dtype=torch.bool, device=device)
