@@ -15,10 +15,10 @@ echo "gpt2-large eager: $?"
 timeout 60 python bench/gpu.py --size gpt2 --micro_batch 32 --sft_batch 32 --estimate gpt2 \
   --json "$OUT/gpt2.json" > "$OUT/gpt2.log" 2>&1
 echo "gpt2 eager: $?"
-timeout 150 python bench/gpu.py --compile --json "$OUT/gpt2_large_compile.json" \
+timeout 120 python bench/gpu.py --compile --json "$OUT/gpt2_large_compile.json" \
   > "$OUT/gpt2_large_compile.log" 2>&1
 echo "gpt2-large compile: $?"
-timeout 200 python frontier.py --preset tiny --device cuda --out_dir /tmp/tiny_cuda \
+timeout 180 python frontier.py --preset tiny --device cuda --out_dir /tmp/tiny_cuda \
   > "$OUT/tiny_cuda.log" 2>&1
 echo "tiny preset on cuda: $?"
 cp /tmp/tiny_cuda/frontier.jsonl "$OUT/tiny_cuda_frontier.jsonl" 2>/dev/null
