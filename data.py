@@ -56,9 +56,7 @@ class Tokenizer:
     """
 
     def __init__(self, vocab: list[int] | None = None):
-        import tiktoken
-
-        self.enc = tiktoken.get_encoding("gpt2")
+        self.enc = gpt2_encoding()
         self.vocab = list(vocab) if vocab is not None else None
         if self.vocab is None:
             self.eos_id, self.vocab_size, self.unk_id = GPT2_EOS, self.enc.n_vocab, None
@@ -88,6 +86,19 @@ class Tokenizer:
         if self.vocab is not None:
             with open(os.path.join(folder, "compact_vocab.json"), "w") as f:
                 json.dump(self.vocab, f)
+
+
+def gpt2_encoding():
+    """tiktoken's GPT-2 BPE. Its two files download once (then cached); offline, point
+    TIKTOKEN_CACHE_DIR at a folder that holds them."""
+    import tiktoken
+
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # requests' connection errors, a corrupt cache, ...
+        raise OSError(f"tiktoken could not load GPT-2's BPE files ({type(e).__name__}); they "
+                      f"download once: offline, set TIKTOKEN_CACHE_DIR to a folder holding "
+                      f"them") from None
 
 
 def load_tokenizer(folder: str | None = None) -> Tokenizer:
@@ -351,9 +362,7 @@ def synthetic_reviews(n: int, seed: int, p_agree: float = 0.8) -> list[tuple[str
 def synthetic_vocab() -> list[int]:
     """Every GPT-2 id the synthetic corpus can use (words alone, after a space, capitalised; no
     BPE merge crosses a space or a full stop), plus EOS: the tiny preset's compact vocabulary."""
-    import tiktoken
-
-    enc = tiktoken.get_encoding("gpt2")
+    enc = gpt2_encoding()
     pieces = OPENERS + SUBJECTS + VERBS + INTENSIFIERS + POSITIVE + NEGATIVE + AUDIENCE + WHEN
     pieces += CLOSERS + [*LIKE[0], *LIKE[1], *RECOMMEND.values(), *VERDICT.values(), "I It is"]
     pieces += ["movies I have seen", "it was"]

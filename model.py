@@ -7,6 +7,7 @@ Conv1D layers, which GPT-2 stores as (in, out) and nn.Linear as (out, in).
     python -c "from model import *; m = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64)); print(m)"
 """
 
+import contextlib
 import json
 import math
 import os
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # The four GPT-2 sizes on the Hugging Face hub (the unprefixed names redirect there).
 HUB_NAMES = {
@@ -23,6 +25,7 @@ HUB_NAMES = {
     "gpt2-large": "openai-community/gpt2-large",
     "gpt2-xl": "openai-community/gpt2-xl",
 }
+MASKED_CUDA_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 # GPT-2 keeps these as Conv1D with (in, out) weights; we use nn.Linear, (out, in).
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -86,10 +89,14 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, nh, S, hs), S = past + T
         # mask is None: plain causal attention (the fast path); else a (B or 1, 1, T, S) bool mask.
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        # With a mask on CUDA, keep to the kernels that need no per-shape plan: cuDNN's builds
+        # one for every new length, and sampling makes a new length at every token.
+        masked_cuda = mask is not None and q.is_cuda
+        with sdpa_kernel(MASKED_CUDA_BACKENDS) if masked_cuda else contextlib.nullcontext():
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None,
+                dropout_p=self.dropout if self.training else 0.0,
+            )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -430,15 +437,11 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Sample from GPT-2 (hub size or local folder).")
     ap.add_argument("--init", default="gpt2")
     ap.add_argument("--prompt", default="This movie was")
-    ap.add_argument("--max_new_tokens", type=int, default=48)
-    ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--num_samples", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     tok = load_tokenizer(args.init if os.path.isdir(args.init) else None)
     model = GPT.from_pretrained(args.init).eval()
-    g = torch.Generator().manual_seed(args.seed)
-    tokens, mask = model.generate([tok.encode(args.prompt)] * args.num_samples, args.max_new_tokens,
-                                  temperature=args.temperature, generator=g)
-    for row, m in zip(tokens.tolist(), mask.tolist()):
-        print(repr(args.prompt + tok.decode([t for t, k in zip(row, m) if k])))
+    tokens, mask = model.generate([tok.encode(args.prompt)] * args.num_samples, 48,
+                                  generator=torch.Generator().manual_seed(0))
+    for c in completions(tokens, mask):
+        print(repr(args.prompt + tok.decode(c)))

@@ -167,14 +167,14 @@ class RobertaTokenizer:
     """
 
     def __init__(self, vocab: dict[str, int], max_len: int = 512):
-        import tiktoken
+        from data import gpt2_encoding
 
         for t in ("<s>", "</s>", "<pad>", "<unk>"):
             if t not in vocab:
                 raise ValueError(f"vocab.json has no {t} token: not a RoBERTa vocabulary")
         self.bos_id, self.eos_id = vocab["<s>"], vocab["</s>"]
         self.pad_id, self.unk_id = vocab["<pad>"], vocab["<unk>"]
-        self.enc, self.max_len = tiktoken.get_encoding("gpt2"), max_len
+        self.enc, self.max_len = gpt2_encoding(), max_len
         b2u = bytes_to_unicode()
         # GPT-2 id -> RoBERTa id, through the token's spelling in vocab.json
         self.id_map = [vocab.get("".join(b2u[b] for b in self.enc.decode_single_token_bytes(i)),
