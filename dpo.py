@@ -48,7 +48,7 @@ def preference_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps
       "dpo":   -log sigmoid(beta h)                                    (paper Eq. 7)
                with label_smoothing e: -(1-e) log sigmoid(beta h) - e log sigmoid(-beta h)
                (conservative DPO: the labels are flipped with probability e)
-      "ipo":   (h - 1/(2 beta))^2                     (Azar et al. 2023, Eq. 17; beta = tau)
+      "ipo":   (h - 1/(2 beta))^2                          (Azar et al. 2023; their tau = beta)
       "hinge": max(0, 1 - beta h)                                (SLiC, Zhao et al. 2023)
     reference_free: pi_ref is taken as uniform, i.e. h = log pi(y_w) - log pi(y_l).
     Returns (losses, chosen_rewards, rejected_rewards); rewards are beta * (log pi - log pi_ref),
@@ -78,7 +78,7 @@ def unlikelihood_loss(policy_chosen_logps, policy_rejected_logps, alpha):
     probability assigned to y_w and minimize the probability assigned to y_l; we use an optional
     coefficient alpha in [0, 1] on the 'unlikelihood' term." Nothing bounds log pi(y_l) from
     below, so this unconstrained likelihood minimisation can drive the model to degenerate text
-    (the paper reports it does, App. C.3): that is the baseline's nature, not a bug.
+    (the paper's App. C.3 shows such samples): that is the baseline's nature, not a bug.
     """
     return -policy_chosen_logps + alpha * policy_rejected_logps
 
@@ -103,7 +103,7 @@ class DPOConfig:
     out_dir: str = "runs/dpo"  # run folder
     init: str = "runs/sft"  # SFT checkpoint (or run folder: its last checkpoint)
     ref: str | None = None  # reference checkpoint (default: init)
-    pairs: str = "runs/pairs.jsonl"  # pairs file written by pairs.py
+    pairs: str = "runs/pairs/pairs.jsonl"  # pairs file written by pairs.py
     seed: int = 0  # data order
     loss: str = "dpo"  # dpo | ipo | hinge | unlikelihood | unlikelihood_token
     beta: float = 0.1  # KL strength beta (paper default 0.1; IMDb sweep 0.05, 0.1, 1, 5)
