@@ -210,22 +210,10 @@ class GPT(nn.Module):
         head, wte = sd.pop("lm_head.weight", None), sd.get("wte.weight")
         if head is not None and wte is not None and not torch.equal(head, wte):  # tied
             raise ValueError("lm_head.weight differs from wte.weight: GPT-2's head is tied")
-        expected = {k.removeprefix("transformer.") for k in own if k != "lm_head.weight"}
-        missing, unexpected = sorted(expected - sd.keys()), sorted(sd.keys() - expected)
-        if missing or unexpected:
-            key = missing[0] if missing else unexpected[0]
-            what = "missing" if missing else "unexpected"
-            raise ValueError(f"not a GPT-2 state dict for this config: {what} key '{key}' "
-                             f"({len(missing)} missing, {len(unexpected)} unexpected)")
-        with torch.no_grad():
-            for k, v in sd.items():
-                target = own[k if k.startswith("lm_head") else "transformer." + k]
-                if k.endswith(CONV1D):
-                    v = v.t()
-                if v.shape != target.shape:
-                    raise ValueError(f"shape of '{k}' is {tuple(v.shape)}, expected "
-                                     f"{tuple(target.shape)} (Conv1D weights are stored (in, out))")
-                target.copy_(v)
+        sd = {k: v.t() if k.endswith(CONV1D) else v for k, v in sd.items()}
+        targets = {k.removeprefix("transformer."): v for k, v in own.items()
+                   if k != "lm_head.weight"}
+        copy_checked(targets, sd, "a GPT-2 state dict", "(Conv1D weights are stored (in, out))")
 
     def save_pretrained(self, folder: str):
         """config.json (HF GPT-2 keys) + model.safetensors (HF names, Conv1D orientation), so that
@@ -284,8 +272,7 @@ class GPT(nn.Module):
             head = self.lm_head
         h = self.hidden(idx, attn[:, :P], pos, cache)[:, -1]  # (B, C), last prompt position
         pos = pos[:, -1]
-        out, done = [], torch.zeros(B, dtype=torch.bool, device=device)
-        masks = []
+        out, masks, done = [], [], torch.zeros(B, dtype=torch.bool, device=device)
         for t in range(max_new_tokens):
             nxt = sample_next(head(h), temperature, top_k, top_p, generator)  # (B,)
             nxt = torch.where(done, eos_id, nxt)
@@ -304,6 +291,22 @@ def completions(tokens, mask) -> list[list[int]]:
     """generate()'s (B, N) output as B token lists, each cut after its EOS (two host copies in
     all, not one per row)."""
     return [row[:n] for row, n in zip(tokens.tolist(), mask.sum(1).tolist())]
+
+
+def copy_checked(targets: dict, sd: dict, what: str, hint: str = ""):
+    """Copy sd into `targets`' tensors: equal key sets and shapes, else an error naming the key."""
+    missing, unexpected = sorted(targets.keys() - sd.keys()), sorted(sd.keys() - targets.keys())
+    if missing or unexpected:
+        key = missing[0] if missing else unexpected[0]
+        kind = "missing" if missing else "unexpected"
+        raise ValueError(f"not {what} for this config: {kind} key '{key}' "
+                         f"({len(missing)} missing, {len(unexpected)} unexpected)")
+    with torch.no_grad():
+        for k, v in sd.items():
+            if v.shape != targets[k].shape:
+                raise ValueError(f"shape of '{k}' is {tuple(v.shape)}, expected "
+                                 f"{tuple(targets[k].shape)} {hint}".rstrip())
+            targets[k].copy_(v)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import hub_download, read_hf_config, read_safetensors
+from model import copy_checked, hub_download, read_hf_config, read_safetensors
 
 SIEBERT = "siebert/sentiment-roberta-large-english"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of preference
@@ -124,21 +124,9 @@ class RobertaClassifier(nn.Module):
 
     def load_hf_state_dict(self, sd: dict):
         """Load a RobertaForSequenceClassification state dict (HF names): assert keys and shapes."""
-        own = self.state_dict()
         sd = {k: v for k, v in sd.items()
               if k not in IGNORED_KEYS and not k.startswith(IGNORED_PREFIX)}
-        missing, unexpected = sorted(own.keys() - sd.keys()), sorted(sd.keys() - own.keys())
-        if missing or unexpected:
-            key = missing[0] if missing else unexpected[0]
-            what = "missing" if missing else "unexpected"
-            raise ValueError(f"not a RoBERTa classifier state dict for this config: {what} key "
-                             f"'{key}' ({len(missing)} missing, {len(unexpected)} unexpected)")
-        with torch.no_grad():
-            for k, v in sd.items():
-                if v.shape != own[k].shape:
-                    raise ValueError(f"shape of '{k}' is {tuple(v.shape)}, expected "
-                                     f"{tuple(own[k].shape)}")
-                own[k].copy_(v)
+        copy_checked(self.state_dict(), sd, "a RoBERTa classifier state dict")
 
 
 # ----------------------------------------------------------------------------- the tokenizer

@@ -43,10 +43,6 @@ def timed(fn, device, reps, warmup=1):
     return (time.perf_counter() - t0) / reps
 
 
-def n_params(model):
-    return sum(p.numel() for n, p in model.named_parameters() if "wpe" not in n)
-
-
 def peak_mem_gb(dev):
     return torch.cuda.max_memory_allocated() / 2**30 if dev.startswith("cuda") else None
 
@@ -126,7 +122,7 @@ def main(argv=None):
     cfg = GPTConfig(n_layer=L, n_head=H, n_embd=C)
     with torch.device(dev):
         model = GPT(cfg)
-    N = n_params(model)
+    N = model.num_params()  # tied output layer counted, positions not
     res = dict(device=name, size=args.size, params=N, peak_bf16=peak)
 
     def mfu(flops_per_s):

@@ -34,8 +34,7 @@ def matmul_flops(n=2048, reps=10) -> float:
 
 def train_flops_per_token(model, T: int) -> float:
     cfg = model.config
-    n_params = sum(p.numel() for n, p in model.named_parameters() if "wpe" not in n)
-    return 6 * n_params + 12 * cfg.n_layer * T * cfg.n_embd
+    return 6 * model.num_params() + 12 * cfg.n_layer * T * cfg.n_embd
 
 
 def main(argv=None):
