@@ -98,8 +98,7 @@ def main(cfg: PairsConfig):
         for k, prefix in enumerate(chunk):
             s = slice(k * cfg.samples, (k + 1) * cfg.samples)
             rows, ties = pairs_of(prefix, comps[s], rewards[s], tok)
-            for r in rows:
-                append_jsonl(path, {"prefix_index": first + k, **r})
+            append_jsonl(path, *({"prefix_index": first + k, **r} for r in rows))
             n_pairs, n_ties = n_pairs + len(rows), n_ties + ties
         # the log row marks the chunk complete: written after its pairs
         log_row(cfg.out_dir, {"step": c + 1, "pairs": n_pairs, "ties": n_ties,

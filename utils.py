@@ -229,10 +229,10 @@ def atomic_torch_save(obj, path: str):
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def append_jsonl(path: str, row: dict):
-    """Append one whole line. A torn last line (a kill mid-write) is cut off first, so a new line
-    never glues onto half of an old one."""
-    line = (json.dumps(row) + "\n").encode()
+def append_jsonl(path: str, *rows: dict):
+    """Append whole lines, one per row, in one write. A torn last line (a kill mid-write) is cut
+    off first, so a new line never glues onto half of an old one."""
+    line = "".join(json.dumps(row) + "\n" for row in rows).encode()
     with open(path, "ab+") as f:
         if f.tell() > 0:
             f.seek(-1, os.SEEK_END)

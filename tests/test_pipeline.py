@@ -297,14 +297,17 @@ def test_pairs_file(pipeline):
 
 def test_pairs_resume_after_kill_mid_chunk(pipeline, tmp_path, monkeypatch):
     cfg = dataclasses.replace(pipeline.pairs_cfg, out_dir=str(tmp_path / "pairs"))
-    first_two = sum(r["pairs"] for r in pipeline.pairs_log[:2])
-    # killed while appending the 11th pair of the third chunk: 10 of its pairs are on disk
+    chunk = PAIRS_TINY["chunk"]
+    # pairs.py appends each prefix's pairs in one write: killed after the third chunk's 10th
+    # prefix, the pairs of 2 chunks + 10 prefixes are on disk
+    on_disk = [r for r in read_jsonl(pipeline.pairs) if r["prefix_index"] < 2 * chunk + 10]
     with monkeypatch.context() as mp:
-        mp.setattr(pairs, "append_jsonl", interrupt_after(first_two + 10, pairs.append_jsonl))
+        mp.setattr(pairs, "append_jsonl", interrupt_after(2 * chunk + 10, pairs.append_jsonl))
         with pytest.raises(KeyboardInterrupt):
             pairs.main(cfg)
     path = os.path.join(cfg.out_dir, "pairs.jsonl")
-    assert len(read_jsonl(path)) == first_two + 10
+    assert read_jsonl(path) == on_disk and len(on_disk) > sum(r["pairs"]
+                                                              for r in pipeline.pairs_log[:2])
     assert [r["step"] for r in read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))] == [1, 2]
     history = pairs.main(cfg)
     assert read_bytes(path) == read_bytes(pipeline.pairs)
