@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from model import GPT, KVCache, sample_next, token_logprobs
+from model import GPT, KVCache, Linear, sample_next, token_logprobs
 
 # Different depth, width, heads, vocabulary, context and LayerNorm epsilon.
 HF_CONFIGS = [
@@ -518,6 +518,69 @@ def test_token_logprobs_bad_reduction(tiny_gpt):
     ids, mask, logits = scored_batch(tiny_gpt())
     with pytest.raises(ValueError, match="reduction must be"):
         token_logprobs(logits, ids, mask, reduction="avg")
+
+
+@pytest.mark.parametrize("shape", [(8, 24), (3, 5, 24), (1, 24), (40, 24), (2, 20, 24)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_few_rows_path_equals_f_linear(shape, bias):
+    """Linear's W @ x.T path (at most 32 rows on the CPU) and F.linear: same values and grads."""
+    torch.manual_seed(0)
+    layer = Linear(24, 40, bias=bias)
+    x = torch.randn(*shape, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (*shape[:-1], 40) and y.is_contiguous()
+    x_ref = x.detach().clone().requires_grad_()
+    w_ref = layer.weight.detach().clone().requires_grad_()
+    b_ref = layer.bias.detach().clone().requires_grad_() if bias else None
+    y_ref = torch.nn.functional.linear(x_ref, w_ref, b_ref)
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(layer.weight.grad, w_ref.grad)
+    if bias:
+        torch.testing.assert_close(layer.bias.grad, b_ref.grad)
+
+
+@pytest.mark.parametrize("B,T", [(2, 8), (3, 20)])  # 16 rows (W @ x.T path) and 60 (F.linear)
+def test_gradients_equal_transformers(hf_gpt2, B, T):
+    """Loss and every parameter's gradient after one backward of the mean next-token NLL equal
+    transformers' (Conv1D grads transposed). The tied embedding's grad, whose token-lookup part
+    is sparse on the CPU, ends dense and includes both uses; a fused AdamW step then runs."""
+    folder, hf = hf_gpt2()
+    ours = GPT.from_pretrained(folder)
+    ids = random_ids(101, B, T)
+    mask = torch.ones_like(ids)
+    loss = -token_logprobs(ours(ids), ids, mask, reduction="sum").sum() / (B * (T - 1))
+    loss.backward()
+    hf_loss = hf(ids, labels=ids).loss
+    hf_loss.backward()
+    torch.testing.assert_close(loss, hf_loss, rtol=1e-5, atol=1e-5)
+    hf_grads = {k.removeprefix("transformer."): p.grad for k, p in hf.named_parameters()}
+    for name, p in ours.named_parameters():
+        g = hf_grads[name.removeprefix("transformer.")]
+        g = g.t() if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else g
+        assert not p.grad.is_sparse, name
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6, msg=name)
+    wte = ours.transformer.wte.weight
+    before = wte.detach().clone()
+    opt = torch.optim.AdamW(ours.parameters(), lr=1e-3, fused=True)
+    opt.step()
+    assert not torch.equal(wte, before)
+
+
+def test_hidden_alone_gives_dense_embedding_grad(tiny_gpt):
+    """A reward or value head reads hidden() without the tied output layer: the embedding's grad
+    must still be dense (the optimizers refuse sparse ones)."""
+    model = tiny_gpt()
+    ids = random_ids(101, 2, 6)
+    model.hidden(ids).sum().backward()
+    grad = model.transformer.wte.weight.grad
+    assert not grad.is_sparse and grad[ids.flatten()].abs().sum() > 0
+    unused = torch.ones(101, dtype=torch.bool)
+    unused[ids.flatten()] = False
+    assert grad[unused].abs().sum() == 0
 
 
 def test_dropout_config_and_train_mode_differs(tiny_gpt, tmp_path):
