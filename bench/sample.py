@@ -3,6 +3,7 @@ transformers' generate (identical tokens required), and ours without the cache.
 
     python bench/sample.py                         # GPT-2 124M dimensions
     python bench/sample.py --size tiny --vocab 512 --reps 2
+    python bench/sample.py --linear     # also F.linear's x @ W.T against model.Linear's W @ x.T
 """
 
 import argparse
@@ -21,6 +22,29 @@ def greedy_uncached(model, prompt, n):
     return x[:, prompt.size(1):]
 
 
+def linear_forms(model, rows, reps):
+    """One token step's matmuls (every layer's four weights and the output layer, in order, so
+    the weights stream from memory as in sampling) as F.linear's x @ W.T against W @ x.T."""
+    import torch.nn.functional as F
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = {n: torch.randn(rows, n) for n in {m.in_features for m in layers}}
+
+    def f_linear():
+        for m in layers:
+            F.linear(xs[m.in_features], m.weight, m.bias)
+
+    def w_x_t():
+        for m in layers:
+            y = (m.weight @ xs[m.in_features].t()).t()
+            (y if m.bias is None else y + m.bias).contiguous()
+
+    t = interleaved({"F.linear: x @ W.T": f_linear, "W @ x.T (model.Linear)": w_x_t}, reps)
+    base = t["F.linear: x @ W.T"]
+    table([(k, f"{v * 1000:.1f}", f"{v / base:.2f}") for k, v in t.items()],
+          (f"weights of one step, {rows} rows", "ms", "x F.linear"))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_size_args(ap)
@@ -28,6 +52,8 @@ def main(argv=None):
     ap.add_argument("--prompt_len", type=int, default=8)
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--no_uncached", action="store_true", help="skip ours without the cache")
+    ap.add_argument("--linear", action="store_true",
+                    help="also time the two ways to multiply a step's few rows by the weights")
     args = ap.parse_args(argv)
     setup_threads(args)
     ours, ref = model_pair(args.size, args.vocab)
@@ -61,6 +87,8 @@ def main(argv=None):
            for k, v in t.items()], ("greedy sampling", "ms", "ms/token", "x transformers"))
     print(f"identical tokens: {same}")
     assert same, "ours and transformers' greedy tokens differ"
+    if args.linear:
+        linear_forms(ours, args.batch, args.reps)
     return dict(identical=same, **t)
 
 

@@ -23,7 +23,7 @@ def test_train_step_same_loss_as_transformers():
 def test_sampling_same_tokens_as_transformers_generate():
     import sample
 
-    r = sample.main([*TINY, "--new", "16"])
+    r = sample.main([*TINY, "--new", "16", "--linear"])
     assert r["identical"]  # ours (KV cache) = transformers' greedy generate = ours without cache
 
 
