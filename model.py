@@ -58,10 +58,10 @@ class Linear(nn.Linear):
 
     def forward(self, x):
         rows = x.numel() // self.in_features
-        if x.is_cuda or rows > 32:
+        if x.device.type != "cpu" or rows > 32:
             return super().forward(x)
         y = self.weight @ x.reshape(rows, self.in_features).t()  # (out, rows)
-        y = y.t() if self.bias is None else y.t() + self.bias
+        y = y.t() if self.bias is None else y.t() + self.bias.to(y.dtype)  # autocast: bf16 y
         return y.contiguous().view(*x.shape[:-1], self.out_features)
 
 
@@ -181,8 +181,9 @@ class GPT(nn.Module):
         needed for left padding (right padding never changes the real positions under causal
         attention). position_ids (B, T): default past .. past + T - 1. cache: a KVCache, updated.
         sparse_grad: the token lookup's gradient holds only the rows of idx instead of a dense
-        (vocab, C) tensor. Only forward() sets it: the tied output layer adds its dense gradient,
-        so the weight's .grad ends dense, as the optimizers need.
+        (vocab, C) tensor. Only forward() sets it, and only while the output layer is tied to the
+        embedding: that layer adds its dense gradient, so the weight's .grad ends dense, as the
+        optimizers need.
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
@@ -216,7 +217,7 @@ class GPT(nn.Module):
         (vocab, C) tensor and a second one for its sum with the output layer's gradient, 0.37 of
         2.9 s per GPT-2 124M training step at 4 x 128 tokens. On CUDA those are cheap; dense.
         """
-        sparse = idx.device.type == "cpu"
+        sparse = idx.device.type == "cpu" and self.lm_head.weight is self.transformer.wte.weight
         logits = self.lm_head(self.hidden(idx, attention_mask, position_ids, cache, sparse))
         return logits if cache is None else (logits, cache)
 
@@ -362,15 +363,15 @@ def token_logprobs(logits, input_ids, mask, reduction="sum", temperature=1.0):
     "sum" -> (B,) summed over scored tokens (DPO's sequence log-prob); "mean" -> (B,) averaged.
     temperature: score at the temperature the tokens were sampled with.
     Computed in fp32 by cross_entropy over all T positions (the last one is scored against a
-    dummy target and dropped): slicing logits[:, :-1] first would copy the (B, T, V) tensor, and a
-    gather - logsumexp written out keeps several (B, T, V) temporaries; this is half the time of
-    that on the CPU for GPT-2 124M at 4 x 128 tokens, forward and backward.
+    dummy target and dropped): slicing logits[:, :-1] and flattening it would copy the (B, T, V)
+    tensor, and gather - logsumexp written out keeps several (B, T, V) temporaries; this takes
+    half the time of that on the CPU for GPT-2 124M at 4 x 128 tokens, forward and backward.
     """
     B, T, V = logits.shape
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
-    targets = input_ids.roll(-1, dims=1)  # targets[:, t] = input_ids[:, t + 1]; last: dummy
+    targets = input_ids.roll(-1, dims=1).long()  # [:, t] = input_ids[:, t + 1]; last: dummy
     lp = -F.cross_entropy(logits.reshape(B * T, V), targets.reshape(B * T), reduction="none")
     lp, m = lp.view(B, T)[:, :-1], mask[:, 1:].bool()
     lp = torch.where(m, lp, torch.zeros_like(lp))

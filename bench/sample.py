@@ -39,7 +39,8 @@ def linear_forms(model, rows, reps):
             y = (m.weight @ xs[m.in_features].t()).t()
             (y if m.bias is None else y + m.bias).contiguous()
 
-    t = interleaved({"F.linear: x @ W.T": f_linear, "W @ x.T (model.Linear)": w_x_t}, reps)
+    forms = {"F.linear: x @ W.T": f_linear, "W @ x.T (model.Linear, <= 32 rows)": w_x_t}
+    t = interleaved(forms, reps)
     base = t["F.linear: x @ W.T"]
     table([(k, f"{v * 1000:.1f}", f"{v / base:.2f}") for k, v in t.items()],
           (f"weights of one step, {rows} rows", "ms", "x F.linear"))

@@ -605,3 +605,21 @@ def test_num_params_and_tied_head(tiny_gpt):
     total = V * C + P * C + L * per_block + 2 * C
     assert model.num_params(non_embedding=False) == total
     assert model.num_params() == total - P * C
+
+
+def test_untied_head_keeps_dense_embedding_grad(tiny_gpt):
+    """The sparse token-lookup gradient relies on the tied head adding a dense one; a model whose
+    head was untied must get a dense embedding gradient (fused AdamW refuses sparse ones)."""
+    model = tiny_gpt()
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    ids = random_ids(101, 2, 6)
+    model(ids).sum().backward()
+    assert not model.transformer.wte.weight.grad.is_sparse
+    torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True).step()
+
+
+def test_linear_few_rows_keeps_autocast_dtype():
+    layer = Linear(24, 40)
+    x = torch.randn(8, 24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.nn.functional.linear(x, layer.weight, layer.bias).dtype
