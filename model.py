@@ -52,8 +52,7 @@ class Linear(nn.Linear):
     x @ W.T, and for so few rows MKL streams the weights more slowly than for the same product
     written W @ x.T: at 8 rows, GPT-2's 12 layers and output layer took 34 ms per token against
     47 ms on our 2-core test machine (python bench/sample.py --linear). From about 48 rows on,
-    F.linear is as fast or faster.
-    Same result up to rounding.
+    F.linear is as fast or faster. Same result up to rounding.
     """
 
     def forward(self, x):
@@ -63,7 +62,6 @@ class Linear(nn.Linear):
         y = self.weight @ x.reshape(rows, self.in_features).t()  # (out, rows)
         y = y.t() if self.bias is None else y.t() + self.bias.to(y.dtype)  # autocast: bf16 y
         return y.contiguous().view(*x.shape[:-1], self.out_features)
-
 
 
 class KVCache:
