@@ -50,8 +50,8 @@ class Linear(nn.Linear):
 
     A sampling step sends one token per sequence: a batch of 8 rows, say. F.linear computes
     x @ W.T, and for so few rows MKL streams the weights more slowly than for the same product
-    written W @ x.T: at 8 rows, GPT-2's 12 layers and output layer took 34 ms per token against
-    47 ms on our 2-core test machine (python bench/sample.py --linear). From about 48 rows on,
+    written W @ x.T: at 8 rows, GPT-2's 12 layers and output layer took 32 ms per token against
+    44 ms on our 2-core test machine (python bench/sample.py --linear). From about 48 rows on,
     F.linear is as fast or faster. Same result up to rounding.
     """
 

@@ -3,7 +3,7 @@ transformers' generate (identical tokens required), and ours without the cache.
 
     python bench/sample.py                         # GPT-2 124M dimensions
     python bench/sample.py --size tiny --vocab 512 --reps 2
-    python bench/sample.py --linear     # also F.linear's x @ W.T against model.Linear's W @ x.T
+    python bench/sample.py --linear     # also F.linear's x @ W.T against model.Linear
 """
 
 import argparse
@@ -24,7 +24,8 @@ def greedy_uncached(model, prompt, n):
 
 def linear_forms(model, rows, reps):
     """One token step's matmuls (every layer's four weights and the output layer, in order, so
-    the weights stream from memory as in sampling) as F.linear's x @ W.T against W @ x.T."""
+    the weights stream from memory as in sampling): F.linear's x @ W.T against model.Linear,
+    which multiplies W @ x.T for at most 32 rows."""
     import torch.nn.functional as F
 
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
@@ -34,13 +35,12 @@ def linear_forms(model, rows, reps):
         for m in layers:
             F.linear(xs[m.in_features], m.weight, m.bias)
 
-    def w_x_t():
+    def model_linear():
         for m in layers:
-            y = (m.weight @ xs[m.in_features].t()).t()
-            (y if m.bias is None else y + m.bias).contiguous()
+            m(xs[m.in_features])
 
-    forms = {"F.linear: x @ W.T": f_linear, "W @ x.T (model.Linear, <= 32 rows)": w_x_t}
-    t = interleaved(forms, reps)
+    with torch.no_grad():
+        t = interleaved({"F.linear: x @ W.T": f_linear, "model.Linear": model_linear}, reps)
     base = t["F.linear: x @ W.T"]
     table([(k, f"{v * 1000:.1f}", f"{v / base:.2f}") for k, v in t.items()],
           (f"weights of one step, {rows} rows", "ms", "x F.linear"))
