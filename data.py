@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from utils import seed_for
+
 GPT2_EOS = 50256
 
 # ----------------------------------------------------------------------------- the protocol
@@ -180,6 +182,12 @@ def make_prefixes(texts: list[str], n: int, seed: int, tok: Tokenizer,
     raise ValueError(f"asked for {n} prefixes but only {len(prefixes)} reviews are non-empty")
 
 
+def load_prefixes(source: str, split: str, n: int, seed: int, tok: Tokenizer) -> list[list[int]]:
+    """make_prefixes of a dataset's split (load_reviews): the prompts of pairs.py, ppo.py (train)
+    and evaluate.py (test)."""
+    return make_prefixes(load_reviews(source, split)[0], n, seed, tok)
+
+
 def sft_sequences(texts: list[str], tok: Tokenizer, max_len: int) -> list[list[int]]:
     """Reviews as token sequences for next-token training: the review + EOS, cut to max_len."""
     return [(tok.encode(t) + [tok.eos_id])[:max_len] for t in texts]
@@ -193,9 +201,16 @@ def stream_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
     out = []
     while len(out) < batch_size:
         epoch, pos = divmod(start + len(out), n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed_for(seed, epoch)))
         out.extend(perm[pos: pos + batch_size - len(out)].tolist())
     return out
+
+
+def held_out_sample(n_items: int, size: int) -> list[int]:
+    """The indices of a fixed, seeded sample of `size` of a split's n_items (the hub's IMDb test
+    split is sorted by label, so its first items would all be negative): the held-out set of the
+    SFT and label-classifier losses."""
+    return random.Random(0).sample(range(n_items), min(size, n_items))
 
 
 # ----------------------------------------------------------------------------- collate

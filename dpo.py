@@ -12,10 +12,8 @@ Several GPUs (the same global batch of 64 pairs, split across processes):
     torchrun --nproc_per_node 4 dpo.py --init runs/sft --pairs runs/pairs/pairs.jsonl --beta 0.1
 """
 
-import contextlib
 import hashlib
 import os
-import time
 from dataclasses import dataclass
 
 import torch
@@ -23,14 +21,12 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from cli import run_main
 from data import check_pairs, collate_pairs, load_tokenizer, split_pairs, stream_indices
-from model import GPT, token_logprobs
-from utils import (
-    adamw, atomic_torch_save, autocast, check_finite, ddp_barrier, ddp_init, ddp_mean, get_device,
-    is_done, load_state, log_row, lr_at, mark_done, open_run, read_jsonl, resolve_init,
-    resume_log, rng_state, run_main, save_checkpoint, set_rng_state, set_seed, start_run,
-    step_dir,
-)
+from model import GPT, gpt_folder, token_logprobs
+from runs import Run
+from speed import adamw
+from utils import atomic_torch_save, autocast, lr_at, read_jsonl
 
 LOSSES = ("dpo", "ipo", "hinge", "unlikelihood", "unlikelihood_token")
 
@@ -51,8 +47,7 @@ def preference_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps
       "ipo":   (h - 1/(2 beta))^2                          (Azar et al. 2023; their tau = beta)
       "hinge": max(0, 1 - beta h)                                (SLiC, Zhao et al. 2023)
     reference_free: pi_ref is taken as uniform, i.e. h = log pi(y_w) - log pi(y_l).
-    Returns (losses, chosen_rewards, rejected_rewards); rewards are beta * (log pi - log pi_ref),
-    the implicit reward of Eq. 5 up to the partition term, detached (they are for logging).
+    Returns (losses, chosen_rewards, rejected_rewards), the rewards from implicit_rewards.
     """
     policy_logratios = policy_chosen_logps - policy_rejected_logps
     ref_logratios = 0.0 if reference_free else ref_chosen_logps - ref_rejected_logps
@@ -66,9 +61,16 @@ def preference_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps
         losses = torch.relu(1 - beta * h)
     else:
         raise ValueError(f"unknown loss_type {loss_type!r}: dpo, ipo or hinge")
-    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps).detach()
-    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps).detach()
-    return losses, chosen_rewards, rejected_rewards
+    return (losses, *implicit_rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                                      ref_rejected_logps, beta))
+
+
+def implicit_rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+                     ref_rejected_logps, beta):
+    """beta * (log pi - log pi_ref) of the chosen and of the rejected completions, (B,) each,
+    detached: the implicit reward of Eq. 5 up to the partition term, logged for every loss."""
+    return (beta * (policy_chosen_logps - ref_chosen_logps).detach(),
+            beta * (policy_rejected_logps - ref_rejected_logps).detach())
 
 
 def unlikelihood_loss(policy_chosen_logps, policy_rejected_logps, alpha):
@@ -154,20 +156,18 @@ def reference_logps(ref_path: str, pairs_path: str, rows, pad_id, device, micro_
                           + stamp(pairs_path)).encode()).hexdigest()[:16]
     cache = os.path.join(os.path.dirname(os.path.abspath(pairs_path)), "ref_logps",
                          f"{os.path.basename(pairs_path)}.{key}.pt")
-    if os.path.exists(cache):
-        return torch.load(cache)
-    ref = GPT.from_pretrained(ref_path).to(device).eval()
-    chosen, rejected = [], []
-    with torch.no_grad():
-        for i in tqdm(range(0, len(rows), micro_batch), desc="reference log-probs",
-                      mininterval=1.0):
-            c, r = concatenated_logps(ref, rows[i: i + micro_batch], pad_id)
-            chosen.append(c.float().cpu())
-            rejected.append(r.float().cpu())
-    out = torch.cat(chosen), torch.cat(rejected)
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    atomic_torch_save(out, cache)
-    return out
+    if not os.path.exists(cache):
+        ref = GPT.from_pretrained(ref_path).to(device).eval()
+        chosen, rejected = [], []
+        with torch.no_grad():
+            for i in tqdm(range(0, len(rows), micro_batch), desc="reference log-probs",
+                          mininterval=1.0):
+                c, r = concatenated_logps(ref, rows[i: i + micro_batch], pad_id)
+                chosen.append(c.float().cpu())
+                rejected.append(r.float().cpu())
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        atomic_torch_save((torch.cat(chosen), torch.cat(rejected)), cache)
+    return torch.load(cache)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -187,8 +187,7 @@ def batch_loss(cfg, model, rows, ref_c, ref_r, pad_id):
         else:
             losses = preference_loss(pc, pr, ref_c, ref_r, cfg.beta, cfg.loss,
                                      cfg.label_smoothing, cfg.reference_free)[0]
-    # rewards are logged for every loss type: beta * log-ratio against the reference
-    rc, rr = cfg.beta * (pc - ref_c).detach(), cfg.beta * (pr - ref_r).detach()
+    rc, rr = implicit_rewards(pc, pr, ref_c, ref_r, cfg.beta)  # logged for every loss type
     stats = {"rewards/chosen": rc, "rewards/rejected": rr, "rewards/margins": rc - rr,
              "rewards/accuracy": (rc > rr).float(), "logps/chosen": pc.detach(),
              "logps/rejected": pr.detach()}
@@ -210,59 +209,34 @@ def evaluate_pairs(cfg, model, rows, idx, ref_c, ref_r, pad_id):
 
 
 def main(cfg: DPOConfig):
-    if cfg.loss not in LOSSES:
-        raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, not {cfg.loss!r}")
-    if cfg.beta <= 0 or cfg.lr <= 0:
-        raise ValueError(f"beta and lr must be positive (beta={cfg.beta}, lr={cfg.lr})")
-    if cfg.optimizer not in ("rmsprop", "adamw"):
-        raise ValueError(f"--optimizer must be rmsprop or adamw, not {cfg.optimizer!r}")
-    rank, world, device = ddp_init(get_device(cfg.device))
-    if cfg.batch_size % (cfg.micro_batch * world):
-        raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch "
-                         f"{cfg.micro_batch} x {world} processes")
-    resuming = open_run(cfg)  # refuses another config; writes nothing yet
-    if resuming and is_done(cfg.out_dir):
-        return read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))
-    set_seed(cfg.seed)
-    init = resolve_init(cfg.init)
+    check_config(cfg)
+    run = Run(cfg, distributed=True)  # refuses a folder of another config; writes nothing yet
+    if run.done:
+        return run.history
+    accum = run.micro_batches(cfg.batch_size, cfg.micro_batch)  # per process, per step
+    init, device = gpt_folder(cfg.init), run.device
     tok = load_tokenizer(init)
-    state = load_state(cfg.out_dir) if resuming else None
-    policy_path = step_dir(cfg.out_dir, state["step"]) if state else init
-    model = GPT.from_pretrained(policy_path).to(device).train()  # dropout is 0: see DESIGN.md
+    model = GPT.from_pretrained(run.resume_from or init).to(device).train()  # dropout 0
     rows = check_pairs(read_jsonl(cfg.pairs), cfg.pairs, model.config.block_size,
                        model.config.vocab_size)
-    if rank == 0:  # the inputs are good: now the run folder
-        start_run(cfg)
-    ddp_barrier(world)
-    ref_path = resolve_init(cfg.ref or cfg.init)
-    if rank == 0:  # computed once (or read from the cache), then read by every process
+    run.start()  # the inputs are good: now the run folder
+    ref_path = gpt_folder(cfg.ref or cfg.init)
+    if run.main_process:  # computed once (or found in the cache), then read by every process
         reference_logps(ref_path, cfg.pairs, rows, tok.eos_id, device, cfg.micro_batch)
-    ddp_barrier(world)
-    ref_c, ref_r = reference_logps(ref_path, cfg.pairs, rows, tok.eos_id, device,
-                                   cfg.micro_batch)
+    run.barrier()
+    ref_c, ref_r = reference_logps(ref_path, cfg.pairs, rows, tok.eos_id, device, cfg.micro_batch)
     train_idx, eval_idx = split_pairs(rows, cfg.eval_size)
+    evaluate = lambda: evaluate_pairs(cfg, model, rows, eval_idx, ref_c, ref_r, tok.eos_id)
     steps = cfg.steps or max(1, len(train_idx) // cfg.batch_size)
-    ddp = DDP(model) if world > 1 else model  # averages gradients over processes
+    ddp = DDP(model) if run.world > 1 else model  # averages gradients over processes
     if cfg.optimizer == "rmsprop":
         opt = torch.optim.RMSprop(model.parameters(), lr=cfg.lr)
     else:
         opt = adamw(model.parameters(), cfg.lr, device, weight_decay=0.0)
-    step = 0
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        step = state["step"]
-    # the log keeps the rows its checkpoint covers: a killed run's later rows are logged again
-    history = resume_log(cfg.out_dir, step if state else -1) if rank == 0 else []
-    if state is None and eval_idx and rank == 0:
-        log_row(cfg.out_dir, {"step": 0, **evaluate_pairs(cfg, model, rows, eval_idx, ref_c,
-                                                            ref_r, tok.eos_id)}, history)
+    if not run.restore(opt) and eval_idx and run.main_process:
+        run.log(evaluate())  # step 0: loss log 2, accuracy 0 (policy = reference)
 
-    accum = cfg.batch_size // (cfg.micro_batch * world)  # micro-batches per process per step
-    pbar = tqdm(total=steps, initial=step, desc=f"{cfg.loss} {os.path.basename(cfg.out_dir)}",
-                mininterval=1.0, disable=rank > 0)
-    while step < steps:
-        t0 = time.time()
+    for step in run.steps(steps, desc=f"{cfg.loss} {os.path.basename(cfg.out_dir)}"):
         lr = lr_at(step, cfg.lr, cfg.warmup)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -270,10 +244,10 @@ def main(cfg: DPOConfig):
                                                       cfg.seed)]
         sums, n_tokens = {}, 0
         for k in range(accum):
-            j = k * world + rank  # this process's share of the global batch
+            j = k * run.world + run.rank  # this process's share of the global batch
             b = batch[j * cfg.micro_batch: (j + 1) * cfg.micro_batch]
-            # gradients are averaged across processes only at the last micro-batch
-            with ddp.no_sync() if world > 1 and k < accum - 1 else contextlib.nullcontext():
+            with run.accumulate(ddp, k, accum):  # one gradient all-reduce per step
+                # chosen and rejected in one forward; the loss of Eq. 7 (or a variant)
                 loss, losses, stats = batch_loss(cfg, ddp, [rows[i] for i in b], ref_c[b],
                                                  ref_r[b], tok.eos_id)
                 (loss / accum).backward()
@@ -282,32 +256,27 @@ def main(cfg: DPOConfig):
             n_tokens += sum(len(rows[i]["prompt_ids"]) * 2 + len(rows[i]["chosen_ids"])
                             + len(rows[i]["rejected_ids"]) for i in b)
         sums = dict(zip(sums, torch.stack(list(sums.values())).tolist()))  # one host sync
-        check_finite(torch.tensor(sums["loss/train"]), step + 1, cfg.out_dir)
+        run.check(torch.tensor(sums["loss/train"]))
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        step += 1
-        sums = {k: ddp_mean(v, world, device) * world for k, v in sums.items()}
-        row = {"step": step, **{k: v / len(batch) for k, v in sums.items()}, "lr": lr,
-               "grad_norm": grad_norm.item(),
-               "tokens_per_s": n_tokens * world / (time.time() - t0)}
-        if rank > 0:
-            continue
-        if eval_idx and (step % cfg.eval_every == 0 or step == steps):
-            row.update(evaluate_pairs(cfg, model, rows, eval_idx, ref_c, ref_r, tok.eos_id))
-        log_row(cfg.out_dir, row, history)
-        pbar.update(1)
-        pbar.set_postfix(loss=f"{row['loss/train']:.3f}", acc=f"{row['rewards/accuracy']:.2f}",
-                         refresh=False)
-        if step % cfg.save_every == 0 or step == steps:
-            save_checkpoint(cfg.out_dir, step,
-                            lambda folder: (model.save_pretrained(folder), tok.save(folder)),
-                            dict(optimizer=opt.state_dict(), rng=rng_state()))
-    pbar.close()
-    if rank == 0:
-        mark_done(cfg.out_dir)
-    ddp_barrier(world)
-    return history
+        row = {**{k: run.mean(v) * run.world / len(batch) for k, v in sums.items()}, "lr": lr,
+               "grad_norm": grad_norm.item(), "tokens_per_s": run.tokens_per_s(n_tokens)}
+        if eval_idx and run.main_process and run.due(cfg.eval_every):
+            row.update(evaluate())
+        run.log(row, show=("loss/train", "rewards/accuracy"))
+        if run.due(cfg.save_every):
+            run.save(opt, model, tok)
+    return run.finish()
+
+
+def check_config(cfg: DPOConfig):
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, not {cfg.loss!r}")
+    if cfg.beta <= 0 or cfg.lr <= 0:
+        raise ValueError(f"beta and lr must be positive (beta={cfg.beta}, lr={cfg.lr})")
+    if cfg.optimizer not in ("rmsprop", "adamw"):
+        raise ValueError(f"--optimizer must be rmsprop or adamw, not {cfg.optimizer!r}")
 
 
 if __name__ == "__main__":

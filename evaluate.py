@@ -20,13 +20,11 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from data import PROTOCOL, collate, load_reviews, load_tokenizer, make_prefixes
-from model import GPT, completions, token_logprobs
+from cli import run_main
+from data import PROTOCOL, collate, load_prefixes, load_tokenizer
+from model import GPT, gpt_folder, sample_completions, token_logprobs
 from reward import load_ground_truth, load_reward_model
-from utils import (
-    append_jsonl, atomic_write, autocast, get_device, list_checkpoints, read_jsonl,
-    resolve_init, run_main,
-)
+from utils import append_jsonl, atomic_write, autocast, get_device, list_checkpoints, read_jsonl
 
 # ----------------------------------------------------------------------------- the measures
 
@@ -63,10 +61,8 @@ def sample_and_measure(policy, ref, prefixes, tok, micro_batch, seed, device):
     texts_ids, kl, k1, k3 = [], [], [], []
     for i in range(0, len(prefixes), micro_batch):
         prompts = prefixes[i: i + micro_batch]
-        with autocast(device):
-            tokens, mask = policy.generate(prompts, generator=g, eos_id=tok.eos_id,
-                                           **PROTOCOL.sampling())
-        comps = completions(tokens, mask)
+        comps = sample_completions(policy, prompts, micro_batch, g, tok.eos_id,
+                                   **PROTOCOL.sampling())
         x, m = collate(prompts, comps, tok.eos_id)
         x, m = x.to(device), m.to(device)
         with autocast(device):
@@ -134,9 +130,9 @@ def checkpoints_of(path: str, every: int) -> list[tuple[int, str]]:
 
 def main(cfg: EvalConfig):
     device = get_device(cfg.device)
-    ref_path = resolve_init(cfg.ref)
+    ref_path = gpt_folder(cfg.ref)
     tok = load_tokenizer(ref_path)
-    prefixes = make_prefixes(load_reviews(cfg.dataset, "test")[0], cfg.n_prefixes, cfg.seed, tok)
+    prefixes = load_prefixes(cfg.dataset, "test", cfg.n_prefixes, cfg.seed, tok)
     where = os.path.dirname(os.path.abspath(cfg.out))
     rel = lambda p: os.path.relpath(os.path.abspath(p), where)  # results move with their runs
     done = {(r["checkpoint"], r.get("best_of")) for r in read_jsonl(cfg.out)}
@@ -192,10 +188,9 @@ def best_of_n(sft, rm, scorer, prefixes, tok, n, cfg, device, checkpoint):
     for i in tqdm(range(0, len(prefixes), per_batch), desc=f"best-of-{n}", mininterval=1.0):
         chunk = prefixes[i: i + per_batch]
         prompts = [p for p in chunk for _ in range(n)]
-        with autocast(device):
-            tokens, mask = sft.generate(prompts, generator=g, eos_id=tok.eos_id,
-                                        **PROTOCOL.sampling())
-        texts = [tok.decode(p + c) for p, c in zip(prompts, completions(tokens, mask))]
+        comps = sample_completions(sft, prompts, len(prompts), g, tok.eos_id,
+                                   **PROTOCOL.sampling())
+        texts = [tok.decode(p + c) for p, c in zip(prompts, comps)]
         rm_scores = rm(texts, batch_size=cfg.score_batch, progress=False).view(len(chunk), n)
         best += [texts[j * n + int(rm_scores[j].argmax())] for j in range(len(chunk))]
     rewards = scorer(best, batch_size=cfg.score_batch)

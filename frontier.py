@@ -26,7 +26,9 @@ from reward import SIEBERT, RMConfig
 from reward import train as rm_train
 from sft import SFTConfig
 from sft import main as sft_main
-from utils import is_done, read_jsonl, run_main
+from cli import run_main
+from runs import is_done
+from utils import read_jsonl
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""GPT-2, written out: config, blocks, an explicit KV cache, weight loading, sampling and log-probs.
+"""GPT-2, written out: config, attention, MLP, block, the model, sampling with an explicit KV cache,
+log-probs, and loading and saving the Hugging Face files.
 
 The weights use GPT-2's own names, so loading the hub files is the identity map except for the
 Conv1D layers, which GPT-2 stores as (in, out) and nn.Linear as (out, in).
@@ -17,6 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from speed import Linear, sparse_lookup_grad  # CPU fast paths, same results: see speed.py
+from utils import autocast, resolve_checkpoint
 
 # The four GPT-2 sizes on the Hugging Face hub (the unprefixed names redirect there).
 HUB_NAMES = {
@@ -43,51 +47,6 @@ class GPTConfig:
 
 
 # ----------------------------------------------------------------------------- the network
-
-
-class Linear(nn.Linear):
-    """nn.Linear, with a second way to multiply when only a few rows come in on the CPU.
-
-    A sampling step sends one token per sequence: a batch of 8 rows, say. F.linear computes
-    x @ W.T, and for so few rows MKL streams the weights more slowly than for the same product
-    written W @ x.T: at 8 rows, GPT-2's 12 layers and output layer took 32 ms per token against
-    44 ms on our 2-core test machine (python bench/sample.py --linear). From about 48 rows on,
-    F.linear is as fast or faster. Same result up to rounding.
-    """
-
-    def forward(self, x):
-        rows = x.numel() // self.in_features
-        if x.device.type != "cpu" or rows > 32:
-            return super().forward(x)
-        y = self.weight @ x.reshape(rows, self.in_features).t()  # (out, rows)
-        y = y.t() if self.bias is None else y.t() + self.bias.to(y.dtype)  # autocast: bf16 y
-        return y.contiguous().view(*x.shape[:-1], self.out_features)
-
-
-class KVCache:
-    """Keys and values of every layer for the tokens seen so far.
-
-    Each layer's tensors are (B, nh, max_len, hs), allocated once and filled up to `length`. The
-    cache is an explicit object: the caller creates it, passes it in, and gets it back updated.
-    """
-
-    def __init__(self, n_layer: int, max_len: int):
-        self.k, self.v = [None] * n_layer, [None] * n_layer  # allocated on first use, in k's dtype
-        self.max_len = max_len
-        self.length = 0  # tokens already stored
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store this step's (B, nh, T, hs) keys/values; return all of them so far."""
-        s, T = self.length, k.size(2)
-        if s + T > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} tokens; {s + T} needed")
-        if self.k[layer] is None:
-            B, nh, _, hs = k.shape
-            self.k[layer] = k.new_empty(B, nh, self.max_len, hs)
-            self.v[layer] = v.new_empty(B, nh, self.max_len, hs)
-        self.k[layer][:, :, s : s + T] = k
-        self.v[layer][:, :, s : s + T] = v
-        return self.k[layer][:, :, : s + T], self.v[layer][:, :, : s + T]
 
 
 class CausalSelfAttention(nn.Module):
@@ -178,10 +137,8 @@ class GPT(nn.Module):
         idx (B, T) token ids. attention_mask (B, past + T): 1 for real tokens, 0 for padding; only
         needed for left padding (right padding never changes the real positions under causal
         attention). position_ids (B, T): default past .. past + T - 1. cache: a KVCache, updated.
-        sparse_grad: the token lookup's gradient holds only the rows of idx instead of a dense
-        (vocab, C) tensor. Only forward() sets it, and only while the output layer is tied to the
-        embedding: that layer adds its dense gradient, so the weight's .grad ends dense, as the
-        optimizers need.
+        sparse_grad: the token lookup's gradient holds only the rows of idx (speed.py's
+        sparse_lookup_grad says when forward() asks for it).
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
@@ -209,13 +166,8 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def forward(self, idx, attention_mask=None, position_ids=None, cache=None):
-        """Logits (B, T, vocab); with a cache, (logits, cache).
-
-        On the CPU the token lookup's gradient is sparse (see hidden): a dense one costs a zeroed
-        (vocab, C) tensor and a second one for its sum with the output layer's gradient, 0.37 of
-        2.9 s per GPT-2 124M training step at 4 x 128 tokens. On CUDA those are cheap; dense.
-        """
-        sparse = idx.device.type == "cpu" and self.lm_head.weight is self.transformer.wte.weight
+        """Logits (B, T, vocab); with a cache, (logits, cache)."""
+        sparse = sparse_lookup_grad(self, idx)  # on the CPU a cheaper gradient, the same values
         logits = self.lm_head(self.hidden(idx, attention_mask, position_ids, cache, sparse))
         return logits if cache is None else (logits, cache)
 
@@ -223,9 +175,10 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dropout: float = 0.0) -> "GPT":
-        """A GPT-2 size from the hub ("gpt2" .. "gpt2-xl") or a folder with config.json and
-        model.safetensors (the hub layout, or transformers' save_pretrained output)."""
-        folder = resolve_checkpoint(name_or_path, ("config.json", "model.safetensors"))
+        """A GPT-2 size from the hub ("gpt2" .. "gpt2-xl"), a folder with config.json and
+        model.safetensors (the hub layout, or transformers' save_pretrained output), or a run
+        folder (its last checkpoint)."""
+        folder = gpt_folder(name_or_path)
         cfg = config_from_hf(read_hf_config(folder), dropout=dropout)
         model = cls(cfg)
         model.load_hf_state_dict(read_safetensors(os.path.join(folder, "model.safetensors")))
@@ -307,26 +260,54 @@ class GPT(nn.Module):
         return torch.stack(out, 1), torch.stack(masks, 1)
 
 
+# ----------------------------------------------------------------------------- sampling helpers
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far.
+
+    Each layer's tensors are (B, nh, max_len, hs), allocated once and filled up to `length`. The
+    cache is an explicit object: the caller creates it, passes it in, and gets it back updated.
+    """
+
+    def __init__(self, n_layer: int, max_len: int):
+        self.k, self.v = [None] * n_layer, [None] * n_layer  # allocated on first use, in k's dtype
+        self.max_len = max_len
+        self.length = 0  # tokens already stored
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store this step's (B, nh, T, hs) keys/values; return all of them so far."""
+        s, T = self.length, k.size(2)
+        if s + T > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} tokens; {s + T} needed")
+        if self.k[layer] is None:
+            B, nh, _, hs = k.shape
+            self.k[layer] = k.new_empty(B, nh, self.max_len, hs)
+            self.v[layer] = v.new_empty(B, nh, self.max_len, hs)
+        self.k[layer][:, :, s : s + T] = k
+        self.v[layer][:, :, s : s + T] = v
+        return self.k[layer][:, :, : s + T], self.v[layer][:, :, : s + T]
+
+
 def completions(tokens, mask) -> list[list[int]]:
     """generate()'s (B, N) output as B token lists, each cut after its EOS (two host copies in
     all, not one per row)."""
     return [row[:n] for row, n in zip(tokens.tolist(), mask.sum(1).tolist())]
 
 
-def copy_checked(targets: dict, sd: dict, what: str, hint: str = ""):
-    """Copy sd into `targets`' tensors: equal key sets and shapes, else an error naming the key."""
-    missing, unexpected = sorted(targets.keys() - sd.keys()), sorted(sd.keys() - targets.keys())
-    if missing or unexpected:
-        key = missing[0] if missing else unexpected[0]
-        kind = "missing" if missing else "unexpected"
-        raise ValueError(f"not {what} for this config: {kind} key '{key}' "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected)")
-    with torch.no_grad():
-        for k, v in sd.items():
-            if v.shape != targets[k].shape:
-                raise ValueError(f"shape of '{k}' is {tuple(v.shape)}, expected "
-                                 f"{tuple(targets[k].shape)} {hint}".rstrip())
-            targets[k].copy_(v)
+@torch.no_grad()
+def sample_completions(model, prompts, batch_size, generator=None, eos_id=None, **sampling):
+    """Completions of every prompt (token lists, each cut after its EOS), sampled batch_size
+    prompts per generate() call under autocast: the one way pairs, PPO rollouts and the
+    evaluation sample."""
+    device = str(model.transformer.wte.weight.device)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        with autocast(device):
+            tokens, mask = model.generate(prompts[i: i + batch_size], generator=generator,
+                                          eos_id=eos_id, **sampling)
+        out += completions(tokens, mask)
+    return out
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
@@ -360,10 +341,9 @@ def token_logprobs(logits, input_ids, mask, reduction="sum", temperature=1.0):
     reduction: "none" -> (B, T - 1) per-token log-probs of input_ids[:, 1:], 0 where masked;
     "sum" -> (B,) summed over scored tokens (DPO's sequence log-prob); "mean" -> (B,) averaged.
     temperature: score at the temperature the tokens were sampled with.
-    Computed in fp32 by cross_entropy over all T positions (the last one is scored against a
-    dummy target and dropped): slicing logits[:, :-1] and flattening it would copy the (B, T, V)
-    tensor, and gather - logsumexp written out keeps several (B, T, V) temporaries; this takes
-    half the time of that on the CPU for GPT-2 124M at 4 x 128 tokens, forward and backward.
+    cross_entropy(logits, target) is exactly logsumexp(logits) - logits[target], i.e. minus the
+    gather of log_softmax: one fused call, here over all T positions (the last one scored against
+    a dummy target and dropped) so that no sliced copy of the (B, T, V) logits is made.
     """
     B, T, V = logits.shape
     logits = logits.float()
@@ -385,29 +365,43 @@ def token_logprobs(logits, input_ids, mask, reduction="sum", temperature=1.0):
 # ----------------------------------------------------------------------------- files
 
 
-def resolve_checkpoint(name_or_path: str, files: tuple) -> str:
-    """A local folder holding `files`, downloading them for a known hub name."""
-    if os.path.isdir(name_or_path):
-        for f in files:
-            if not os.path.isfile(os.path.join(name_or_path, f)):
-                raise FileNotFoundError(f"{name_or_path} has no {f}: not a checkpoint folder")
-        return name_or_path
-    if name_or_path not in HUB_NAMES:
-        raise ValueError(f"'{name_or_path}' is neither a GPT-2 size ({', '.join(HUB_NAMES)}) nor a "
-                         f"folder with {' and '.join(files)}")
-    return hub_download(HUB_NAMES[name_or_path], files)
+GPT_FILES = ("config.json", "model.safetensors")
 
 
-def hub_download(repo_id: str, files: tuple) -> str:
-    """Download `files` of a hub repo (cached by huggingface_hub); return their folder."""
-    from huggingface_hub import hf_hub_download
+def gpt_folder(name_or_path: str) -> str:
+    """The local folder of a GPT-2 checkpoint: a hub size (downloaded once), a checkpoint folder,
+    or a run folder's last checkpoint (utils.resolve_checkpoint)."""
+    return resolve_checkpoint(name_or_path, GPT_FILES, HUB_NAMES)
 
-    try:
-        paths = [hf_hub_download(repo_id, f) for f in files]
-    except Exception as e:  # offline, DNS, HTTP errors all land here
-        raise OSError(f"could not fetch {repo_id} from the Hugging Face hub ({type(e).__name__}); "
-                      f"download it elsewhere and pass the local folder instead") from None
-    return os.path.dirname(paths[0])
+
+def copy_checked(targets: dict, sd: dict, what: str, hint: str = ""):
+    """Copy sd into `targets`' tensors: equal key sets and shapes, else an error naming the key."""
+    missing, unexpected = sorted(targets.keys() - sd.keys()), sorted(sd.keys() - targets.keys())
+    if missing or unexpected:
+        key = missing[0] if missing else unexpected[0]
+        kind = "missing" if missing else "unexpected"
+        raise ValueError(f"not {what} for this config: {kind} key '{key}' "
+                         f"({len(missing)} missing, {len(unexpected)} unexpected)")
+    with torch.no_grad():
+        for k, v in sd.items():
+            if v.shape != targets[k].shape:
+                raise ValueError(f"shape of '{k}' is {tuple(v.shape)}, expected "
+                                 f"{tuple(targets[k].shape)} {hint}".rstrip())
+            targets[k].copy_(v)
+
+
+def save_head(head: nn.Linear, path: str):
+    from safetensors.torch import save_file
+
+    save_file({"weight": head.weight.detach().cpu().contiguous(),
+               "bias": head.bias.detach().cpu().contiguous()}, path)
+
+
+def load_head(path: str) -> nn.Linear:
+    sd = read_safetensors(path)
+    head = nn.Linear(sd["weight"].shape[1], sd["weight"].shape[0])
+    head.load_state_dict(sd)
+    return head
 
 
 def read_hf_config(folder: str) -> dict:
@@ -460,14 +454,14 @@ def config_to_hf(cfg: GPTConfig) -> dict:
 if __name__ == "__main__":
     import argparse
 
-    from data import load_tokenizer  # the demo only; the module itself imports no project file
+    from data import load_tokenizer  # the demo only
 
     ap = argparse.ArgumentParser(description="Sample from GPT-2 (hub size or local folder).")
     ap.add_argument("--init", default="gpt2")
     ap.add_argument("--prompt", default="This movie was")
     ap.add_argument("--num_samples", type=int, default=3)
     args = ap.parse_args()
-    tok = load_tokenizer(args.init if os.path.isdir(args.init) else None)
+    tok = load_tokenizer(gpt_folder(args.init))
     model = GPT.from_pretrained(args.init).eval()
     tokens, mask = model.generate([tok.encode(args.prompt)] * args.num_samples, 48,
                                   generator=torch.Generator().manual_seed(0))

@@ -2,8 +2,9 @@
 from the SFT policy, score prefix + completion with the ground-truth sentiment classifier, and
 write all 6 ordered pairs with both rewards and the exact sampled token ids.
 
-Resumable: prefixes are processed in chunks of `chunk`, each with its own seeded generator; a
-killed run drops the pairs of its unfinished chunk and redoes it, so the file ends the same.
+Resumable: prefixes are processed in chunks of `chunk`, each with its own seeded generator, and
+each chunk is a step of the run (its log row, then state.pt); a killed run drops the pairs of its
+unfinished chunk and redoes it, so the file ends the same.
 
 Tiny CPU run (after sft.py and reward.py's label classifier):
     python pairs.py --init runs/sft_tiny --ground_truth runs/gt_tiny --dataset synthetic \
@@ -12,19 +13,16 @@ Tiny CPU run (after sft.py and reward.py's label classifier):
 
 import itertools
 import os
-import time
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
-from data import PROTOCOL, load_reviews, load_tokenizer, make_prefixes, pair_row
-from model import GPT, completions
+from cli import run_main
+from data import PROTOCOL, load_prefixes, load_tokenizer, pair_row
+from model import GPT, gpt_folder, sample_completions
 from reward import load_ground_truth
-from utils import (
-    append_jsonl, autocast, get_device, is_done, log_row, mark_done, open_run, read_jsonl,
-    resolve_init, resume_log, run_main, start_run, write_jsonl,
-)
+from runs import Run
+from utils import append_jsonl, read_jsonl, seed_for, write_jsonl
 
 
 @dataclass
@@ -58,40 +56,28 @@ def pairs_of(prefix, comps, rewards, tok):
 def main(cfg: PairsConfig):
     if cfg.samples < 2:
         raise ValueError("need at least 2 samples per prefix to make a pair")
-    resuming = open_run(cfg)  # refuses another config; writes nothing yet
-    path = os.path.join(cfg.out_dir, "pairs.jsonl")
-    if resuming and is_done(cfg.out_dir):
-        return read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))
-    device = get_device(cfg.device)
-    init = resolve_init(cfg.init)
+    run = Run(cfg)  # refuses a folder of another config; writes nothing yet
+    if run.done:
+        return run.history
+    init, device = gpt_folder(cfg.init), run.device
     tok = load_tokenizer(init)
-    texts = load_reviews(cfg.dataset, "train")[0]
-    prefixes = make_prefixes(texts, cfg.n_prefixes, cfg.seed, tok)
-    n_chunks = (len(prefixes) + cfg.chunk - 1) // cfg.chunk
+    prefixes = load_prefixes(cfg.dataset, "train", cfg.n_prefixes, cfg.seed, tok)
     policy = GPT.from_pretrained(init).to(device).eval()
     scorer = load_ground_truth(cfg.ground_truth, device=device)
-    start_run(cfg)  # the inputs are good: now the run folder
+    run.start()  # the inputs are good: now the run folder
+    run.restore()
+    path = os.path.join(cfg.out_dir, "pairs.jsonl")
+    # pairs of a chunk after the last finished one are half-written: drop them
+    write_jsonl(path, [r for r in read_jsonl(path) if r["prefix_index"] < run.step * cfg.chunk])
 
-    # Resume: chunks with a log row are complete; pairs of a later chunk are half-written: drop.
-    done_chunks, history = 0, []
-    if resuming:
-        history = read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))
-        done_chunks = max((r["step"] for r in history), default=0)
-        history = resume_log(cfg.out_dir, done_chunks)
-        rows = read_jsonl(path)
-        write_jsonl(path, [r for r in rows if r["prefix_index"] < done_chunks * cfg.chunk])
-    pbar = tqdm(total=len(prefixes), initial=min(done_chunks * cfg.chunk, len(prefixes)),
-                desc="pairs", unit="prefix", mininterval=1.0)
-    for c in range(done_chunks, n_chunks):
-        t0 = time.time()
+    n_chunks = (len(prefixes) + cfg.chunk - 1) // cfg.chunk
+    for c in run.steps(n_chunks, desc="pairs", unit="chunk"):
         first = c * cfg.chunk
         chunk = prefixes[first: first + cfg.chunk]
-        g = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + c)
+        g = torch.Generator(device=device).manual_seed(seed_for(cfg.seed, c))
         prompts = [p for p in chunk for _ in range(cfg.samples)]  # each prefix `samples` times
-        with autocast(device):
-            tokens, mask = policy.generate(prompts, generator=g, eos_id=tok.eos_id,
-                                           **PROTOCOL.sampling())
-        comps = completions(tokens, mask)
+        comps = sample_completions(policy, prompts, len(prompts), g, tok.eos_id,
+                                   **PROTOCOL.sampling())
         rewards = scorer([tok.decode(p + c) for p, c in zip(prompts, comps)],
                          batch_size=cfg.score_batch, progress=False).tolist()
         n_pairs, n_ties = 0, 0
@@ -100,15 +86,11 @@ def main(cfg: PairsConfig):
             rows, ties = pairs_of(prefix, comps[s], rewards[s], tok)
             append_jsonl(path, *({"prefix_index": first + k, **r} for r in rows))
             n_pairs, n_ties = n_pairs + len(rows), n_ties + ties
-        # the log row marks the chunk complete: written after its pairs
-        log_row(cfg.out_dir, {"step": c + 1, "pairs": n_pairs, "ties": n_ties,
-                              "reward_mean": sum(rewards) / len(rewards),
-                              "pairs_per_s": n_pairs / (time.time() - t0)}, history)
-        pbar.update(len(chunk))
-        pbar.set_postfix(pairs_per_s=f"{n_pairs / (time.time() - t0):.1f}", refresh=False)
-    pbar.close()
-    mark_done(cfg.out_dir)
-    return history
+        n_tokens = sum(map(len, prompts)) + sum(map(len, comps))
+        run.log({"pairs": n_pairs, "ties": n_ties, "reward_mean": sum(rewards) / len(rewards),
+                 "tokens_per_s": run.tokens_per_s(n_tokens)}, show=("reward_mean",))
+        run.save()  # the chunk is complete: its pairs, its log row, then state.pt
+    return run.finish()
 
 
 if __name__ == "__main__":

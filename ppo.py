@@ -19,18 +19,16 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
+from cli import run_main
 from data import (
-    PROTOCOL, collate, last_index, load_reviews, load_tokenizer, make_prefixes, stream_indices,
+    PROTOCOL, collate, last_index, load_prefixes, load_tokenizer, stream_indices,
 )
-from model import GPT, completions, token_logprobs
-from reward import load_ground_truth, load_head, load_reward_model, save_head
-from utils import (
-    adamw, autocast, check_finite, get_device, is_done, load_state, log_row, mark_done, open_run,
-    read_jsonl, resolve_init, resume_log, rng_state, run_main, save_checkpoint, set_rng_state,
-    set_seed, start_run, step_dir,
-)
+from model import GPT, gpt_folder, read_safetensors, sample_completions, save_head, token_logprobs
+from reward import load_ground_truth, load_reward_model
+from runs import Run
+from speed import adamw
+from utils import autocast, seed_for
 
 # ----------------------------------------------------------------------------- the math
 # Tensors are (B, T): one column per completion token, `mask` True at real completion tokens
@@ -149,7 +147,7 @@ class PPOConfig:
     cliprange_value: float = 0.2  # value clip
     vf_coef: float = 0.1  # value loss weight
     grad_clip: float = 1.0  # max global gradient norm
-    normalize_score: bool = False  # running-std normalised scores (the paper's own PPO did)
+    normalize_score: bool = False  # standardise scores by their running mean and std
     whiten_advantages: bool = True  # standardise advantages over each iteration's batch
     score_batch: int = 64  # texts per scoring batch
     save_every: int = 10  # checkpoint every N iterations
@@ -163,14 +161,35 @@ class PPOConfig:
 # is that value-loss gradients reach the policy's features, hence the small vf_coef.
 
 
+class ValueHead(nn.Linear):
+    """V(s) from the policy's final hidden state, zero at the start (the returns are learned from
+    nothing rather than from a random guess)."""
+
+    def __init__(self, n_embd: int):
+        super().__init__(n_embd, 1)
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def save_pretrained(self, folder: str):
+        save_head(self, os.path.join(folder, "value_head.safetensors"))
+
+
 def forward_lp_values(policy, value_head, x, m, temperature):
     """Per-token log-probs (B, T-1) of x's tokens and values (B, T-1) of the states before them,
-    plus the logits for the entropy."""
+    plus the logits (B, T, V) at the sampling temperature, for the entropy."""
     with autocast(str(x.device)):
         h = policy.hidden(x)
         logits = policy.lm_head(h)
         values = value_head(h[:, :-1]).squeeze(-1).float()
-    return token_logprobs(logits, x, m, reduction="none", temperature=temperature), values, logits
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
+    return token_logprobs(logits, x, m, reduction="none"), values, logits
+
+
+def entropy(logits, mask):
+    """Mean entropy of the next-token distributions at the masked positions; logits (B, T, V) at
+    the sampling temperature, as the log-probs (position t predicts token t + 1)."""
+    lg = logits[:, :-1]
+    return masked_mean(torch.logsumexp(lg, -1) - (lg.softmax(-1) * lg).sum(-1), mask)
 
 
 @torch.no_grad()
@@ -188,63 +207,79 @@ def rollout_stats(policy, value_head, ref, x, m, micro_batch):
     return [torch.cat(t) for t in out]
 
 
+def ppo_update(cfg, run, policy, value_head, opt, x, m, mask, old_lp, old_values, advantages,
+               returns, seed):
+    """ppo_epochs passes over the rollouts in shuffled minibatches: one clipped policy + value
+    step per minibatch (micro-batched). Returns the mean statistics of the updates."""
+    policy.train()
+    params = [p for group in opt.param_groups for p in group["params"]]
+    g_perm = torch.Generator().manual_seed(seed)
+    sums = dict.fromkeys(["loss/train", "ppo/approx_kl", "ppo/clipfrac", "ppo/value_loss",
+                          "ppo/entropy", "grad_norm"], 0.0)
+    n_updates, n_micro = 0, 0
+    for epoch in range(cfg.ppo_epochs):
+        perm = torch.randperm(cfg.batch_size, generator=g_perm)
+        for s in range(0, cfg.batch_size, cfg.mini_batch):
+            for u in range(s, s + cfg.mini_batch, cfg.micro_batch):
+                idx = perm[u: u + cfg.micro_batch].to(x.device)
+                lp, values, logits = forward_lp_values(policy, value_head, x[idx], m[idx],
+                                                       PROTOCOL.temperature)
+                mk = mask[idx]
+                pg, clipfrac, approx_kl = policy_loss(lp, old_lp[idx], advantages[idx], mk,
+                                                      cfg.cliprange)
+                vf = value_loss(values, old_values[idx], returns[idx], mk, cfg.cliprange_value)
+                loss = pg + cfg.vf_coef * vf
+                (loss * cfg.micro_batch / cfg.mini_batch).backward()
+                for k, v in zip(("loss/train", "ppo/approx_kl", "ppo/clipfrac", "ppo/value_loss"),
+                                (loss.detach(), approx_kl, clipfrac, vf.detach())):
+                    sums[k] += v  # kept on the device: no host sync per micro-batch
+                if epoch == 0:  # the entropy needs a full softmax: measured on one pass
+                    with torch.no_grad():
+                        sums["ppo/entropy"] += entropy(logits, mk)
+                n_micro += 1
+            run.check(sums["loss/train"])
+            sums["grad_norm"] += torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            n_updates += 1
+    sums = dict(zip(sums, torch.stack([torch.as_tensor(v, device=x.device).float()
+                                       for v in sums.values()]).tolist()))  # one host sync
+    per = {"grad_norm": n_updates, "ppo/entropy": n_micro // cfg.ppo_epochs}
+    return {k: v / per.get(k, n_micro) for k, v in sums.items()}
+
+
 def main(cfg: PPOConfig):
-    if cfg.reward not in ("rm", "gt"):
-        raise ValueError(f"--reward must be rm or gt, not {cfg.reward!r}")
-    if cfg.lr <= 0 or cfg.init_kl_coef < 0:
-        raise ValueError(f"lr must be positive and init_kl_coef non-negative ({cfg.lr}, "
-                         f"{cfg.init_kl_coef})")
-    if cfg.batch_size % cfg.mini_batch or cfg.mini_batch % cfg.micro_batch:
-        raise ValueError("batch_size must be a multiple of mini_batch, and mini_batch of "
-                         "micro_batch")
-    resuming = open_run(cfg)  # refuses another config; writes nothing yet
-    if resuming and is_done(cfg.out_dir):
-        return read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))
-    device = get_device(cfg.device)
-    set_seed(cfg.seed)
-    init = resolve_init(cfg.init)
+    check_config(cfg)
+    run = Run(cfg)  # refuses a folder of another config; writes nothing yet
+    if run.done:
+        return run.history
+    init, device = gpt_folder(cfg.init), run.device
     tok = load_tokenizer(init)
-    pool = make_prefixes(load_reviews(cfg.dataset, "train")[0], cfg.n_prompts, cfg.seed, tok)
+    pool = load_prefixes(cfg.dataset, "train", cfg.n_prompts, cfg.seed, tok)
     scorer = (load_reward_model(cfg.rm, device=device) if cfg.reward == "rm"
               else load_ground_truth(cfg.ground_truth, device=device))
-
-    state = load_state(cfg.out_dir) if resuming else None
-    policy_path = step_dir(cfg.out_dir, state["step"]) if state else init
-    policy = GPT.from_pretrained(policy_path).to(device).train()
-    value_head = nn.Linear(policy.config.n_embd, 1)
-    nn.init.zeros_(value_head.weight)
-    nn.init.zeros_(value_head.bias)
-    if state is not None:
-        value_head = load_head(os.path.join(policy_path, "value_head.safetensors"))
+    policy = GPT.from_pretrained(run.resume_from or init).to(device).train()
+    value_head = ValueHead(policy.config.n_embd)
+    if run.resume_from:
+        value_head.load_state_dict(read_safetensors(os.path.join(run.resume_from,
+                                                                 "value_head.safetensors")))
     value_head.to(device)
     ref = GPT.from_pretrained(init).to(device).eval().requires_grad_(False)
-    start_run(cfg)  # the inputs are good: now the run folder
+    run.start()  # the inputs are good: now the run folder
     params = list(policy.parameters()) + list(value_head.parameters())
     opt = adamw(params, cfg.lr, device, weight_decay=0.0)  # = Adam
-    step, kl_coef, moments = 0, cfg.init_kl_coef, RunningMoments()
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        kl_coef = state["kl_coef"]
-        moments.__dict__.update(state["moments"])
-        step = state["step"]
-    # the log keeps the rows its checkpoint covers: a killed run's later rows are logged again
-    history = resume_log(cfg.out_dir, step if state else -1)
+    state = run.restore(opt)
+    kl_coef, moments = state.get("kl_coef", cfg.init_kl_coef), RunningMoments()
+    moments.__dict__.update(state.get("moments", {}))
 
-    pbar = tqdm(total=cfg.steps, initial=step, desc=f"ppo {os.path.basename(cfg.out_dir)}",
-                mininterval=1.0)
-    while step < cfg.steps:
+    for step in run.steps(cfg.steps, desc=f"ppo {os.path.basename(cfg.out_dir)}"):
         # ---- rollout: sample, score, and value the batch with the current policy
         t0 = time.time()
         policy.eval()
         prompts = [pool[i] for i in stream_indices(len(pool), cfg.batch_size, step, cfg.seed)]
-        g = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + step)
-        comps = []
-        for i in range(0, len(prompts), cfg.gen_batch):
-            with autocast(device):
-                tokens, mask = policy.generate(prompts[i: i + cfg.gen_batch], generator=g,
-                                               eos_id=tok.eos_id, **PROTOCOL.sampling())
-            comps += completions(tokens, mask)
+        g = torch.Generator(device=device).manual_seed(seed_for(cfg.seed, step))
+        comps = sample_completions(policy, prompts, cfg.gen_batch, g, tok.eos_id,
+                                   **PROTOCOL.sampling())
         x, m = collate(prompts, comps, tok.eos_id)
         x, m = x.to(device), m.to(device)
         mask = m[:, 1:].float()  # (B, T-1), aligned with token_logprobs
@@ -264,65 +299,31 @@ def main(cfg: PPOConfig):
 
         # ---- update: ppo_epochs passes of clipped policy + value steps over minibatches
         t0 = time.time()
-        policy.train()
-        g_perm = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        sums = dict.fromkeys(["loss/train", "ppo/approx_kl", "ppo/clipfrac", "ppo/value_loss",
-                              "ppo/entropy", "grad_norm"], 0.0)
-        n_updates, n_micro = 0, 0
-        for epoch in range(cfg.ppo_epochs):
-            perm = torch.randperm(cfg.batch_size, generator=g_perm)
-            for s in range(0, cfg.batch_size, cfg.mini_batch):
-                for u in range(s, s + cfg.mini_batch, cfg.micro_batch):
-                    idx = perm[u: u + cfg.micro_batch].to(device)
-                    lp, values, logits = forward_lp_values(policy, value_head, x[idx], m[idx],
-                                                           PROTOCOL.temperature)
-                    mk = mask[idx]
-                    pg, clipfrac, approx_kl = policy_loss(lp, old_lp[idx], advantages[idx], mk,
-                                                          cfg.cliprange)
-                    vf = value_loss(values, old_values[idx], returns[idx], mk,
-                                    cfg.cliprange_value)
-                    loss = pg + cfg.vf_coef * vf
-                    (loss * cfg.micro_batch / cfg.mini_batch).backward()
-                    stats = [loss.detach(), approx_kl, clipfrac, vf.detach()]
-                    if epoch == 0:  # the entropy needs a full softmax: measured on one pass
-                        with torch.no_grad():
-                            lg = logits[:, :-1].float()
-                            entropy = torch.logsumexp(lg, -1) - (lg.softmax(-1) * lg).sum(-1)
-                            sums["ppo/entropy"] += masked_mean(entropy, mk)
-                    for k, v in zip(("loss/train", "ppo/approx_kl", "ppo/clipfrac",
-                                     "ppo/value_loss"), stats):
-                        sums[k] += v  # kept on the device: no host sync per micro-batch
-                    n_micro += 1
-                check_finite(sums["loss/train"], step + 1, cfg.out_dir)
-                sums["grad_norm"] += torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                n_updates += 1
-        sums = dict(zip(sums, torch.stack([torch.as_tensor(v, device=device).float()
-                                           for v in sums.values()]).tolist()))
+        stats = ppo_update(cfg, run, policy, value_head, opt, x, m, mask, old_lp, old_values,
+                           advantages, returns, seed_for(cfg.seed, step))
         t_update = time.time() - t0
 
-        step += 1
-        row = {"step": step, "score/mean": raw_scores.mean().item(), "kl/seq": kl_seq,
-               "kl/coef": kl_coef, "lr": cfg.lr, "time/rollout": t_rollout,
-               "time/update": t_update, "tokens_per_s": x.numel() / (t_rollout + t_update)}
-        per = dict(grad_norm=n_updates, **{"ppo/entropy": n_micro // cfg.ppo_epochs})
-        row.update({k: v / per.get(k, n_micro) for k, v in sums.items()})
+        row = {"score/mean": raw_scores.mean().item(), "kl/seq": kl_seq, "kl/coef": kl_coef,
+               "lr": cfg.lr, "time/rollout": t_rollout, "time/update": t_update,
+               "tokens_per_s": run.tokens_per_s(sum(map(len, prompts)) + sum(map(len, comps)))}
+        row.update(stats)
         kl_coef = update_kl_coef(kl_coef, kl_seq, cfg.target_kl, cfg.horizon, cfg.batch_size)
-        log_row(cfg.out_dir, row, history)
-        pbar.update(1)
-        pbar.set_postfix(score=f"{row['score/mean']:.3f}", kl=f"{kl_seq:.2f}", refresh=False)
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            def write(folder):
-                policy.save_pretrained(folder)
-                tok.save(folder)
-                save_head(value_head, os.path.join(folder, "value_head.safetensors"))
-            save_checkpoint(cfg.out_dir, step, write,
-                            dict(optimizer=opt.state_dict(), rng=rng_state(), kl_coef=kl_coef,
-                                 moments=dict(moments.__dict__)))
-    pbar.close()
-    mark_done(cfg.out_dir)
-    return history
+        run.log(row, show=("score/mean", "kl/seq"))
+        if run.due(cfg.save_every):
+            run.save(opt, policy, tok, value_head, kl_coef=kl_coef,
+                     moments=dict(moments.__dict__))
+    return run.finish()
+
+
+def check_config(cfg: PPOConfig):
+    if cfg.reward not in ("rm", "gt"):
+        raise ValueError(f"--reward must be rm or gt, not {cfg.reward!r}")
+    if cfg.lr <= 0 or cfg.init_kl_coef < 0:
+        raise ValueError(f"lr must be positive and init_kl_coef non-negative ({cfg.lr}, "
+                         f"{cfg.init_kl_coef})")
+    if cfg.batch_size % cfg.mini_batch or cfg.mini_batch % cfg.micro_batch:
+        raise ValueError("batch_size must be a multiple of mini_batch, and mini_batch of "
+                         "micro_batch")
 
 
 if __name__ == "__main__":

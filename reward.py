@@ -12,8 +12,6 @@ learned RM.
 
 import json
 import os
-import random
-import time
 from dataclasses import dataclass
 
 import torch
@@ -21,16 +19,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from cli import run_main
 from data import (
-    Tokenizer, check_pairs, collate, load_reviews, load_tokenizer, split_pairs, stream_indices,
+    Tokenizer, check_pairs, collate, held_out_sample, load_reviews, load_tokenizer, split_pairs,
+    stream_indices,
 )
-from model import GPT, read_safetensors
+from model import GPT, gpt_folder, load_head, save_head
 from roberta import SIEBERT, load_roberta_scorer
-from utils import (
-    adamw, autocast, check_finite, get_device, is_done, load_state, log_row, lr_at, mark_done,
-    open_run, read_jsonl, resolve_init, resume_log, rng_state, run_main, save_checkpoint,
-    set_rng_state, set_seed, start_run, step_dir, write_folder,
-)
+from runs import Run
+from speed import adamw
+from utils import autocast, lr_at, read_jsonl, resolve_checkpoint, write_folder
 
 # A GPT-2 backbone with a scalar head read at the last real token: r(x, y). Trained two ways:
 #   objective "bt":    Bradley-Terry on pairs, -log sigmoid(r(x, y_w) - r(x, y_l)): PPO's learned RM
@@ -41,24 +39,20 @@ from utils import (
 # Saved as the backbone in the HF GPT-2 layout plus reward_head.safetensors and reward_head.json.
 
 
-def save_head(head: nn.Linear, path: str):
-    from safetensors.torch import save_file
-
-    save_file({"weight": head.weight.detach().cpu().contiguous(),
-               "bias": head.bias.detach().cpu().contiguous()}, path)
-
-
-def load_head(path: str) -> nn.Linear:
-    sd = read_safetensors(path)
-    head = nn.Linear(sd["weight"].shape[1], sd["weight"].shape[0])
-    head.load_state_dict(sd)
-    return head
+def rm_tokens(ids: list[int], eos_id: int, max_len: int) -> list[int]:
+    """The tokens the reward model reads of a sequence: those of the text the ground truth reads,
+    i.e. without a final EOS (Tokenizer.decode drops it), cut to max_len; an empty sequence reads
+    as one EOS. Training (pairs and labelled reviews) and scoring texts all come through here, so
+    the reward sits on the same token in both."""
+    if ids and ids[-1] == eos_id:
+        ids = ids[:-1]
+    return ids[:max_len] or [eos_id]
 
 
 class RewardModel(nn.Module):
-    def __init__(self, gpt: GPT, head: nn.Linear | None = None):
+    def __init__(self, gpt: GPT, kind: str, head: nn.Linear | None = None):
         super().__init__()
-        self.gpt = gpt
+        self.gpt, self.kind = gpt, kind
         if head is None:  # small: the backbone's features decide, not a random projection
             head = nn.Linear(gpt.config.n_embd, 1)
             nn.init.normal_(head.weight, std=1e-3)
@@ -73,50 +67,47 @@ class RewardModel(nn.Module):
         return self.head(last).squeeze(-1).float()
 
     def score(self, seqs: list[list[int]], pad_id: int):
-        """(B,) rewards of whole token sequences. Training and scoring both come through here, on
-        the tokens of the text the ground truth reads: no EOS (Tokenizer.decode drops it), so the
-        reward sits on the same token in both."""
+        """(B,) rewards of whole token sequences (from rm_tokens)."""
         device = self.head.weight.device
         x, _ = collate([[]] * len(seqs), seqs, pad_id)
         lengths = torch.tensor([len(s) for s in seqs], device=device)
         with autocast(str(device)):
             return self(x.to(device), lengths)
 
-    def save_pretrained(self, folder: str, kind: str, tok: Tokenizer):
+    def save_pretrained(self, folder: str):
         self.gpt.save_pretrained(folder)
-        tok.save(folder)
         save_head(self.head, os.path.join(folder, "reward_head.safetensors"))
         with open(os.path.join(folder, "reward_head.json"), "w") as f:
-            json.dump({"kind": kind}, f)
+            json.dump({"kind": self.kind}, f)
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "RewardModel":
+        """A reward model from a checkpoint folder, or a run folder (its best/ checkpoint)."""
+        folder = reward_folder(path)
+        with open(os.path.join(folder, "reward_head.json")) as f:
+            kind = json.load(f)["kind"]
+        return cls(GPT.from_pretrained(folder), kind,
+                   load_head(os.path.join(folder, "reward_head.safetensors")))
 
 
 def reward_folder(path: str) -> str:
     """A reward-model checkpoint folder: `best/` of a run folder, else its last checkpoint."""
-    if os.path.isfile(os.path.join(path, "best", "reward_head.json")):
-        return os.path.join(path, "best")
-    folder = resolve_init(path)
-    if not os.path.isfile(os.path.join(folder, "reward_head.json")):
-        raise FileNotFoundError(f"{path} holds no reward model (no reward_head.json)")
-    return folder
+    return resolve_checkpoint(path, ("reward_head.json", "config.json"))
 
 
 class GPTScorer:
     """texts -> rewards with a GPT-2 reward model: the raw r for "bt", sigmoid(r) for "label"."""
 
-    def __init__(self, folder: str, device: str = "cpu"):
-        with open(os.path.join(folder, "reward_head.json")) as f:
-            self.kind = json.load(f)["kind"]
-        self.tok = load_tokenizer(folder)
-        head = load_head(os.path.join(folder, "reward_head.safetensors"))
-        self.model = RewardModel(GPT.from_pretrained(folder), head).to(device).eval()
-        self.device = device
+    def __init__(self, path: str, device: str = "cpu"):
+        self.model = RewardModel.from_pretrained(path).to(device).eval()
+        self.kind, self.tok = self.model.kind, load_tokenizer(reward_folder(path))
 
     @torch.no_grad()
     def __call__(self, texts: list[str], batch_size: int = 32, progress: bool | None = None):
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, not one string")
         T = self.model.gpt.config.block_size
-        ids = [self.tok.encode(t)[:T] or [self.tok.eos_id] for t in texts]
+        ids = [rm_tokens(self.tok.encode(t), self.tok.eos_id, T) for t in texts]
         out = torch.empty(len(ids))
         starts = range(0, len(ids), batch_size)
         show = progress if progress is not None else len(starts) > 4
@@ -127,7 +118,7 @@ class GPTScorer:
 
 def load_reward_model(path: str, device: str = "cpu") -> GPTScorer:
     """The learned reward model of a run folder (its best checkpoint) or checkpoint folder."""
-    return GPTScorer(reward_folder(path), device)
+    return GPTScorer(path, device)
 
 
 def load_ground_truth(spec: str = SIEBERT, device: str = "cpu"):
@@ -175,9 +166,9 @@ def rm_data(cfg: RMConfig, tok: Tokenizer, gcfg):
         return [rows[i] for i in train], [rows[i] for i in held]
     texts, labels = load_reviews(cfg.dataset, "train")
     test, test_labels = load_reviews(cfg.dataset, "test")
-    pick = random.Random(0).sample(range(len(test)), min(cfg.eval_size, len(test)))
+    pick = held_out_sample(len(test), cfg.eval_size)
     n = min(cfg.max_len, gcfg.block_size)
-    seq = lambda ts: [ids[:n] or [tok.eos_id] for ids in (tok.encode(t) for t in ts)]
+    seq = lambda ts: [rm_tokens(tok.encode(t), tok.eos_id, n) for t in ts]
     return (list(zip(seq(texts), labels)),
             list(zip(seq([test[i] for i in pick]), [test_labels[i] for i in pick])))
 
@@ -185,9 +176,9 @@ def rm_data(cfg: RMConfig, tok: Tokenizer, gcfg):
 def rm_loss(cfg: RMConfig, model: RewardModel, examples, eos_id):
     """(mean loss, number correct) of a micro-batch."""
     if cfg.objective == "bt":  # chosen and rejected in one (2B, T) forward
-        no_eos = lambda c: c[:-1] if len(c) > 1 and c[-1] == eos_id else c  # as text reads it
-        seqs = ([r["prompt_ids"] + no_eos(r["chosen_ids"]) for r in examples]
-                + [r["prompt_ids"] + no_eos(r["rejected_ids"]) for r in examples])
+        T = model.gpt.config.block_size
+        seqs = [rm_tokens(r["prompt_ids"] + r[side], eos_id, T)
+                for side in ("chosen_ids", "rejected_ids") for r in examples]
         r = model.score(seqs, eos_id)
         margin = r[: len(examples)] - r[len(examples):]
         return -F.logsigmoid(margin).mean(), (margin > 0).sum().item()
@@ -210,6 +201,62 @@ def rm_accuracy(cfg, model, examples, pad_id) -> tuple[float, float]:
 
 def train(cfg: RMConfig):
     """Fit the reward model; keep the checkpoint with the best validation accuracy in best/."""
+    check_config(cfg)
+    run = Run(cfg)  # refuses a folder of another config; writes nothing yet
+    if run.done:
+        return run.history
+    folder = run.resume_from or gpt_folder(cfg.init)
+    tok = load_tokenizer(folder)
+    model = (RewardModel.from_pretrained(folder) if run.resume_from
+             else RewardModel(GPT.from_pretrained(folder), cfg.objective)).to(run.device).train()
+    train_ex, held_ex = rm_data(cfg, tok, model.gpt.config)
+    if not held_ex:
+        raise ValueError("no validation examples: raise --eval_size or add data")
+    run.start()  # the inputs are good: now the run folder
+    steps = max(1, cfg.epochs * len(train_ex) // cfg.batch_size)
+    opt = adamw(model.parameters(), cfg.lr, run.device, weight_decay=0.0)
+    best = run.restore(opt).get("best", -1.0)
+    accum = cfg.batch_size // cfg.micro_batch
+    for step in run.steps(steps, desc=f"rm {cfg.objective}"):
+        lr = lr_at(step, cfg.lr, cfg.warmup, steps)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = stream_indices(len(train_ex), cfg.batch_size, step, cfg.seed)
+        loss_sum, correct, n_tokens = 0.0, 0, 0
+        for k in range(accum):
+            b = [train_ex[i] for i in idx[k * cfg.micro_batch: (k + 1) * cfg.micro_batch]]
+            loss, c = rm_loss(cfg, model, b, tok.eos_id)
+            run.check(loss)
+            (loss / accum).backward()
+            loss_sum, correct = loss_sum + loss.item() / accum, correct + c
+            n_tokens += sum(example_tokens(cfg, e) for e in b)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        row = {"loss/train": loss_sum, "rm/accuracy": correct / cfg.batch_size, "lr": lr,
+               "grad_norm": grad_norm.item(), "tokens_per_s": run.tokens_per_s(n_tokens)}
+        if run.due(cfg.eval_every):
+            row["loss/eval"], row["eval/rm/accuracy"] = rm_accuracy(cfg, model, held_ex,
+                                                                    tok.eos_id)
+            if row["eval/rm/accuracy"] > best:  # the paper keeps the best validation accuracy
+                best = row["eval/rm/accuracy"]
+                write_folder(os.path.join(cfg.out_dir, "best"),
+                             lambda f: (model.save_pretrained(f), tok.save(f)))
+        run.log(row, show=("loss/train", "rm/accuracy"))
+        if run.due(cfg.save_every):
+            run.save(opt, model, tok, best=best)
+    return run.finish()
+
+
+def example_tokens(cfg: RMConfig, example) -> int:
+    """Tokens of one training example: both sides of a pair, or a review."""
+    if cfg.objective == "bt":
+        return 2 * len(example["prompt_ids"]) + len(example["chosen_ids"]) + len(
+            example["rejected_ids"])
+    return len(example[0])
+
+
+def check_config(cfg: RMConfig):
     if cfg.objective not in ("bt", "label"):
         raise ValueError(f"--objective must be bt or label, not {cfg.objective!r}")
     if cfg.lr <= 0:
@@ -217,68 +264,6 @@ def train(cfg: RMConfig):
     if cfg.batch_size % cfg.micro_batch:
         raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch "
                          f"{cfg.micro_batch}")
-    resuming = open_run(cfg)  # refuses another config; writes nothing yet
-    if resuming and is_done(cfg.out_dir):
-        return read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))
-    device = get_device(cfg.device)
-    set_seed(cfg.seed)
-    state = load_state(cfg.out_dir) if resuming else None
-    folder = step_dir(cfg.out_dir, state["step"]) if state else resolve_init(cfg.init)
-    tok = load_tokenizer(folder)
-    head = load_head(os.path.join(folder, "reward_head.safetensors")) if state else None
-    model = RewardModel(GPT.from_pretrained(folder), head).to(device).train()
-    train_ex, held_ex = rm_data(cfg, tok, model.gpt.config)
-    if not held_ex:
-        raise ValueError("no validation examples: raise --eval_size or add data")
-    start_run(cfg)  # the inputs are good: now the run folder
-    steps = max(1, cfg.epochs * len(train_ex) // cfg.batch_size)
-    opt = adamw(model.parameters(), cfg.lr, device, weight_decay=0.0)
-    step, best = 0, -1.0
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        step, best = state["step"], state["best"]
-    # the log keeps the rows its checkpoint covers: a killed run's later rows are logged again
-    history = resume_log(cfg.out_dir, step if state else -1)
-    accum = cfg.batch_size // cfg.micro_batch
-    pbar = tqdm(total=steps, initial=step, desc=f"rm {cfg.objective}", mininterval=1.0)
-    while step < steps:
-        t0 = time.time()
-        lr = lr_at(step, cfg.lr, cfg.warmup, steps)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        idx = stream_indices(len(train_ex), cfg.batch_size, step, cfg.seed)
-        loss_sum, correct = 0.0, 0
-        for k in range(accum):
-            b = [train_ex[i] for i in idx[k * cfg.micro_batch: (k + 1) * cfg.micro_batch]]
-            loss, c = rm_loss(cfg, model, b, tok.eos_id)
-            check_finite(loss, step + 1, cfg.out_dir)
-            (loss / accum).backward()
-            loss_sum, correct = loss_sum + loss.item() / accum, correct + c
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        row = {"step": step, "loss/train": loss_sum, "rm/accuracy": correct / cfg.batch_size,
-               "lr": lr, "grad_norm": grad_norm.item(), "time/step": time.time() - t0}
-        if step % cfg.eval_every == 0 or step == steps:
-            row["loss/eval"], row["eval/rm/accuracy"] = rm_accuracy(cfg, model, held_ex,
-                                                                    tok.eos_id)
-            if row["eval/rm/accuracy"] > best:  # the paper keeps the best validation accuracy
-                best = row["eval/rm/accuracy"]
-                write_folder(os.path.join(cfg.out_dir, "best"),
-                             lambda f: model.save_pretrained(f, cfg.objective, tok))
-        log_row(cfg.out_dir, row, history)
-        pbar.update(1)
-        pbar.set_postfix(loss=f"{loss_sum:.3f}", acc=f"{row['rm/accuracy']:.2f}",
-                         refresh=False)
-        if step % cfg.save_every == 0 or step == steps:
-            save_checkpoint(cfg.out_dir, step, lambda f: model.save_pretrained(f, cfg.objective,
-                                                                               tok),
-                            dict(optimizer=opt.state_dict(), rng=rng_state(), best=best))
-    pbar.close()
-    mark_done(cfg.out_dir)
-    return history
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import copy_checked, hub_download, read_hf_config, read_safetensors
+from model import copy_checked, read_hf_config, read_safetensors
+from utils import hub_download, resolve_checkpoint
 
 SIEBERT = "siebert/sentiment-roberta-large-english"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of preference
@@ -217,10 +218,7 @@ def resolve_roberta(name_or_path: str) -> tuple[str, str]:
     """(folder, weights file) of a local folder or a hub repo holding config.json, vocab.json and
     model.safetensors, else pytorch_model.bin (siebert publishes only the latter)."""
     if os.path.isdir(name_or_path):
-        folder = name_or_path
-        for f in ("config.json", "vocab.json"):
-            if not os.path.isfile(os.path.join(folder, f)):
-                raise FileNotFoundError(f"{folder} has no {f}: not a RoBERTa classifier folder")
+        folder = resolve_checkpoint(name_or_path, ("config.json", "vocab.json"))
     elif os.path.exists(name_or_path) or name_or_path.startswith((".", "/", "~")):
         raise FileNotFoundError(f"{name_or_path} is not a folder (nor a hub id like {SIEBERT})")
     else:

@@ -8,26 +8,21 @@ Several GPUs (the same global batch, split across processes):
     torchrun --nproc_per_node 4 sft.py --init gpt2-large --out_dir runs/sft --micro_batch 8
 """
 
-import contextlib
 import os
-import random
-import time
 from dataclasses import dataclass
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
+from cli import run_main
 from data import (
-    Tokenizer, check_pairs, collate, load_reviews, load_tokenizer, sft_sequences, split_pairs,
-    stream_indices, synthetic_vocab,
+    Tokenizer, check_pairs, collate, held_out_sample, load_reviews, load_tokenizer, sft_sequences,
+    split_pairs, stream_indices, synthetic_vocab,
 )
-from model import GPT, GPTConfig, token_logprobs
-from utils import (
-    adamw, autocast, check_finite, ddp_barrier, ddp_init, ddp_mean, get_device, is_done, load_state,
-    log_row, lr_at, mark_done, open_run, read_jsonl, resolve_init, resume_log, rng_state,
-    run_main, save_checkpoint, set_rng_state, set_seed, start_run, step_dir,
-)
+from model import GPT, GPTConfig, gpt_folder, token_logprobs
+from runs import Run
+from speed import adamw
+from utils import autocast, lr_at, read_jsonl
 
 
 @dataclass
@@ -57,10 +52,11 @@ class SFTConfig:
     overwrite: bool = False  # delete an existing run folder with another config
 
 
-def build_model(cfg: SFTConfig) -> tuple[GPT, Tokenizer]:
-    if cfg.init != "scratch":
-        init = resolve_init(cfg.init)
-        return GPT.from_pretrained(init, dropout=cfg.dropout), load_tokenizer(init)
+def build_model(cfg: SFTConfig, resume_from: str | None) -> tuple[GPT, Tokenizer]:
+    """The model to train: a resumed run's last checkpoint, --init's checkpoint, or a new GPT."""
+    if resume_from or cfg.init != "scratch":
+        folder = resume_from or gpt_folder(cfg.init)
+        return GPT.from_pretrained(folder, dropout=cfg.dropout), load_tokenizer(folder)
     # from scratch: the synthetic corpus gets its compact vocabulary (see data.Tokenizer)
     tok = Tokenizer(synthetic_vocab()) if cfg.dataset == "synthetic" else Tokenizer()
     gcfg = GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer,
@@ -76,9 +72,8 @@ def build_data(cfg: SFTConfig, tok: Tokenizer):
     completion) once, with about eval_size pairs' prompts held out (data.split_pairs)."""
     if cfg.pairs is None:
         texts = load_reviews(cfg.dataset, "train")[0]
-        test = load_reviews(cfg.dataset, "test")[0]  # sorted by label on the hub: sample it
-        test = [test[i] for i in random.Random(0).sample(range(len(test)), min(cfg.eval_size,
-                                                                                len(test)))]
+        test = load_reviews(cfg.dataset, "test")[0]
+        test = [test[i] for i in held_out_sample(len(test), cfg.eval_size)]
         train, held = sft_sequences(texts, tok, cfg.max_len), sft_sequences(test, tok, cfg.max_len)
         return ([[]] * len(train), train), ([[]] * len(held), held)
     rows = check_pairs(read_jsonl(cfg.pairs), cfg.pairs)
@@ -114,87 +109,53 @@ def eval_loss(model, prompts, completions, pad_id, micro_batch, device):
 def main(cfg: SFTConfig):
     if cfg.lr <= 0:
         raise ValueError(f"learning rate must be positive, got {cfg.lr}")
-    rank, world, device = ddp_init(get_device(cfg.device))
-    if cfg.batch_size % (cfg.micro_batch * world):
-        raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch "
-                         f"{cfg.micro_batch} x {world} processes")
-    resuming = open_run(cfg)  # refuses another config; writes nothing yet
-    if resuming and is_done(cfg.out_dir):
-        return read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))
-    set_seed(cfg.seed)
-    state = load_state(cfg.out_dir) if resuming else None
-    if state is None:
-        model, tok = build_model(cfg)
-    else:  # resume: weights from the last checkpoint, the rest from state.pt
-        folder = step_dir(cfg.out_dir, state["step"])
-        model, tok = GPT.from_pretrained(folder, dropout=cfg.dropout), load_tokenizer(folder)
+    run = Run(cfg, distributed=True)  # refuses a folder of another config; writes nothing yet
+    if run.done:
+        return run.history
+    accum = run.micro_batches(cfg.batch_size, cfg.micro_batch)  # per process, per step
+    device = run.device
+    model, tok = build_model(cfg, run.resume_from)
     (train_p, train_c), (held_p, held_c) = build_data(cfg, tok)
     if not train_p:
         raise ValueError("no training sequences")
-    if rank == 0:  # the inputs are good: now the run folder
-        start_run(cfg)
-    ddp_barrier(world)
+    run.start()  # the inputs are good: now the run folder
     model.to(device).train()
-    ddp = DDP(model) if world > 1 else model  # averages gradients over processes
+    evaluate = lambda: eval_loss(model, held_p, held_c, tok.eos_id, cfg.micro_batch, device)
+    ddp = DDP(model) if run.world > 1 else model  # averages gradients over processes
     opt = adamw(model.parameters(), cfg.lr, device, weight_decay=cfg.weight_decay,
                 betas=(0.9, 0.95))
-    step = 0
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        step = state["step"]
-    # the log keeps the rows its checkpoint covers: a killed run's later rows are logged again
-    history = resume_log(cfg.out_dir, step if state else -1) if rank == 0 else []
-    if state is None and held_p and rank == 0:
-        loss = eval_loss(model, held_p, held_c, tok.eos_id, cfg.micro_batch, device)
-        log_row(cfg.out_dir, {"step": 0, "loss/eval": loss}, history)
+    if not run.restore(opt) and held_p and run.main_process:
+        run.log({"loss/eval": evaluate()})
 
-    accum = cfg.batch_size // (cfg.micro_batch * world)  # micro-batches per process per step
-    pbar = tqdm(total=cfg.steps, initial=step, desc=f"sft {os.path.basename(cfg.out_dir)}",
-                mininterval=1.0, disable=rank > 0)
-    while step < cfg.steps:
-        t0 = time.time()
+    for step in run.steps(cfg.steps, desc=f"sft {os.path.basename(cfg.out_dir)}"):
         lr = lr_at(step, cfg.lr, cfg.warmup, cfg.steps)
         for g in opt.param_groups:
             g["lr"] = lr
         idx = stream_indices(len(train_p), cfg.batch_size, step, cfg.seed)
         loss_sum, n_tokens = 0.0, 0
         for k in range(accum):
-            j = k * world + rank  # this process's share of the global batch
+            j = k * run.world + run.rank  # this process's share of the global batch
             mb = idx[j * cfg.micro_batch: (j + 1) * cfg.micro_batch]
             x, m = collate([train_p[i] for i in mb], [train_c[i] for i in mb], tok.eos_id)
             x, m = x.to(device), m.to(device)
-            # gradients are averaged across processes only at the last micro-batch
-            with ddp.no_sync() if world > 1 and k < accum - 1 else contextlib.nullcontext():
+            with run.accumulate(ddp, k, accum):  # one gradient all-reduce per step
                 with autocast(device):
                     loss = lm_loss(ddp, x, m) / accum
                 loss.backward()
-            loss_sum, n_tokens = loss_sum + loss.detach(), n_tokens + x.numel()
-        check_finite(loss_sum, step + 1, cfg.out_dir)  # one host sync per step, before the update
+            loss_sum = loss_sum + loss.detach()
+            n_tokens += sum(len(train_p[i]) + len(train_c[i]) for i in mb)
+        run.check(loss_sum)  # one host sync per step, before the update
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        step += 1
-        loss_sum = ddp_mean(loss_sum.item(), world, device)
-        row = {"step": step, "loss/train": loss_sum, "lr": lr, "grad_norm": grad_norm.item(),
-               "tokens_per_s": n_tokens * world / (time.time() - t0)}
-        if rank > 0:
-            continue
-        if held_p and (step % cfg.eval_every == 0 or step == cfg.steps):
-            row["loss/eval"] = eval_loss(model, held_p, held_c, tok.eos_id, cfg.micro_batch,
-                                         device)
-        log_row(cfg.out_dir, row, history)
-        pbar.update(1)
-        pbar.set_postfix(loss=f"{loss_sum:.3f}", refresh=False)
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            save_checkpoint(cfg.out_dir, step,
-                            lambda folder: (model.save_pretrained(folder), tok.save(folder)),
-                            dict(optimizer=opt.state_dict(), rng=rng_state()))
-    pbar.close()
-    if rank == 0:
-        mark_done(cfg.out_dir)
-    ddp_barrier(world)
-    return history
+        row = {"loss/train": run.mean(loss_sum.item()), "lr": lr, "grad_norm": grad_norm.item(),
+               "tokens_per_s": run.tokens_per_s(n_tokens)}
+        if held_p and run.main_process and run.due(cfg.eval_every):
+            row["loss/eval"] = evaluate()
+        run.log(row, show=("loss/train",))
+        if run.due(cfg.save_every):
+            run.save(opt, model, tok)
+    return run.finish()
 
 
 if __name__ == "__main__":

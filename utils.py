@@ -1,120 +1,18 @@
-"""The plumbing every script shares, one home for each piece: config dataclass -> command line,
-device and autocast, seeding, run folders (config check, resume, atomic checkpoints, JSONL logs),
-and the one-line error a script prints for bad input.
-
-A run folder (see DESIGN.md):
-    runs/<name>/run_config.json   the resolved config; a different one refuses, --overwrite restarts
-    runs/<name>/log.jsonl         one JSON object per logged step
-    runs/<name>/step_000100/      a checkpoint in the HF GPT-2 layout (+ head files)
-    runs/<name>/state.pt          optimizer, scheduler, step, RNG: what resume needs
-    runs/<name>/done              written last
+"""Small pieces every script shares: the device and autocast, torchrun helpers, atomic files and
+JSONL logs, the learning-rate schedule. The life of a run folder is in runs.py; config -> flags in
+cli.py; the CPU speed tricks in speed.py.
 """
 
-import argparse
 import contextlib
-import dataclasses
-import inspect
 import json
 import math
 import os
-import random
 import re
 import shutil
-import sys
-import types
-import typing
 
-import numpy as np
 import torch
 
-# ----------------------------------------------------------------------------- config <-> flags
-
-
-def _field_comments(cls) -> dict:
-    """The `# comment` after each field of a config dataclass, used as its --help text."""
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    return dict(re.findall(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", src, flags=re.M))
-
-
-def _flag_type(tp):
-    """(argparse type, nargs) for a field's annotation: int, float, str, bool, X | None, tuple."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
-        tp, args = args[0], typing.get_args(args[0])  # X | None
-    if typing.get_origin(tp) in (tuple, list):
-        return args[0], "*"
-    return tp, None
-
-
-def config_parser(cls, description: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one --flag per field of the dataclass `cls`."""
-    ap = argparse.ArgumentParser(description=description,
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    comments, hints = _field_comments(cls), typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp, nargs = _flag_type(hints[f.name])
-        kw = dict(default=f.default, help=comments.get(f.name, " ").replace("%", "%%"),
-                  dest=f.name)
-        if tp is bool:
-            ap.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **kw)
-        else:
-            ap.add_argument(f"--{f.name}", type=_none_or(tp), nargs=nargs, **kw)
-    return ap
-
-
-def _none_or(tp):
-    def convert(s):
-        return None if s == "None" else tp(s)
-    convert.__name__ = tp.__name__
-    return convert
-
-
-def parse_config(cls, argv=None, description=None):
-    """Build a config dataclass from command-line flags (defaults = the dataclass defaults)."""
-    ns = config_parser(cls, description).parse_args(argv)
-    values = vars(ns)
-    for f in dataclasses.fields(cls):
-        if isinstance(values[f.name], list):
-            values[f.name] = tuple(values[f.name])
-    return cls(**values)
-
-
-def config_to_argv(cfg) -> list[str]:
-    """The flags that rebuild `cfg` with parse_config (the inverse, for subprocesses and tests)."""
-    argv = []
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if isinstance(v, bool):
-            argv.append(f"--{f.name}" if v else f"--no-{f.name}")
-        elif isinstance(v, (tuple, list)):
-            argv += [f"--{f.name}", *map(str, v)]
-        else:
-            argv += [f"--{f.name}", str(v)]
-    return argv
-
-
-def run_main(main, cls, argv=None):
-    """`if __name__ == "__main__"` of every script: parse flags, run, and turn bad input into one
-    readable line and exit status 1 (set DPO_DEBUG=1 for the traceback)."""
-    doc = sys.modules[main.__module__].__doc__
-    cfg = parse_config(cls, argv, description=doc.strip().splitlines()[0] if doc else None)
-    try:
-        main(cfg)
-    except (ValueError, OSError, FloatingPointError) as e:
-        if os.environ.get("DPO_DEBUG"):
-            raise
-        from tqdm import tqdm
-
-        for bar in list(getattr(tqdm, "_instances", ())):  # a bar left open would redraw after
-            bar.close()
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-
-
-# ----------------------------------------------------------------------------- device, seed
+# ----------------------------------------------------------------------------- device
 
 
 def get_device(name: str = "auto") -> str:
@@ -166,40 +64,11 @@ def ddp_mean(value: float, world: int, device: str) -> float:
     return t.item() / world
 
 
-def adamw(params, lr: float, device: str, **kw):
-    """AdamW as one fused kernel over all parameters where PyTorch has one (CPU, CUDA): on CPU
-    4-5x faster than the per-tensor loop (bench/train_step.py). weight_decay=0 is Adam."""
-    return torch.optim.AdamW(params, lr=lr, fused=torch.device(device).type in ("cpu", "cuda"),
-                             **kw)
-
-
 def autocast(device: str):
     """bf16 autocast on CUDA (weights and optimizer stay fp32); plain fp32 elsewhere."""
     if device.startswith("cuda"):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def set_seed(seed: int):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    state = dict(python=random.getstate(), numpy=np.random.get_state(),
-                 torch=torch.get_rng_state())
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # ----------------------------------------------------------------------------- atomic files
@@ -271,51 +140,9 @@ def write_jsonl(path: str, rows: list[dict]):
     atomic_write(path, write)
 
 
-# ----------------------------------------------------------------------------- run folders
-
-
-def config_dict(cfg) -> dict:
-    """The config as plain JSON values (tuples become lists), `overwrite` left out."""
-    d = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    d.pop("overwrite", None)
-    return d
-
-
-def open_run(cfg) -> bool:
-    """Check cfg.out_dir against cfg before anything is loaded or written. True: a run of this
-    config is there to continue. False: a new run, or --overwrite. Another config there: refuse,
-    naming the first differing field."""
-    out, new = cfg.out_dir, config_dict(cfg)
-    path = os.path.join(out, "run_config.json")
-    if not os.path.exists(path) or getattr(cfg, "overwrite", False):
-        return False
-    with open(path) as f:
-        old = json.load(f)
-    if old != new:
-        key = next(k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
-        raise ValueError(f"{out} holds a run with another config ({key}: {old.get(key)!r} "
-                         f"there, {new.get(key)!r} now); pass --overwrite to start over or "
-                         f"choose another --out_dir")
-    return True
-
-
-def start_run(cfg):
-    """Create (or reopen) cfg.out_dir with its run_config.json. Scripts call it once their inputs
-    have loaded, so bad input leaves nothing behind. --overwrite deletes an old run first; the
-    temporaries of writes that a kill interrupted are removed."""
-    out = cfg.out_dir
-    path = os.path.join(out, "run_config.json")
-    if getattr(cfg, "overwrite", False) and os.path.exists(path):
-        shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
-    for name in os.listdir(out):  # x.tmp<pid> (atomic_write), step_X.tmp / .old (write_folder)
-        p = os.path.join(out, name)
-        if name.endswith(".old") and not os.path.exists(p[:-4]):
-            os.rename(p, p[:-4])  # killed between write_folder's two renames: the old one stays
-        elif re.search(r"\.(tmp\d*|old)$", name):
-            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
-    if not os.path.exists(path):
-        atomic_write_json(path, config_dict(cfg))
+# ----------------------------------------------------------------------------- checkpoint folders
+# A checkpoint is a folder (config.json + weights, the Hugging Face layout); a run folder keeps
+# its checkpoints as step_XXXXXX/ and, for the reward model, its best one as best/.
 
 
 def step_dir(out_dir: str, step: int) -> str:
@@ -332,14 +159,41 @@ def list_checkpoints(out_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def resolve_init(path: str) -> str:
-    """A run folder stands for its last checkpoint; anything else (a checkpoint folder, a hub name)
-    is returned as is."""
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
-        ckpts = list_checkpoints(path)
-        if ckpts:
-            return ckpts[-1][1]
-    return path
+def resolve_checkpoint(path: str, need: tuple = ("config.json",),
+                       hub: dict | bool = False) -> str:
+    """The one answer to "which folder does this name stand for", for every model the scripts load:
+      - a folder holding every file of `need`: that folder;
+      - a run folder: its best/ checkpoint if it keeps one (the reward model), else its last
+        step_XXXXXX/;
+      - else a hub repository, downloading the files of `need` (cached by huggingface_hub): `hub`
+        maps the names it knows to repository ids, or is True to take any name as an id.
+    """
+    if os.path.isdir(path):
+        candidates = [path, os.path.join(path, "best")] + [p for _, p in
+                                                           list_checkpoints(path)[-1:]]
+        for folder in candidates:
+            if all(os.path.isfile(os.path.join(folder, f)) for f in need):
+                return folder
+        missing = next(f for f in need if not os.path.isfile(os.path.join(path, f)))
+        raise FileNotFoundError(f"{path} has no {missing}: not a checkpoint or run folder")
+    if isinstance(hub, dict) and path in hub:
+        return hub_download(hub[path], need)
+    if hub is True and not path.startswith((".", "/", "~")):
+        return hub_download(path, need)
+    known = f" nor one of {', '.join(hub)}" if isinstance(hub, dict) else ""
+    raise ValueError(f"'{path}' is neither a folder{known}")
+
+
+def hub_download(repo_id: str, files: tuple) -> str:
+    """Download `files` of a hub repo (cached by huggingface_hub); return their folder."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        paths = [hf_hub_download(repo_id, f) for f in files]
+    except Exception as e:  # offline, DNS, HTTP errors all land here
+        raise OSError(f"could not fetch {repo_id} from the Hugging Face hub ({type(e).__name__}); "
+                      f"download it elsewhere and pass the local folder instead") from None
+    return os.path.dirname(paths[0])
 
 
 def write_folder(final: str, write):
@@ -363,53 +217,7 @@ def write_folder(final: str, write):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_checkpoint(out_dir: str, step: int, write, state: dict | None = None):
-    """Write step_XXXXXX/ with write(folder) (atomically, see write_folder), then state.pt (if
-    given) atomically. A kill at any point leaves the last complete pair: a step folder newer
-    than state.pt is simply rewritten when the resumed run gets there again."""
-    write_folder(step_dir(out_dir, step), write)
-    if state is not None:
-        atomic_torch_save(dict(state, step=step), os.path.join(out_dir, "state.pt"))
-
-
-def load_state(out_dir: str) -> dict | None:
-    """The resume state of a run folder, or None if it has none yet."""
-    path = os.path.join(out_dir, "state.pt")
-    if not os.path.exists(path):
-        return None
-    return torch.load(path, weights_only=False)  # our own file: optimizer states, RNG tuples
-
-
-def resume_log(out_dir: str, step: int) -> list[dict]:
-    """The log rows up to `step`; later rows (logged after the last checkpoint) are cut from the
-    file, since the resumed run logs them again."""
-    path = os.path.join(out_dir, "log.jsonl")
-    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-    write_jsonl(path, kept)  # also drops a torn last line
-    return kept
-
-
-def log_row(out_dir: str, row: dict, history: list | None = None):
-    append_jsonl(os.path.join(out_dir, "log.jsonl"), row)
-    if history is not None:
-        history.append(row)
-
-
-def mark_done(out_dir: str):
-    atomic_write(os.path.join(out_dir, "done"), lambda tmp: open(tmp, "w").close())
-
-
-def is_done(out_dir: str) -> bool:
-    return os.path.exists(os.path.join(out_dir, "done"))
-
-
-def check_finite(loss: torch.Tensor, step: int, out_dir: str):
-    """Stop on a NaN or inf loss at `step`, before the update, naming the last good checkpoint:
-    the weights of the checkpoint at step - 1 gave this loss, so it is the one before that."""
-    if not torch.isfinite(loss).all():
-        good = [path for s, path in list_checkpoints(out_dir) if s < step - 1]
-        raise FloatingPointError(f"loss is {loss.item()} at step {step}; stopped before the "
-                                 f"update. Last good checkpoint: {good[-1] if good else 'none'}")
+# ----------------------------------------------------------------------------- schedule, seeds
 
 
 def lr_at(step: int, lr: float, warmup: int, total: int | None = None, final_frac: float = 0.1):
@@ -421,3 +229,9 @@ def lr_at(step: int, lr: float, warmup: int, total: int | None = None, final_fra
         return lr
     progress = min(1.0, (step - warmup) / (total - warmup))
     return lr * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def seed_for(seed: int, i: int) -> int:
+    """The seed of the i-th step (batch, chunk, epoch) of a run seeded `seed`: every step draws
+    from its own generator, so a resumed run needs nothing but the step to draw the same."""
+    return seed * 1_000_003 + i

@@ -3,7 +3,7 @@ transformers' generate (identical tokens required), and ours without the cache.
 
     python bench/sample.py                         # GPT-2 124M dimensions
     python bench/sample.py --size tiny --vocab 512 --reps 2
-    python bench/sample.py --linear     # also F.linear's x @ W.T against model.Linear
+    python bench/sample.py --linear     # also F.linear's x @ W.T against speed.Linear
 """
 
 import argparse
@@ -24,7 +24,7 @@ def greedy_uncached(model, prompt, n):
 
 def linear_forms(model, rows, reps):
     """One token step's matmuls (every layer's four weights and the output layer, in order, so
-    the weights stream from memory as in sampling): F.linear's x @ W.T against model.Linear,
+    the weights stream from memory as in sampling): F.linear's x @ W.T against speed.Linear,
     which multiplies W @ x.T for at most 32 rows."""
     import torch.nn.functional as F
 
@@ -40,7 +40,7 @@ def linear_forms(model, rows, reps):
             m(xs[m.in_features])
 
     with torch.no_grad():
-        t = interleaved({"F.linear: x @ W.T": f_linear, "model.Linear": model_linear}, reps)
+        t = interleaved({"F.linear: x @ W.T": f_linear, "speed.Linear": model_linear}, reps)
     base = t["F.linear: x @ W.T"]
     table([(k, f"{v * 1000:.1f}", f"{v / base:.2f}") for k, v in t.items()],
           (f"weights of one step, {rows} rows", "ms", "x F.linear"))

@@ -1,7 +1,7 @@
 """Training step on CPU, fp32: forward + backward + AdamW, ours against transformers'
 GPT2LMHeadModel with the same weights (GPT-2 124M dimensions, batch 4 x 128 by default).
 
-    python bench/train_step.py                 # the issue's setting
+    python bench/train_step.py                 # GPT-2 124M, batch 4 x 128
     python bench/train_step.py --size tiny --vocab 512 --reps 2   # seconds (the test runs this)
 """
 
@@ -12,7 +12,7 @@ import torch
 from common import add_size_args, interleaved, model_pair, setup_threads, table
 
 from sft import lm_loss  # noqa: E402  (common.py put the repo root on sys.path)
-from utils import adamw  # noqa: E402
+from speed import adamw  # noqa: E402
 
 
 def main(argv=None):

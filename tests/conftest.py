@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny models and files in the real formats, made on the fly."""
+"""Shared fixtures: tiny models and files in the real formats, made on the fly; the tiny pipeline
+(SFT -> ground truth -> pairs) that later stages start from, built once per session; and the
+filter that leaves the wall-clock fields out when two runs' logs are compared."""
 
 import os
 
@@ -66,3 +68,64 @@ def compact_tok():
     from data import Tokenizer, synthetic_vocab
 
     return Tokenizer(synthetic_vocab())
+
+
+# ----------------------------------------------------------------------------- logs
+
+
+def without_timing(rows):
+    """Log rows without the fields that measure wall time: tokens_per_s (every script's log) and
+    every time/... key (PPO's time/rollout and time/update). The rest of a row is what two runs of
+    the same seed and config must agree on exactly."""
+    return [{k: v for k, v in r.items() if k != "tokens_per_s" and not k.startswith("time/")}
+            for r in rows]
+
+
+# ----------------------------------------------------------------------------- the tiny pipeline
+
+SFT_TINY = dict(init="scratch", dataset="synthetic", steps=150, batch_size=32, micro_batch=32,
+                lr=3e-3, warmup=20, eval_every=75, save_every=75, eval_size=64, n_layer=2,
+                n_head=2, n_embd=64, device="cpu")
+GT_TRAIN_REVIEWS = 6400  # the label classifier sees the first 6400 train reviews: 200 steps of 32
+PAIRS_TINY = dict(dataset="synthetic", n_prefixes=96, chunk=32, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """The inputs of every later stage, built once per session on the synthetic corpus: SFT from
+    scratch (150 steps, `sft_cfg`), a label classifier trained from it as the ground truth
+    (reward.train objective="label", one epoch over 6400 reviews) and 96 prefixes' pairs sampled
+    from the SFT model and scored by the classifier (3 chunks of 32, `pairs_cfg`). Tests leave
+    these files as they are; DPO runs on `pairs` cache reference log-probs beside it."""
+    import types
+
+    import pairs
+    import reward
+    import sft
+    from data import load_reviews, load_tokenizer
+    from model import gpt_folder
+
+    root = tmp_path_factory.mktemp("pipeline")
+    p = types.SimpleNamespace(root=root, sft=str(root / "sft"), gt=str(root / "gt"),
+                              pairs_dir=str(root / "pairs"))
+    p.pairs = os.path.join(p.pairs_dir, "pairs.jsonl")
+    p.sft_cfg = sft.SFTConfig(out_dir=p.sft, **SFT_TINY)
+    p.sft_log = sft.main(p.sft_cfg)
+
+    def fewer_reviews(source, split):  # one epoch of the full 20k reviews would take 625 steps
+        texts, labels = load_reviews(source, split)
+        return (texts[:GT_TRAIN_REVIEWS], labels[:GT_TRAIN_REVIEWS]) if split == "train" else \
+            (texts, labels)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reward, "load_reviews", fewer_reviews)
+        p.gt_log = reward.train(reward.RMConfig(
+            out_dir=p.gt, init=p.sft, objective="label", dataset="synthetic", epochs=1,
+            batch_size=32, micro_batch=32, lr=1e-3, warmup=20, max_len=64, eval_size=256,
+            eval_every=100, save_every=1000, device="cpu"))
+    p.pairs_cfg = pairs.PairsConfig(out_dir=p.pairs_dir, init=p.sft, ground_truth=p.gt,
+                                    **PAIRS_TINY)
+    p.pairs_log = pairs.main(p.pairs_cfg)
+    p.sft_ckpt = gpt_folder(p.sft)
+    p.tok = load_tokenizer(p.sft_ckpt)
+    return p

@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from model import GPT, KVCache, Linear, sample_next, token_logprobs
+from model import GPT, KVCache, sample_next, token_logprobs
+from speed import Linear
 
 # Different depth, width, heads, vocabulary, context and LayerNorm epsilon.
 HF_CONFIGS = [
@@ -142,7 +143,7 @@ def test_lm_head_tied_key_accepted_when_equal(hf_gpt2):
 
 def test_unknown_model_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no folder called gpt3 here
-    with pytest.raises(ValueError, match="'gpt3' is neither a GPT-2 size"):
+    with pytest.raises(ValueError, match="'gpt3' is neither a folder nor one of gpt2, "):
         GPT.from_pretrained("gpt3")
 
 

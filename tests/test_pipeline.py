@@ -2,10 +2,11 @@
 label classifier as ground truth -> pairs -> Bradley-Terry RM -> DPO / Unlikelihood / PPO ->
 evaluation.
 
-One tiny pipeline is built once per session (`pipeline`); each test checks one promise of the
-scripts on it: the stages learn what they should (the RM ranks, the classifier classifies, SFT
-lowers the held-out loss, DPO and PPO-GT raise the ground-truth reward), the files have their
-formats, a killed run resumed ends bit-identical to an uninterrupted one, and the CLIs work."""
+One tiny pipeline is built once per session (conftest's `pipeline`: SFT, the ground truth, the
+pairs); each test checks one promise of the scripts on it: the stages learn what they should (the
+RM ranks, the classifier classifies, SFT lowers the held-out loss, DPO, PPO-GT and PPO on the
+learned reward model raise the ground-truth reward), the files have their formats, a killed run
+resumed ends bit-identical to an uninterrupted one, and the CLIs work."""
 
 import dataclasses
 import math
@@ -23,6 +24,7 @@ import evaluate
 import pairs
 import ppo
 import reward
+import runs
 import sft
 from data import (
     PROTOCOL, _opinion, load_reviews, load_tokenizer, make_prefixes, pair_row,
@@ -30,50 +32,18 @@ from data import (
 from dpo import DPOConfig
 from evaluate import EvalConfig
 from model import GPT
-from pairs import PairsConfig
 from ppo import PPOConfig
 from reward import RMConfig
 from sft import SFTConfig
-from utils import list_checkpoints, log_row, read_jsonl, resolve_init, write_jsonl
+from runs import log_row
+from utils import list_checkpoints, read_jsonl, write_jsonl
+from model import gpt_folder
+
+from conftest import without_timing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING = ("tokens_per_s", "pairs_per_s")  # log fields that measure wall time, not training
 
-# ----------------------------------------------------------------------------- the pipeline
-
-SFT_TINY = dict(init="scratch", dataset="synthetic", steps=150, batch_size=32, micro_batch=32,
-                lr=3e-3, warmup=20, eval_every=75, save_every=75, eval_size=64, n_layer=2,
-                n_head=2, n_embd=64, device="cpu")
-GT_TRAIN_REVIEWS = 6400  # the label classifier sees the first 6400 train reviews: 200 steps of 32
-PAIRS_TINY = dict(dataset="synthetic", n_prefixes=96, chunk=32, device="cpu")
-
-
-@pytest.fixture(scope="session")
-def pipeline(tmp_path_factory):
-    """SFT (150 steps from scratch), the label classifier (reward.train objective="label", one
-    epoch over 6400 reviews), and 96 prefixes' pairs (3 chunks of 32), built once."""
-    root = tmp_path_factory.mktemp("pipeline")
-    p = types.SimpleNamespace(root=root, sft=str(root / "sft"), gt=str(root / "gt"),
-                              pairs_dir=str(root / "pairs"))
-    p.pairs = os.path.join(p.pairs_dir, "pairs.jsonl")
-    p.sft_log = sft.main(SFTConfig(out_dir=p.sft, **SFT_TINY))
-
-    def fewer_reviews(source, split):  # one epoch of the full 20k reviews would take 625 steps
-        texts, labels = load_reviews(source, split)
-        return (texts[:GT_TRAIN_REVIEWS], labels[:GT_TRAIN_REVIEWS]) if split == "train" else \
-            (texts, labels)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(reward, "load_reviews", fewer_reviews)
-        p.gt_log = reward.train(RMConfig(
-            out_dir=p.gt, init=p.sft, objective="label", dataset="synthetic", epochs=1,
-            batch_size=32, micro_batch=32, lr=1e-3, warmup=20, max_len=64, eval_size=256,
-            eval_every=100, save_every=1000, device="cpu"))
-    p.pairs_cfg = PairsConfig(out_dir=p.pairs_dir, init=p.sft, ground_truth=p.gt, **PAIRS_TINY)
-    p.pairs_log = pairs.main(p.pairs_cfg)
-    p.sft_ckpt = resolve_init(p.sft)
-    p.tok = load_tokenizer(p.sft_ckpt)
-    return p
+# ----------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +56,7 @@ def measure(pipeline):
     ref = GPT.from_pretrained(pipeline.sft_ckpt).eval()
 
     def run(path, seed=0):
-        policy = GPT.from_pretrained(resolve_init(path)).eval()
+        policy = GPT.from_pretrained(gpt_folder(path)).eval()
         comps = evaluate.sample_and_measure(policy, ref, prefixes, tok, 64, seed, "cpu")[0]
         return scorer([tok.decode(p + c) for p, c in zip(prefixes, comps)])
     return run
@@ -143,11 +113,6 @@ def interrupt_after(n_calls, fn):
     return wrapper
 
 
-def without_timing(rows):
-    return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("time/")}
-            for r in rows]
-
-
 def read_bytes(path):
     with open(path, "rb") as f:
         return f.read()
@@ -167,7 +132,7 @@ def assert_resume_identical(module, main, cfg, tmp_path, monkeypatch):
         if row.get("step") == kill_step:
             raise KeyboardInterrupt
     with monkeypatch.context() as mp:
-        mp.setattr(module, "log_row", log_then_die)
+        mp.setattr(runs, "log_row", log_then_die)
         with pytest.raises(KeyboardInterrupt):
             main(b)
     assert not os.path.exists(os.path.join(b.out_dir, "done"))
@@ -187,7 +152,7 @@ def assert_resume_identical(module, main, cfg, tmp_path, monkeypatch):
     assert os.path.exists(os.path.join(b.out_dir, "done"))
 
 
-# ----------------------------------------------------------------------------- reward (issue 3)
+# ----------------------------------------------------------------------------- reward
 
 
 def test_bt_reward_model_learns_easy_pairs(bt_rm):
@@ -236,12 +201,12 @@ def test_label_classifier_separates_held_out_reviews(pipeline):
     assert ((p > 0.5).long() == labels).float().mean() > 0.8
 
 
-# ----------------------------------------------------------------------------- SFT (issue 3)
+# ----------------------------------------------------------------------------- SFT
 
 
 def test_sft_lowers_held_out_loss_and_samples_mixed_rewards(pipeline, measure):
     evals = [(r["step"], r["loss/eval"]) for r in pipeline.sft_log if "loss/eval" in r]
-    assert evals[0][0] == 0 and evals[-1][0] == SFT_TINY["steps"]
+    assert evals[0][0] == 0 and evals[-1][0] == pipeline.sft_cfg.steps
     assert evals[-1][1] < 0.5 * evals[0][1], evals
     assert [s for s, _ in list_checkpoints(pipeline.sft)] == [75, 150]
     rewards = measure(pipeline.sft)
@@ -261,12 +226,12 @@ def test_preferred_ft_trains_on_chosen_completions(pipeline, tmp_path):
     assert evaluate.describe_run(out) == ("Preferred-FT", "seed", 0)
 
 
-# ----------------------------------------------------------------------------- pairs (issue 3)
+# ----------------------------------------------------------------------------- pairs
 
 
 def test_pairs_file(pipeline):
     rows = read_jsonl(pipeline.pairs)
-    n = PAIRS_TINY["n_prefixes"]
+    n = pipeline.pairs_cfg.n_prefixes
     per_prefix = {}
     for r in rows:
         per_prefix[r["prefix_index"]] = per_prefix.get(r["prefix_index"], 0) + 1
@@ -297,7 +262,7 @@ def test_pairs_file(pipeline):
 
 def test_pairs_resume_after_kill_mid_chunk(pipeline, tmp_path, monkeypatch):
     cfg = dataclasses.replace(pipeline.pairs_cfg, out_dir=str(tmp_path / "pairs"))
-    chunk = PAIRS_TINY["chunk"]
+    chunk = pipeline.pairs_cfg.chunk
     # pairs.py appends each prefix's pairs in one write: killed after the third chunk's 10th
     # prefix, the pairs of 2 chunks + 10 prefixes are on disk
     on_disk = [r for r in read_jsonl(pipeline.pairs) if r["prefix_index"] < 2 * chunk + 10]
@@ -317,7 +282,7 @@ def test_pairs_resume_after_kill_mid_chunk(pipeline, tmp_path, monkeypatch):
 def test_pairs_resume_drops_torn_line(pipeline, tmp_path, monkeypatch):
     cfg = dataclasses.replace(pipeline.pairs_cfg, out_dir=str(tmp_path / "pairs"))
     with monkeypatch.context() as mp:  # killed right after the second chunk's log row
-        mp.setattr(pairs, "log_row", interrupt_after(2, pairs.log_row))
+        mp.setattr(runs, "log_row", interrupt_after(2, runs.log_row))
         with pytest.raises(KeyboardInterrupt):
             pairs.main(cfg)
     path = os.path.join(cfg.out_dir, "pairs.jsonl")
@@ -331,7 +296,7 @@ def test_pairs_resume_drops_torn_line(pipeline, tmp_path, monkeypatch):
         without_timing(pipeline.pairs_log)
 
 
-# ----------------------------------------------------------------------------- DPO (issue 4)
+# ----------------------------------------------------------------------------- DPO
 
 
 def test_dpo_raises_ground_truth_reward(pipeline, dpo_run, measure):
@@ -419,7 +384,7 @@ def test_unlikelihood_trains(pipeline, tmp_path):
     assert [s for s, _ in list_checkpoints(cfg_tok.out_dir)] == [8]
 
 
-# ----------------------------------------------------------------------------- PPO (issue 5)
+# ----------------------------------------------------------------------------- PPO
 
 
 def test_ppo_gt_raises_ground_truth_reward(pipeline, measure, tmp_path):
@@ -443,18 +408,30 @@ def test_ppo_gt_raises_ground_truth_reward(pipeline, measure, tmp_path):
     assert evaluate.describe_run(cfg.out_dir) == ("PPO-GT", "target_kl", cfg.target_kl)
 
 
-def test_ppo_with_learned_reward_model_runs(pipeline, bt_rm, tmp_path):
+def test_ppo_with_learned_reward_model_raises_ground_truth_reward(pipeline, bt_rm, measure,
+                                                                   tmp_path):
+    """PPO on the Bradley-Terry RM (never on the ground truth): the learned reward it optimises
+    rises, and so does the ground-truth reward of its completions (the RM learned what the ground
+    truth rewards). PPO-GT's settings, half the iterations."""
     cfg = PPOConfig(out_dir=str(tmp_path / "ppo_rm"), init=pipeline.sft, reward="rm",
-                    rm=bt_rm.out, dataset="synthetic", n_prompts=64, steps=2, batch_size=16,
-                    gen_batch=16, mini_batch=8, micro_batch=8, ppo_epochs=2, lr=1e-4,
-                    save_every=2, device="cpu")
+                    rm=bt_rm.out, dataset="synthetic", n_prompts=512, steps=6, batch_size=64,
+                    gen_batch=64, mini_batch=32, micro_batch=32, lr=2e-4, normalize_score=True,
+                    horizon=640, save_every=3, device="cpu")
     log = ppo.main(cfg)
-    assert [r["step"] for r in log] == [1, 2]
+    assert [r["step"] for r in log] == list(range(1, 7))
     assert all(math.isfinite(v) for r in log for v in r.values())
+    scores = [r["score/mean"] for r in log]  # the learned RM's scores of the rollouts
+    assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3, scores
+    sft_reward = measure(pipeline.sft).mean().item()
+    ppo_reward = measure(cfg.out_dir).mean().item()
+    assert ppo_reward > sft_reward + 0.1, (sft_reward, ppo_reward)
+    assert log[0]["kl/seq"] == pytest.approx(0.0, abs=1e-5)  # the first rollout: policy = ref
+    assert [s for s, _ in list_checkpoints(cfg.out_dir)] == [3, 6]
     assert os.path.exists(os.path.join(cfg.out_dir, "done"))
+    assert evaluate.describe_run(cfg.out_dir) == ("PPO", "target_kl", cfg.target_kl)
 
 
-# ----------------------------------------------------------------------------- resume (issues 3-5)
+# ----------------------------------------------------------------------------- resume
 
 
 def resume_case(script, pipeline, bt_rm):
@@ -496,14 +473,14 @@ def test_kill_before_first_checkpoint_restarts_cleanly(script, pipeline, bt_rm, 
                                                        monkeypatch):
     """Killed after logging some steps but before its first checkpoint, a run has nothing to
     resume from: started again it must start over, and its log must not keep the dead run's rows
-    (DESIGN.md: a kill never leaves half a file; the log is one row per logged step)."""
+    (a kill never leaves half a file, and the log holds one row per logged step)."""
     module, main, cfg = resume_case(script, pipeline, bt_rm)
     cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / "run"))
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
     with monkeypatch.context() as mp:
-        mp.setattr(module, "save_checkpoint", killed)
+        mp.setattr(runs, "save_checkpoint", killed)
         with pytest.raises(KeyboardInterrupt):
             main(cfg)
     log_path = os.path.join(cfg.out_dir, "log.jsonl")
@@ -514,7 +491,7 @@ def test_kill_before_first_checkpoint_restarts_cleanly(script, pipeline, bt_rm, 
     assert without_timing(read_jsonl(log_path)) == without_timing(history)
 
 
-# ----------------------------------------------------------------------------- evaluation (issue 6)
+# ----------------------------------------------------------------------------- evaluation
 
 ROW_KEYS = {"method", "param", "value", "seed", "step", "reward", "reward_se", "kl", "kl_k1",
             "kl_k3", "n"}

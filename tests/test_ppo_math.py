@@ -1,8 +1,9 @@
 """ppo.py's pure functions: GAE on right-padded rows and on the token_logprobs layout (masked
 prompt, completion, padding), KL-penalised rewards, the adaptive KL controller, the clipped policy
-and value losses, whitening, running moments; and PPO, assembled from those functions as the
-language-model loop assembles them, reaching the closed-form optimum pi_ref exp(r / beta) / Z of
-the KL-regularised objective on a bandit."""
+and value losses, the update's log-probs and entropy at the sampling temperature, whitening,
+running moments; and PPO, assembled from those functions as the language-model loop assembles
+them, reaching the closed-form optimum pi_ref exp(r / beta) / Z of the KL-regularised objective on
+a bandit."""
 
 import math
 import random
@@ -13,8 +14,8 @@ import torch
 from data import collate
 from model import token_logprobs
 from ppo import (
-    RunningMoments, gae, kl_penalized_rewards, masked_mean, policy_loss, update_kl_coef,
-    value_loss, whiten,
+    RunningMoments, ValueHead, entropy, forward_lp_values, gae, kl_penalized_rewards, masked_mean,
+    policy_loss, update_kl_coef, value_loss, whiten,
 )
 
 # ----------------------------------------------------------------------------- GAE
@@ -153,26 +154,68 @@ def test_rewards_and_gae_on_the_token_logprobs_layout(tiny_gpt):
 # ----------------------------------------------------------------------------- KL controller
 
 
-def test_kl_controller_direction_bounds_and_formula():
-    beta, target, horizon, n = 0.2, 6.0, 10000, 1024
-    up = update_kl_coef(beta, 7.0, target, horizon, n)
-    down = update_kl_coef(beta, 5.0, target, horizon, n)
-    assert up > beta > down
-    assert update_kl_coef(beta, target, target, horizon, n) == beta
-    for kl in [0.0, 1.0, 4.8, 5.5, 6.0, 6.6, 7.2, 9.0, 60.0, 1e6]:
-        e = min(max(kl / target - 1, -0.2), 0.2)
-        want = beta * (1 + e * n / horizon)
-        assert update_kl_coef(beta, kl, target, horizon, n) == pytest.approx(want, rel=1e-12)
-    # the error is clipped at +-20 %: far above / below the target moves no more than 20 % does
-    assert update_kl_coef(beta, 1e6, target, horizon, n) == pytest.approx(
-        beta * (1 + 0.2 * n / horizon))
-    assert update_kl_coef(beta, 0.0, target, horizon, n) == pytest.approx(
-        beta * (1 - 0.2 * n / horizon))
-    assert update_kl_coef(beta, 1e6, target, horizon, n) == update_kl_coef(beta, 7.2, target,
-                                                                           horizon, n)
+def test_kl_controller_by_hand():
+    # n / horizon = 0.5: one update moves beta by half the relative KL error, the error clipped
+    # to +-20 % (so beta moves by at most +-10 % here)
+    beta, target, horizon, n = 1.0, 10.0, 1000, 500
+    by_hand = {
+        10.0: 1.0,  # on target: unchanged
+        10.5: 1.025,  # 5 % above: beta * (1 + 0.05 / 2)
+        11.0: 1.05,  # 10 % above
+        9.0: 0.95,  # 10 % below
+        12.0: 1.1,  # 20 % above: the edge of the clip
+        8.0: 0.9,  # 20 % below
+        13.0: 1.1,  # 30 % above: clipped to 20 %
+        30.0: 1.1,  # 3 x the target: still 20 %
+        1e6: 1.1,
+        5.0: 0.9,  # half the target: clipped to -20 %
+        0.0: 0.9,  # no KL at all: -20 %
+    }
+    for kl, want in by_hand.items():
+        assert update_kl_coef(beta, kl, target, horizon, n) == pytest.approx(want, rel=1e-12), kl
+    # a relative step: beta 0.2, 10 % above the target -> 0.2 * 1.05
+    assert update_kl_coef(0.2, 11.0, 10.0, 1000, 500) == pytest.approx(0.21, rel=1e-12)
+    # the loop's default settings (target 6, horizon 10000, 1024 rollouts): 0.2 * (1 +- 0.02048)
+    assert update_kl_coef(0.2, 7.2, 6.0, 10000, 1024) == pytest.approx(0.204096, rel=1e-12)
+    assert update_kl_coef(0.2, 60.0, 6.0, 10000, 1024) == pytest.approx(0.204096, rel=1e-12)
+    assert update_kl_coef(0.2, 4.8, 6.0, 10000, 1024) == pytest.approx(0.195904, rel=1e-12)
+    assert update_kl_coef(0.2, 0.0, 6.0, 10000, 1024) == pytest.approx(0.195904, rel=1e-12)
     # target None: a fixed coefficient, whatever the KL
     for kl in [0.0, 6.0, 100.0]:
-        assert update_kl_coef(beta, kl, None, horizon, n) == beta
+        assert update_kl_coef(0.2, kl, None, 10000, 1024) == 0.2
+
+
+def test_kl_controller_direction():
+    beta, target, horizon, n = 0.2, 6.0, 10000, 1024
+    kls = [0.0, 1.0, 4.8, 5.0, 5.5, 5.99, 6.0, 6.01, 6.6, 7.2, 9.0, 60.0]
+    new = [update_kl_coef(beta, kl, target, horizon, n) for kl in kls]
+    for kl, b in zip(kls, new):  # above the target beta rises, below it falls
+        assert (b > beta) if kl > target else (b < beta) if kl < target else (b == beta), kl
+    # monotone in the KL: strictly inside the clip (KL in [4.8, 7.2]), flat outside it
+    assert new == sorted(new)
+    inside = [b for kl, b in zip(kls, new) if 4.8 <= kl <= 7.2]
+    assert len(set(inside)) == len(inside)
+    assert new[0] == new[1] and new[-2] == new[-1]
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_kl_controller_moves_at_most_20_percent_of_n_over_horizon_per_iteration(k):
+    """Over k iterations, whatever the KLs, beta stays within beta0 (1 -+ 0.2 n / horizon)^k, and
+    reaches either bound when the KL stays far above (or below) the target."""
+    beta0, target, horizon, n = 0.2, 6.0, 10000, 1024
+    lo, hi = beta0 * (1 - 0.02048) ** k, beta0 * (1 + 0.02048) ** k  # 0.2 * 1024 / 10000
+    rng = random.Random(k)
+    for _ in range(50):
+        beta = beta0
+        for _ in range(k):
+            beta = update_kl_coef(beta, rng.choice([0.0, 1e3, rng.uniform(0, 20)]), target,
+                                  horizon, n)
+        assert lo * (1 - 1e-12) <= beta <= hi * (1 + 1e-12)
+    up = down = beta0
+    for _ in range(k):
+        up = update_kl_coef(up, 1e3, target, horizon, n)
+        down = update_kl_coef(down, 0.0, target, horizon, n)
+    assert up == pytest.approx(hi, rel=1e-12) and down == pytest.approx(lo, rel=1e-12)
 
 
 def test_kl_controller_converges_toward_target_over_iterations():
@@ -274,6 +317,43 @@ def test_value_loss_by_hand_with_clipping():
     # no clipping at all with a wide range: plain 0.5 * MSE over the mask
     wide = value_loss(values.detach(), old, returns, mask, 100.0)
     assert wide.item() == pytest.approx(0.5 * (0.81 + 0.25 + 2.25 + 2.25 + 0.64) / 5)
+
+
+# ----------------------------------------------------------------------------- the update's forward
+
+
+def test_logprobs_and_entropy_at_the_sampling_temperature(tiny_gpt):
+    """forward_lp_values scores the tokens and hands entropy() the logits at the temperature the
+    rollouts were sampled with: both describe the same distribution softmax(logits / T)."""
+    T = 0.7
+    policy = tiny_gpt(seed=0)
+    value_head = ValueHead(policy.config.n_embd)
+    rng = random.Random(0)
+    prompts = [[rng.randrange(101) for _ in range(n)] for n in (2, 5, 3)]
+    completions = [[rng.randrange(101) for _ in range(n)] for n in (6, 1, 4)]
+    x, m = collate(prompts, completions, pad_id=100)
+    mask = m[:, 1:].float()
+    with torch.no_grad():
+        raw = policy(x).double()  # (B, T, V) at temperature 1
+        lp, values, logits = forward_lp_values(policy, value_head, x, m, T)
+        lp1, _, logits1 = forward_lp_values(policy, value_head, x, m, 1.0)
+    assert lp.shape == values.shape == mask.shape and logits.shape == raw.shape
+    assert (values == 0).all()  # the value head starts at zero
+    # log-probs: log_softmax(raw / T) at the next token, 0 outside the completion
+    want = torch.log_softmax(raw[:, :-1] / T, -1).gather(-1, x[:, 1:, None]).squeeze(-1) * mask
+    assert torch.allclose(lp.double(), want, atol=1e-5)
+    assert not torch.allclose(lp1.double(), want, atol=1e-3)  # temperature 1 scores otherwise
+
+    def by_hand(temperature):  # entropy of softmax(raw[:, :-1] / t), averaged over the mask
+        p = torch.softmax(raw[:, :-1] / temperature, -1)
+        h = -(p * p.log()).sum(-1)  # (B, T-1)
+        return ((h * mask).sum() / mask.sum()).item()
+
+    h_T, h_1 = entropy(logits, mask).item(), entropy(logits1, mask).item()
+    assert h_T == pytest.approx(by_hand(T), rel=1e-5)
+    assert h_1 == pytest.approx(by_hand(1.0), rel=1e-5)
+    # a sharper distribution has less entropy: the temperature-1 value is not the one reported
+    assert h_T < h_1 - 0.05, (h_T, h_1)
 
 
 # ----------------------------------------------------------------------------- whitening, moments

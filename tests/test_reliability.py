@@ -5,14 +5,15 @@
   write began; save_every=1) and restarted on the same folder until done; the result must equal
   an uninterrupted run's (weights bit for bit, log line for line, pairs.jsonl byte for byte), at
   least one kill must have interrupted a write, and after every kill the folder must be
-  consistent (every checkpoint loads, state.pt names a complete checkpoint, the log has no
-  malformed line but a torn last one).
+  consistent (every checkpoint loads, state.pt names a complete checkpoint, or for pairs.py a
+  logged chunk, the log has no malformed line but a torn last one).
 - Atomic writes: a writer that fails midway leaves the old file or folder, and no temporary; a
   kill while a folder is replaced leaves no half folder; a resumed run clears killed writes'
   temporaries.
 - Bad input, through the CLI: one readable "error: ..." line, a non-zero exit, and nothing
   created or changed; NaN/inf losses and a full disk, in-process.
-- Determinism: the same seed and config give the same log, timing fields aside.
+- Determinism: the same seed and config give the same log, timing fields aside (tokens_per_s,
+  PPO's time/rollout and time/update: the only fields left out of the comparison).
 
 Subprocesses and this module run torch on one thread: on a shared 2-core machine, two spinning
 OpenMP threads make tiny models 10-50x slower, and it keeps the bit-for-bit comparisons between
@@ -37,9 +38,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import cli
+import runs
 import utils
 from data import synthetic_reviews
 from model import GPT
+
+from conftest import without_timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TMP_PATTERNS = ("*.tmp", "*.tmp[0-9]*")  # write_folder's step_XXXXXX.tmp, atomic_write's x.tmp<pid>
@@ -64,15 +69,10 @@ def one_thread():
 # ----------------------------------------------------------------------------- helpers
 
 
-def strip_timing(row: dict) -> dict:
-    """A log row without its wall-clock fields (tokens_per_s, pairs_per_s, time/*)."""
-    return {k: v for k, v in row.items() if not (k.endswith("_per_s") or k.startswith("time/"))}
-
-
 def log_lines(out_dir: str) -> list[dict]:
     """Every line of log.jsonl, parsed (a finished run has no torn line), timing fields dropped."""
     with open(os.path.join(out_dir, "log.jsonl")) as f:
-        return [strip_timing(json.loads(line)) for line in f.read().splitlines()]
+        return without_timing([json.loads(line) for line in f.read().splitlines()])
 
 
 def file_bytes(path: str) -> bytes:
@@ -117,30 +117,20 @@ def write_reviews(folder: str, n_train: int, n_test: int, columns=("text", "labe
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny SFT model from scratch on the synthetic corpus, a label classifier trained on it as
-    the ground truth, and a pairs file: the inputs of every later stage (~10 s on one thread)."""
-    import pairs
-    import reward
-    import sft
-
+def tiny(pipeline, tmp_path_factory):
+    """The suite's tiny pipeline (conftest's `pipeline`: an SFT model from scratch on the
+    synthetic corpus, a label classifier trained from it as the ground truth, a pairs file), the
+    inputs of every later stage; with its pairs file copied into a folder of this module (the DPO
+    runs here cache reference log-probs beside it, and a kill may leave a temporary there), and
+    synthetic reviews as a local parquet folder (the hub's layout)."""
     root = str(tmp_path_factory.mktemp("tiny"))
-    sft_dir = os.path.join(root, "sft")
-    sft.main(sft.SFTConfig(
-        out_dir=sft_dir, init="scratch", dataset="synthetic", steps=150, batch_size=16,
-        micro_batch=16, max_len=48, lr=3e-3, warmup=10, eval_every=150, eval_size=32,
-        save_every=150, n_layer=2, n_head=2, n_embd=64, block_size=64, device="cpu"))
-    reviews = write_reviews(os.path.join(root, "reviews"), 1024, 128)
-    gt_dir = os.path.join(root, "gt")
-    reward.train(reward.RMConfig(
-        out_dir=gt_dir, init=sft_dir, objective="label", dataset=reviews, epochs=1,
-        batch_size=32, micro_batch=32, lr=1e-3, warmup=4, max_len=48, eval_size=128,
-        eval_every=1000, save_every=1000, device="cpu"))
     pairs_dir = os.path.join(root, "pairs")
-    pairs.main(pairs.PairsConfig(out_dir=pairs_dir, init=sft_dir, ground_truth=gt_dir,
-                                 dataset="synthetic", n_prefixes=64, chunk=32, device="cpu"))
-    return SimpleNamespace(root=root, sft=sft_dir, ckpt=last_step_dir(sft_dir), gt=gt_dir,
-                           pairs=os.path.join(pairs_dir, "pairs.jsonl"), reviews=reviews)
+    os.makedirs(pairs_dir)
+    shutil.copy(pipeline.pairs, pairs_dir)
+    reviews = write_reviews(os.path.join(root, "reviews"), 1024, 128)
+    return SimpleNamespace(root=root, sft=pipeline.sft, ckpt=pipeline.sft_ckpt, gt=pipeline.gt,
+                           pairs=os.path.join(pairs_dir, "pairs.jsonl"), reviews=reviews,
+                           block_size=pipeline.sft_cfg.block_size)
 
 
 # ============================================================================= kills (slow)
@@ -148,7 +138,8 @@ def tiny(tmp_path_factory):
 
 def check_folder_invariants(out_dir: str, heads=(), pairs_file: str | None = None):
     """What any kill must leave: every step_XXXXXX folder loads, state.pt (if any) loads and names
-    a complete checkpoint, and the JSONL files have no malformed line except a torn last one."""
+    a complete checkpoint (pairs.py, which keeps no step folders: a chunk whose log row is
+    written), and the JSONL files have no malformed line except a torn last one."""
     import reward
 
     names = os.listdir(out_dir)
@@ -162,10 +153,15 @@ def check_folder_invariants(out_dir: str, heads=(), pairs_file: str | None = Non
             except Exception as e:
                 raise AssertionError(f"checkpoint {name} left by a kill does not load: {e}") from e
     if "state.pt" in names:
-        state = utils.load_state(out_dir)  # raises if torn
-        folder = utils.step_dir(out_dir, state["step"])
-        assert os.path.isfile(os.path.join(folder, "model.safetensors")), \
-            f"state.pt is at step {state['step']} but {folder} is missing"
+        state = runs.load_state(out_dir)  # raises if torn
+        if pairs_file:  # state.pt alone, written after the chunk's pairs and log row
+            logged = {r["step"] for r in utils.read_jsonl(os.path.join(out_dir, "log.jsonl"))}
+            assert state["step"] in logged, \
+                f"state.pt is at chunk {state['step']} but the log has no row of it"
+        else:
+            folder = utils.step_dir(out_dir, state["step"])
+            assert os.path.isfile(os.path.join(folder, "model.safetensors")), \
+                f"state.pt is at step {state['step']} but {folder} is missing"
     utils.read_jsonl(os.path.join(out_dir, "log.jsonl"))  # raises on a malformed middle line
     if pairs_file:
         utils.read_jsonl(pairs_file)
@@ -249,9 +245,9 @@ def run_with_kills(argv, out_dir, seed, need_tmp, window, min_kills=3, max_kills
                 proc.wait()
         with open(err_path) as f:
             assert rc == 0, f"restarted run failed (exit {rc}):\n{f.read()[-3000:]}"
-        if utils.is_done(out_dir):
+        if runs.is_done(out_dir):
             break
-    assert utils.is_done(out_dir), "the run never finished"
+    assert runs.is_done(out_dir), "the run never finished"
     assert len(kills) >= min_kills, (
         f"the run finished after only {len(kills)} kills: lengthen it or shorten the window")
     if need_tmp:
@@ -365,14 +361,14 @@ def test_resume_removes_temporaries_of_killed_writes(tmp_path, monkeypatch):
     with open(os.path.join(out, "run_config.json.tmp999993"), "w") as f:
         f.write("{")
     sft.main(cfg)
-    assert utils.is_done(out)
+    assert runs.is_done(out)
     assert tmp_leftovers(out) == [], (
         f"the resumed, finished run still holds temporaries of killed writes: "
         f"{tmp_leftovers(out)}")
 
 
 # ============================================================================= atomic writes
-# (atomic_write's failure and append_jsonl after a torn line are covered in test_utils.py)
+# (atomic_write's failure and append_jsonl after a torn line are covered in test_runs.py)
 
 
 def partial_then_fail(n_bytes=7):
@@ -465,19 +461,19 @@ def test_atomic_torch_save_failure_keeps_old_file(tmp_path, monkeypatch):
 
 def test_save_checkpoint_state_write_fails_midway(tmp_path, monkeypatch):
     """The step folder is complete, state.pt fails midway: state.pt stays at the old step (a step
-    folder newer than state.pt is allowed, see utils.save_checkpoint), no temporary left."""
+    folder newer than state.pt is allowed, see runs.save_checkpoint), no temporary left."""
     out = str(tmp_path)
 
     def write(folder):
         with open(os.path.join(folder, "config.json"), "w") as f:
             f.write("{}")
 
-    utils.save_checkpoint(out, 1, write, state={"opt": 1})
+    runs.save_checkpoint(out, 1, write, state={"opt": 1})
     monkeypatch.setattr(torch, "save", partial_then_fail())
     with pytest.raises(OSError, match="No space"):
-        utils.save_checkpoint(out, 2, write, state={"opt": 2})
+        runs.save_checkpoint(out, 2, write, state={"opt": 2})
     monkeypatch.undo()
-    assert utils.load_state(out) == {"opt": 1, "step": 1}
+    assert runs.load_state(out) == {"opt": 1, "step": 1}
     assert sorted(os.listdir(out)) == ["state.pt", "step_000001", "step_000002"]
 
 
@@ -582,9 +578,10 @@ def make_bad_inputs(tiny, root: str) -> dict:
     empty = pairs_file("empty.jsonl", [])
     malformed = pairs_file("malformed.jsonl", [json.dumps(rows[0]), '{"prompt_ids": [1, 2], "ch',
                                                json.dumps(rows[1])])
-    # line 8: 40 + 40 tokens, for a model whose context (block_size) is 64
+    # line 8: 40 + block_size tokens, longer than the model's context (block_size)
+    n = tiny.block_size
     too_long = pairs_file("too_long.jsonl", [json.dumps(
-        dict(r, prompt_ids=[5] * 40, chosen_ids=[6] * 40, rejected_ids=[7] * 40) if i == 7 else r)
+        dict(r, prompt_ids=[5] * 40, chosen_ids=[6] * n, rejected_ids=[7] * n) if i == 7 else r)
         for i, r in enumerate(rows[:20])])
     # line 5: GPT-2 ids, for a model with the compact vocabulary (a pairs file of another model)
     foreign = pairs_file("foreign_ids.jsonl", [json.dumps(
@@ -616,7 +613,7 @@ def make_bad_inputs(tiny, root: str) -> dict:
         "dpo --pairs <malformed line 2>": ("dpo.py", dict(dpo, pairs=malformed),
                                            [f"{malformed}:2"]),
         "dpo --pairs <line 8 longer than the context window>": (
-            "dpo.py", dict(dpo, pairs=too_long), [f"{too_long}:8", "context", "64"]),
+            "dpo.py", dict(dpo, pairs=too_long), [f"{too_long}:8", "context", str(n)]),
         "dpo --pairs <line 5 has ids outside the vocabulary>": (
             "dpo.py", dict(dpo, pairs=foreign), [f"{foreign}:5", "vocab"]),
         "dpo --beta 0": ("dpo.py", dict(dpo, beta=0), ["beta"]),
@@ -691,7 +688,7 @@ def test_bad_input_one_clear_error(bad_runs, name):
             f"{where}: the message does not name {needle!r}: {msg}"
     assert r.returncode == 1
     if case.diverges:  # it ran: the checkpoint before the NaN stays, no `done`
-        assert utils.list_checkpoints(out_dir) and not utils.is_done(out_dir)
+        assert utils.list_checkpoints(out_dir) and not runs.is_done(out_dir)
     else:
         assert not os.path.exists(out_dir), (
             f"{where} failed but left {out_dir} behind, holding {sorted(os.listdir(out_dir))}: "
@@ -754,11 +751,11 @@ def assert_stopped_cleanly(e, out_dir, bad_step):
     model = GPT.from_pretrained(named)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert max(ckpts.values()) < bad_step, "a checkpoint was saved at or after the bad step"
-    state = utils.load_state(out_dir)
+    state = runs.load_state(out_dir)
     assert state["step"] in ckpts.values() and state["step"] < bad_step
     assert max(r["step"] for r in utils.read_jsonl(os.path.join(out_dir, "log.jsonl"))) \
         < bad_step
-    assert not utils.is_done(out_dir) and not tmp_leftovers(out_dir)
+    assert not runs.is_done(out_dir) and not tmp_leftovers(out_dir)
 
 
 def test_sft_nan_loss_stops_at_last_good_checkpoint(tmp_path, monkeypatch):
@@ -854,13 +851,13 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch, what):
         sft.main(sft_cfg(out))
     assert e.value.errno == errno.ENOSPC
     monkeypatch.undo()
-    assert utils.load_state(out)["step"] == 2
+    assert runs.load_state(out)["step"] == 2
     for _, folder in utils.list_checkpoints(out):
         GPT.from_pretrained(folder)
     steps = [s for s, _ in utils.list_checkpoints(out)]
     assert steps == ([1, 2] if what == "model.safetensors" else [1, 2, 3])
     assert not tmp_leftovers(out), tmp_leftovers(out)
-    assert not utils.is_done(out)
+    assert not runs.is_done(out)
     # space freed: the same command resumes and ends where an uninterrupted run ends
     sft.main(sft_cfg(out))
     clean = str(tmp_path / "clean")
@@ -879,26 +876,30 @@ def test_full_disk_via_run_main_one_error_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(safetensors.torch, "save_file",
                         enospc_on_call(safetensors.torch.save_file, 2))
     out = str(tmp_path / "sft")
-    argv = utils.config_to_argv(sft_cfg(out))
+    argv = cli.config_to_argv(sft_cfg(out))
     with pytest.raises(SystemExit) as e:
-        utils.run_main(sft.main, sft.SFTConfig, argv)
+        cli.run_main(sft.main, sft.SFTConfig, argv)
     assert e.value.code == 1
     err = capsys.readouterr().err
     lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()]
     assert lines[-1].startswith("error: ") and "No space left on device" in lines[-1], err
     assert "Traceback" not in err
-    assert utils.load_state(out)["step"] == 1 and not tmp_leftovers(out)
+    assert runs.load_state(out)["step"] == 1 and not tmp_leftovers(out)
 
 
 # ============================================================================= determinism
 
 
-def run_twice(main, make_cfg, tmp_path):
+def run_twice(main, make_cfg, tmp_path, timing=("tokens_per_s",)):
+    """Two runs of one config: the same log but for `timing`, the wall-clock fields the script
+    logs (and nothing else is left out of the comparison), and the same final weights."""
     outs = [str(tmp_path / f"run{i}") for i in (1, 2)]
     for out in outs:
         main(make_cfg(out))
     a, b = (log_lines(o) for o in outs)
     assert len(a) > 1 and a == b, "two runs with the same seed and config logged differently"
+    raw = utils.read_jsonl(os.path.join(outs[0], "log.jsonl"))
+    assert {k for r in raw for k in r} - {k for r in a for k in r} == set(timing)
     fa, fb = (os.path.join(last_step_dir(o), "model.safetensors") for o in outs)
     assert file_bytes(fa) == file_bytes(fb)
     return outs
@@ -925,13 +926,7 @@ def test_ppo_is_deterministic(tiny, tmp_path):
     outs = run_twice(ppo.main, lambda out: ppo.PPOConfig(
         out_dir=out, init=tiny.sft, reward="gt", ground_truth=tiny.gt, dataset="synthetic",
         n_prompts=32, steps=3, batch_size=8, gen_batch=8, mini_batch=4, micro_batch=4,
-        ppo_epochs=2, lr=1e-4, normalize_score=True, save_every=3, device="cpu"), tmp_path)
+        ppo_epochs=2, lr=1e-4, normalize_score=True, save_every=3, device="cpu"), tmp_path,
+        timing=("tokens_per_s", "time/rollout", "time/update"))
     fa, fb = (os.path.join(last_step_dir(o), "value_head.safetensors") for o in outs)
     assert file_bytes(fa) == file_bytes(fb)
-
-
-def test_timing_fields_are_the_only_exempt_ones():
-    """strip_timing drops wall-clock fields only; every other field must match exactly."""
-    row = {"step": 3, "loss/train": 1.0, "tokens_per_s": 9.0, "pairs_per_s": 2.0,
-           "time/rollout": 0.1, "time/update": 0.2, "time/step": 0.3, "kl/seq": 0.5}
-    assert strip_timing(row) == {"step": 3, "loss/train": 1.0, "kl/seq": 0.5}

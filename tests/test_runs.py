@@ -1,34 +1,26 @@
-"""utils.py: config <-> flags, run folders, JSONL logs, atomic files and checkpoints, run_main."""
+"""runs.py (the life of a run folder: Run and its pieces), cli.py (config <-> flags, run_main) and
+utils.py's JSONL logs and atomic files. The Run tests drive a toy training loop written against
+Run exactly as the scripts are, so every guarantee of the scripts is checked here once."""
 
 import dataclasses
 import glob
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
 
+import runs
 import utils
-from utils import (
-    append_jsonl,
-    atomic_write,
-    check_finite,
-    config_to_argv,
-    list_checkpoints,
-    load_state,
-    parse_config,
-    open_run,
-    read_jsonl,
-    resume_log,
-    run_main,
-    save_checkpoint,
-    start_run,
-    write_jsonl,
-)
+from cli import config_to_argv, parse_config, run_main
+from runs import check_finite, load_state, open_run, resume_log, save_checkpoint, start_run
+from utils import append_jsonl, atomic_write, list_checkpoints, read_jsonl, write_jsonl
 
 # ----------------------------------------------------------------------------- config <-> flags
 
@@ -269,22 +261,22 @@ def test_save_checkpoint_failure_leaves_nothing(tmp_path):
 def test_resume_log_cuts_later_rows(tmp_path):
     out = str(tmp_path)
     for step in (0, 50, 100, 150, 200):
-        utils.log_row(out, {"step": step, "loss/train": 1.0})
+        runs.log_row(out, {"step": step, "loss/train": 1.0})
     with open(os.path.join(out, "log.jsonl"), "a") as f:
         f.write('{"step": 25')  # torn
     kept = resume_log(out, 100)
     assert [r["step"] for r in kept] == [0, 50, 100]
     assert read_jsonl(os.path.join(out, "log.jsonl")) == kept
     history = []
-    utils.log_row(out, {"step": 150}, history)
+    runs.log_row(out, {"step": 150}, history)
     assert history == [{"step": 150}]
     assert [r["step"] for r in read_jsonl(os.path.join(out, "log.jsonl"))] == [0, 50, 100, 150]
 
 
 def test_done_marker(tmp_path):
-    assert not utils.is_done(str(tmp_path))
-    utils.mark_done(str(tmp_path))
-    assert utils.is_done(str(tmp_path)) and os.listdir(tmp_path) == ["done"]
+    assert not runs.is_done(str(tmp_path))
+    runs.mark_done(str(tmp_path))
+    assert runs.is_done(str(tmp_path)) and os.listdir(tmp_path) == ["done"]
 
 
 def test_check_finite(tmp_path):
@@ -300,10 +292,10 @@ def test_check_finite(tmp_path):
 
 
 def test_rng_state_round_trip():
-    utils.set_seed(3)
-    state = utils.rng_state()
+    runs.set_seed(3)
+    state = runs.rng_state()
     a = (torch.rand(3), random.random())
-    utils.set_rng_state(state)
+    runs.set_rng_state(state)
     b = (torch.rand(3), random.random())
     assert torch.equal(a[0], b[0]) and a[1] == b[1]
 
@@ -342,7 +334,7 @@ def test_run_main_subprocess(tmp_path):
     script.write_text(textwrap.dedent('''
         """A tiny script for the test."""
         import dataclasses
-        from utils import run_main
+        from cli import run_main
 
         @dataclasses.dataclass
         class C:
@@ -365,3 +357,156 @@ def test_run_main_subprocess(tmp_path):
                        env=env, timeout=60)
     assert r.returncode == 0
     assert "A tiny script for the test." in r.stdout and "how many" in r.stdout
+
+
+# ----------------------------------------------------------------------------- Run, end to end
+# A toy training script written against Run as sft.py, dpo.py and ppo.py are: it draws from the
+# global RNG (restored on resume), uses an optimizer with state (momentum), checkpoints every 5
+# steps and sleeps a little per step so that a SIGKILL lands at a random point of it.
+
+TOY = textwrap.dedent('''
+    import dataclasses, json, os, sys, time
+    import torch
+    from cli import run_main
+    from runs import Run
+
+    @dataclasses.dataclass
+    class ToyConfig:
+        out_dir: str = "runs/toy"  # run folder
+        steps: int = 30  # optimizer steps
+        lr: float = 0.05  # SGD learning rate
+        seed: int = 0  # data and noise
+        save_every: int = 5  # checkpoint every N steps
+        sleep: float = 0.0  # seconds per step
+        overwrite: bool = False  # start over
+
+    class Weights:
+        def __init__(self, model):
+            self.model = model
+        def save_pretrained(self, folder):
+            torch.save(self.model.state_dict(), os.path.join(folder, "w.pt"))
+            with open(os.path.join(folder, "config.json"), "w") as f:
+                json.dump({"toy": True}, f)
+
+    def main(cfg):
+        if cfg.lr <= 0:
+            raise ValueError(f"lr must be positive, got {cfg.lr}")
+        run = Run(cfg)
+        if run.done:
+            return run.history
+        model = torch.nn.Linear(4, 1)
+        if run.resume_from:
+            model.load_state_dict(torch.load(os.path.join(run.resume_from, "w.pt")))
+        if cfg.steps <= 0:
+            raise ValueError("steps must be positive")  # bad input found after Run(): no folder
+        run.start()
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
+        run.restore(opt)
+        for step in run.steps(cfg.steps):
+            x = torch.randn(8, 4, generator=torch.Generator().manual_seed(step))
+            y = x.sum(1, keepdim=True) + 0.1 * torch.randn(8, 1)  # global RNG
+            loss = ((model(x) - y) ** 2).mean()
+            run.check(loss)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            time.sleep(cfg.sleep)
+            run.log({"loss/train": loss.item(), "tokens_per_s": run.tokens_per_s(32)})
+            if run.due(cfg.save_every):
+                run.save(opt, Weights(model))
+        return run.finish()
+
+    if __name__ == "__main__":
+        run_main(main, ToyConfig)
+''')
+
+
+@pytest.fixture
+def toy(tmp_path):
+    path = tmp_path / "toy.py"
+    path.write_text(TOY)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
+    env.pop("DPO_DEBUG", None)
+
+    def start(*flags):
+        return subprocess.Popen([sys.executable, str(path), *flags], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return start
+
+
+def toy_result(out_dir):
+    """(log rows without timing fields, final weights' bytes)."""
+    rows = [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in
+            read_jsonl(os.path.join(out_dir, "log.jsonl"))]
+    last = list_checkpoints(out_dir)[-1][1]
+    with open(os.path.join(last, "w.pt"), "rb") as f:
+        return rows, f.read()
+
+
+def test_run_sigkill_resume_is_bit_identical(toy, tmp_path):
+    """Killed with SIGKILL at random moments (mid-step, mid-checkpoint), the same command resumes
+    and ends with the log and weights of a run that was never interrupted."""
+    clean, killed = str(tmp_path / "clean"), str(tmp_path / "killed")
+    assert toy("--out_dir", clean).wait(timeout=120) == 0
+    log, rng, kills = os.path.join(killed, "log.jsonl"), random.Random(0), 0
+    while True:
+        logged = len(read_jsonl(log))
+        proc = toy("--out_dir", killed, "--sleep", "0.03")
+        # wait for this process's first new log row, then kill it a random moment later
+        deadline = time.time() + 60
+        while proc.poll() is None and len(read_jsonl(log)) <= logged and time.time() < deadline:
+            time.sleep(0.01)
+        if kills < 4 and proc.poll() is None:
+            time.sleep(rng.random() * 0.3)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            continue
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+        break
+    assert kills >= 2, "the kills never landed; the run finished too fast"
+    assert toy_result(killed) == toy_result(clean)
+    assert runs.is_done(killed) and not glob.glob(os.path.join(killed, "*.tmp*"))
+
+
+def test_run_refuses_another_config_and_bad_input_leaves_no_folder(toy, tmp_path):
+    out = str(tmp_path / "run")
+    p = toy("--out_dir", out, "--steps", "0")  # bad input found after Run(), before start()
+    assert p.wait(timeout=60) == 1 and p.stderr.read().strip() == "error: steps must be positive"
+    assert not os.path.exists(out)
+    assert toy("--out_dir", out, "--steps", "6").wait(timeout=60) == 0
+    before = {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)}
+    p = toy("--out_dir", out, "--steps", "7")
+    assert p.wait(timeout=60) == 1
+    assert "another config (steps: 6 there, 7 now)" in p.stderr.read()
+    assert {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)} == before
+    assert toy("--out_dir", out, "--steps", "7", "--overwrite").wait(timeout=60) == 0
+    assert read_jsonl(os.path.join(out, "log.jsonl"))[-1]["step"] == 7
+
+
+def test_run_in_process_resume_done_and_counters(tmp_path):
+    """Run's own bookkeeping, in process: step numbers, due(), state.pt counters, done."""
+    cfg = Cfg(out_dir=str(tmp_path / "r"), steps=4)
+    run = runs.Run(cfg)
+    assert not run.done and run.step == 0 and run.resume_from is None
+    assert not os.path.exists(cfg.out_dir)  # Run() writes nothing
+    run.start()
+    assert run.restore() == {}
+    seen = []
+    for i in run.steps(4):
+        seen.append((i, run.step, run.due(3)))
+        run.log({"x": i})
+        if run.step == 3:
+            run.save(None, best=0.5)  # state.pt alone
+            break
+    assert seen == [(0, 1, False), (1, 2, False), (2, 3, True)]
+    again = runs.Run(cfg)  # resumes from state.pt at step 3, the counters with it
+    assert again.step == 3 and again.restore()["best"] == 0.5
+    again.start()
+    assert [r["step"] for r in again.history] == [1, 2, 3]
+    assert [i for i in again.steps(4)] == [3]
+    again.log({"x": 3})
+    assert [r["step"] for r in again.finish()] == [1, 2, 3, 4]
+    done = runs.Run(cfg)
+    assert done.done and [r["x"] for r in done.history] == [0, 1, 2, 3]

@@ -1,0 +1,303 @@
+"""The life of a run folder, in one place: refuse, resume or start; seeds and RNG state; the
+progress bar; the NaN check; the log; checkpoints; `done`. A training script uses it like this,
+its loop straight down the page:
+
+    run = Run(cfg)                     # refuses a folder holding another config; writes nothing
+    if run.done:
+        return run.history
+    model = GPT.from_pretrained(run.resume_from or cfg.init)
+    ...                                # load every input: bad input raises here, nothing written
+    run.start()                        # now the folder (run_config.json), the log cut to the step
+    opt = ...
+    run.restore(opt)                   # resuming: optimizer, RNG and step from state.pt
+    for step in run.steps(total):      # step 0, 1, ... from where the run stands; a progress bar
+        ...
+        run.check(loss)                # a NaN or inf loss stops before the update
+        ...
+        run.log({"loss/train": ...})   # one row of log.jsonl, with this step's number
+        if run.due(cfg.save_every):
+            run.save(opt, model, tok)  # step_XXXXXX/ and state.pt, each written atomically
+    return run.finish()                # `done`
+
+A run folder:
+    run_config.json   the resolved config; another config there is refused, --overwrite restarts
+    log.jsonl         one JSON object per logged step
+    step_000100/      a checkpoint in the Hugging Face GPT-2 layout (+ head files)
+    best/             the reward model's checkpoint with the best validation accuracy
+    state.pt          optimizer, RNG, step and the script's own counters: what resume needs
+    done              written last
+
+Killed at any moment, the same command resumes from the last checkpoint and ends bit-identical to
+a run that was never interrupted (CPU): batches are a pure function of the step, the RNG state is
+saved with the optimizer, and log rows after the checkpoint are cut and logged again.
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import re
+import shutil
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from utils import (
+    append_jsonl, atomic_torch_save, atomic_write, atomic_write_json, ddp_barrier, ddp_init,
+    ddp_mean, get_device, list_checkpoints, read_jsonl, step_dir, write_folder, write_jsonl,
+)
+
+
+class Run:
+    """One run folder, from the check of its config to `done` (see the module docstring).
+
+    distributed: under torchrun, this process's rank and world size; rank 0 alone writes the
+    folder, the others compute along (and their logging and saving are no-ops).
+    """
+
+    def __init__(self, cfg, distributed: bool = False):
+        self.cfg, self.dir = cfg, cfg.out_dir
+        device = get_device(getattr(cfg, "device", "auto"))
+        self.rank, self.world, self.device = (ddp_init(device) if distributed else (0, 1, device))
+        resuming = open_run(cfg)  # refuses another config; writes nothing
+        self.done = resuming and is_done(self.dir)
+        self.history = read_jsonl(os.path.join(self.dir, "log.jsonl")) if self.done else []
+        self.state = load_state(self.dir) if resuming and not self.done else None
+        self.step = self.state["step"] if self.state else 0
+        folder = step_dir(self.dir, self.step)
+        self.resume_from = folder if self.state and os.path.isdir(folder) else None
+        self.total, self._bar, self._t0 = None, None, time.time()
+        if not self.done:
+            set_seed(getattr(cfg, "seed", 0))
+
+    @property
+    def main_process(self) -> bool:
+        return self.rank == 0
+
+    def start(self):
+        """Create (or reopen) the folder, once every input has loaded; cut the log back to the
+        step being resumed (a killed run's later rows are logged again)."""
+        if self.main_process:
+            start_run(self.cfg)
+            self.history = resume_log(self.dir, self.step if self.state else -1)
+        ddp_barrier(self.world)
+
+    def restore(self, opt=None) -> dict:
+        """Resuming: load the optimizer state and the RNG states; returns state.pt's contents
+        (the script's own counters), or {} for a new run."""
+        if self.state is None:
+            return {}
+        if opt is not None:
+            opt.load_state_dict(self.state["optimizer"])
+        set_rng_state(self.state["rng"])
+        return self.state
+
+    def steps(self, total: int, desc: str | None = None, unit: str = "step"):
+        """Yield the 0-based index of each step still to take, under a progress bar. While the
+        body runs, `run.step` is the step's 1-based number: the one log, check and save use."""
+        self.total = total
+        self._bar = tqdm(total=total, initial=min(self.step, total), unit=unit,
+                         desc=desc or os.path.basename(os.path.normpath(self.dir)),
+                         mininterval=1.0, disable=not self.main_process)
+        while self.step < total:
+            self._t0 = time.time()
+            self.step += 1
+            yield self.step - 1
+            self._bar.update(1)
+        self._bar.close()
+
+    def due(self, every: int) -> bool:
+        """True every `every` steps and at the last one (when to evaluate, when to save)."""
+        return self.step % every == 0 or self.step == self.total
+
+    def check(self, loss: torch.Tensor):
+        """Stop on a NaN or inf loss before this step's update (see check_finite)."""
+        check_finite(loss, self.step, self.dir)
+
+    def tokens_per_s(self, tokens: int) -> float:
+        """Throughput of this step: `tokens` (the real tokens of this process's training batch,
+        prompt + completion, no padding) times the number of processes, per second since the
+        step began. The one meaning of `tokens_per_s` in every log."""
+        return tokens * self.world / (time.time() - self._t0)
+
+    def micro_batches(self, batch_size: int, micro_batch: int) -> int:
+        """Micro-batches per process per optimizer step (gradient accumulation): the batch is
+        split evenly over the processes and their micro-batches, else an error (before any
+        folder is written)."""
+        if batch_size % (micro_batch * self.world):
+            raise ValueError(f"batch_size {batch_size} is not a multiple of micro_batch "
+                             f"{micro_batch} x {self.world} processes")
+        return batch_size // (micro_batch * self.world)
+
+    def barrier(self):
+        """Under torchrun, wait until every process gets here."""
+        ddp_barrier(self.world)
+
+    def mean(self, value: float) -> float:
+        """The mean of a per-process number over all processes (for logging)."""
+        return ddp_mean(value, self.world, self.device)
+
+    def accumulate(self, model, k: int, accum: int):
+        """The context of micro-batch k of `accum`: under DDP, gradients are averaged across
+        processes only at the last one."""
+        if self.world > 1 and k < accum - 1:
+            return model.no_sync()
+        return contextlib.nullcontext()
+
+    def log(self, row: dict, show: tuple = ()) -> dict:
+        """Append {"step": this step, **row} to log.jsonl; `show` names the entries the progress
+        bar displays."""
+        row = {"step": self.step, **row}
+        if self.main_process:
+            log_row(self.dir, row, self.history)
+            if self._bar is not None and show:
+                self._bar.set_postfix({k.split("/")[-1]: f"{row[k]:.3f}" for k in show},
+                                      refresh=False)
+        return row
+
+    def save(self, opt=None, *parts, **counters):
+        """A checkpoint of this step: step_XXXXXX/ holding each part (a model or tokenizer: any
+        object with save_pretrained(folder) or save(folder)), then state.pt with the optimizer,
+        the RNG states, the step and `counters`. No parts: state.pt alone."""
+        if not self.main_process:
+            return
+        state = dict(optimizer=opt.state_dict() if opt is not None else None, rng=rng_state(),
+                     **counters)
+        if not parts:
+            atomic_torch_save(dict(state, step=self.step), os.path.join(self.dir, "state.pt"))
+            return
+
+        def write(folder):
+            for part in parts:
+                (part.save_pretrained if hasattr(part, "save_pretrained") else part.save)(folder)
+        save_checkpoint(self.dir, self.step, write, state)
+
+    def finish(self) -> list[dict]:
+        """Write `done`; return the log's rows."""
+        if self._bar is not None:
+            self._bar.close()
+        if self.main_process:
+            mark_done(self.dir)
+        ddp_barrier(self.world)
+        return self.history
+
+
+# ----------------------------------------------------------------------------- the pieces
+
+
+def set_seed(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = dict(python=random.getstate(), numpy=np.random.get_state(),
+                 torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def config_dict(cfg) -> dict:
+    """The config as plain JSON values (tuples become lists), `overwrite` left out."""
+    d = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    d.pop("overwrite", None)
+    return d
+
+
+def open_run(cfg) -> bool:
+    """Check cfg.out_dir against cfg before anything is loaded or written. True: a run of this
+    config is there to continue. False: a new run, or --overwrite. Another config there: refuse,
+    naming the first differing field."""
+    out, new = cfg.out_dir, config_dict(cfg)
+    path = os.path.join(out, "run_config.json")
+    if not os.path.exists(path) or getattr(cfg, "overwrite", False):
+        return False
+    with open(path) as f:
+        old = json.load(f)
+    if old != new:
+        key = next(k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
+        raise ValueError(f"{out} holds a run with another config ({key}: {old.get(key)!r} "
+                         f"there, {new.get(key)!r} now); pass --overwrite to start over or "
+                         f"choose another --out_dir")
+    return True
+
+
+def start_run(cfg):
+    """Create (or reopen) cfg.out_dir with its run_config.json. Scripts call it once their inputs
+    have loaded, so bad input leaves nothing behind. --overwrite deletes an old run first; the
+    temporaries of writes that a kill interrupted are removed."""
+    out = cfg.out_dir
+    path = os.path.join(out, "run_config.json")
+    if getattr(cfg, "overwrite", False) and os.path.exists(path):
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(out):  # x.tmp<pid> (atomic_write), step_X.tmp / .old (write_folder)
+        p = os.path.join(out, name)
+        if name.endswith(".old") and not os.path.exists(p[:-4]):
+            os.rename(p, p[:-4])  # killed between write_folder's two renames: the old one stays
+        elif re.search(r"\.(tmp\d*|old)$", name):
+            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+    if not os.path.exists(path):
+        atomic_write_json(path, config_dict(cfg))
+
+
+def save_checkpoint(out_dir: str, step: int, write, state: dict | None = None):
+    """Write step_XXXXXX/ with write(folder) (atomically, see write_folder), then state.pt (if
+    given) atomically. A kill at any point leaves the last complete pair: a step folder newer
+    than state.pt is simply rewritten when the resumed run gets there again."""
+    write_folder(step_dir(out_dir, step), write)
+    if state is not None:
+        atomic_torch_save(dict(state, step=step), os.path.join(out_dir, "state.pt"))
+
+
+def load_state(out_dir: str) -> dict | None:
+    """The resume state of a run folder, or None if it has none yet."""
+    path = os.path.join(out_dir, "state.pt")
+    if not os.path.exists(path):
+        return None
+    return torch.load(path, weights_only=False)  # our own file: optimizer states, RNG tuples
+
+
+def resume_log(out_dir: str, step: int) -> list[dict]:
+    """The log rows up to `step`; later rows (logged after the last checkpoint) are cut from the
+    file, since the resumed run logs them again."""
+    path = os.path.join(out_dir, "log.jsonl")
+    kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    write_jsonl(path, kept)  # also drops a torn last line
+    return kept
+
+
+def log_row(out_dir: str, row: dict, history: list | None = None):
+    append_jsonl(os.path.join(out_dir, "log.jsonl"), row)
+    if history is not None:
+        history.append(row)
+
+
+def mark_done(out_dir: str):
+    atomic_write(os.path.join(out_dir, "done"), lambda tmp: open(tmp, "w").close())
+
+
+def is_done(out_dir: str) -> bool:
+    return os.path.exists(os.path.join(out_dir, "done"))
+
+
+def check_finite(loss: torch.Tensor, step: int, out_dir: str):
+    """Stop on a NaN or inf loss at `step`, before the update, naming the last good checkpoint:
+    the weights of the checkpoint at step - 1 gave this loss, so it is the one before that."""
+    if not torch.isfinite(loss).all():
+        good = [path for s, path in list_checkpoints(out_dir) if s < step - 1]
+        raise FloatingPointError(f"loss is {loss.item()} at step {step}; stopped before the "
+                                 f"update. Last good checkpoint: {good[-1] if good else 'none'}")
