@@ -154,8 +154,7 @@ class Run:
         if self.main_process:
             log_row(self.dir, row, self.history)
             if self._bar is not None and show:
-                self._bar.set_postfix({k.split("/")[-1]: f"{row[k]:.3f}" for k in show},
-                                      refresh=False)
+                self._bar.set_postfix({k: f"{row[k]:.3f}" for k in show}, refresh=False)
         return row
 
     def save(self, opt=None, *parts, **counters):
