@@ -254,10 +254,6 @@ def main(cfg: PPOConfig):
     if run.done:
         return run.history
     init, device = gpt_folder(cfg.init), run.device
-    tok = load_tokenizer(init)
-    pool = load_prefixes(cfg.dataset, "train", cfg.n_prompts, cfg.seed, tok)
-    scorer = (load_reward_model(cfg.rm, device=device) if cfg.reward == "rm"
-              else load_ground_truth(cfg.ground_truth, device=device))
     policy = GPT.from_pretrained(run.resume_from or init).to(device).train()
     value_head = ValueHead(policy.config.n_embd)
     if run.resume_from:
@@ -265,6 +261,10 @@ def main(cfg: PPOConfig):
                                                                  "value_head.safetensors")))
     value_head.to(device)
     ref = GPT.from_pretrained(init).to(device).eval().requires_grad_(False)
+    tok = load_tokenizer(init)
+    pool = load_prefixes(cfg.dataset, "train", cfg.n_prompts, cfg.seed, tok)
+    scorer = (load_reward_model(cfg.rm, device=device) if cfg.reward == "rm"
+              else load_ground_truth(cfg.ground_truth, device=device))
     run.start()  # the inputs are good: now the run folder
     params = list(policy.parameters()) + list(value_head.parameters())
     opt = adamw(params, cfg.lr, device, weight_decay=0.0)  # = Adam
