@@ -219,13 +219,13 @@ def main(cfg: DPOConfig):
     model = GPT.from_pretrained(run.resume_from or init).to(device).train()  # dropout 0
     rows = check_pairs(read_jsonl(cfg.pairs), cfg.pairs, model.config.block_size,
                        model.config.vocab_size)
-    run.start()  # the inputs are good: now the run folder
     ref_path = gpt_folder(cfg.ref or cfg.init)
+    train_idx, eval_idx = split_pairs(rows, cfg.eval_size)  # always keeps a prompt to train on
+    run.start()  # the inputs are good: now the run folder
     if run.main_process:  # computed once (or found in the cache), then read by every process
         reference_logps(ref_path, cfg.pairs, rows, tok.eos_id, device, cfg.micro_batch)
     run.barrier()
     ref_c, ref_r = reference_logps(ref_path, cfg.pairs, rows, tok.eos_id, device, cfg.micro_batch)
-    train_idx, eval_idx = split_pairs(rows, cfg.eval_size)
     evaluate = lambda: evaluate_pairs(cfg, model, rows, eval_idx, ref_c, ref_r, tok.eos_id)
     steps = cfg.steps or max(1, len(train_idx) // cfg.batch_size)
     ddp = DDP(model) if run.world > 1 else model  # averages gradients over processes

@@ -68,7 +68,10 @@ class Run:
         self.state = load_state(self.dir) if resuming and not self.done else None
         self.step = self.state["step"] if self.state else 0
         folder = step_dir(self.dir, self.step)
-        self.resume_from = folder if self.state and os.path.isdir(folder) else None
+        self.resume_from = folder if self.state and self.state.get("checkpoint", True) else None
+        if self.resume_from and not os.path.isfile(os.path.join(folder, "config.json")):
+            raise FileNotFoundError(f"{self.dir}/state.pt resumes from step {self.step}, but "
+                                    f"{folder} is missing; pass --overwrite to start over")
         self.total, self._bar, self._t0 = None, None, time.time()
         if not self.done:
             set_seed(getattr(cfg, "seed", 0))
@@ -164,7 +167,7 @@ class Run:
         if not self.main_process:
             return
         state = dict(optimizer=opt.state_dict() if opt is not None else None, rng=rng_state(),
-                     **counters)
+                     checkpoint=bool(parts), **counters)
         if not parts:
             atomic_torch_save(dict(state, step=self.step), os.path.join(self.dir, "state.pt"))
             return

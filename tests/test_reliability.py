@@ -616,6 +616,8 @@ def make_bad_inputs(tiny, root: str) -> dict:
             "dpo.py", dict(dpo, pairs=too_long), [f"{too_long}:8", "context", str(n)]),
         "dpo --pairs <line 5 has ids outside the vocabulary>": (
             "dpo.py", dict(dpo, pairs=foreign), [f"{foreign}:5", "vocab"]),
+        "dpo --ref <no such folder>": ("dpo.py", dict(dpo, ref=p("no_such_ref")),
+                                       ["no_such_ref"]),
         "dpo --beta 0": ("dpo.py", dict(dpo, beta=0), ["beta"]),
         "dpo --beta -1": ("dpo.py", dict(dpo, beta=-1), ["beta"]),
         "dpo --lr 0": ("dpo.py", dict(dpo, lr=0), ["lr"]),
@@ -665,6 +667,7 @@ BAD_CASES = [
     "ppo --init <truncated safetensors>", "pairs --init <truncated safetensors>",
     "sft --dataset <no text/label columns>", "dpo --pairs <empty file>",
     "dpo --pairs <malformed line 2>", "dpo --pairs <line 8 longer than the context window>",
+    "dpo --ref <no such folder>",
     "dpo --pairs <line 5 has ids outside the vocabulary>", "dpo --beta 0", "dpo --beta -1",
     "dpo --lr 0", "sft --lr 0", "ppo --lr 0", "ppo --init_kl_coef -1", "reward.py train --lr 0",
     "sft --init gpt2 (hub offline)", "sft --dataset stanfordnlp/imdb (hub offline)",

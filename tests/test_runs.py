@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -510,3 +511,22 @@ def test_run_in_process_resume_done_and_counters(tmp_path):
     assert [r["step"] for r in again.finish()] == [1, 2, 3, 4]
     done = runs.Run(cfg)
     assert done.done and [r["x"] for r in done.history] == [0, 1, 2, 3]
+
+
+def test_run_refuses_to_resume_without_its_checkpoint(tmp_path):
+    """state.pt says step 2 but step_000002/ is gone (pruned, copied without it): an error naming
+    the folder, never a silent restart from the initial weights with step 2's optimizer."""
+    class Part:
+        def save_pretrained(self, folder):
+            with open(os.path.join(folder, "config.json"), "w") as f:
+                f.write("{}")
+    cfg = Cfg(out_dir=str(tmp_path / "r"), steps=4)
+    run = runs.Run(cfg)
+    run.start()
+    for _ in run.steps(2):
+        run.log({})
+    run.save(None, Part())
+    assert runs.Run(cfg).resume_from == os.path.join(cfg.out_dir, "step_000002")
+    shutil.rmtree(os.path.join(cfg.out_dir, "step_000002"))
+    with pytest.raises(FileNotFoundError, match="step_000002 is missing"):
+        runs.Run(cfg)
