@@ -33,10 +33,20 @@ def _flag_type(tp):
     return tp, None
 
 
-def config_parser(cls, description: str | None = None) -> argparse.ArgumentParser:
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown after each flag's help, unless its comment already names its default."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def config_parser(cls, description: str | None = None,
+                  epilog: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one --flag per field of the dataclass `cls`."""
-    ap = argparse.ArgumentParser(description=description,
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(description=description, epilog=epilog,
+                                 formatter_class=_HelpFormatter)
     comments, hints = _field_comments(cls), typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp, nargs = _flag_type(hints[f.name])
@@ -56,9 +66,9 @@ def _none_or(tp):
     return convert
 
 
-def parse_config(cls, argv=None, description=None):
+def parse_config(cls, argv=None, description=None, epilog=None):
     """Build a config dataclass from command-line flags (defaults = the dataclass defaults)."""
-    ns = config_parser(cls, description).parse_args(argv)
+    ns = config_parser(cls, description, epilog).parse_args(argv)
     values = vars(ns)
     for f in dataclasses.fields(cls):
         if isinstance(values[f.name], list):
@@ -80,11 +90,12 @@ def config_to_argv(cfg) -> list[str]:
     return argv
 
 
-def run_main(main, cls, argv=None):
+def run_main(main, cls, argv=None, epilog=None):
     """`if __name__ == "__main__"` of every script: parse flags, run, and turn bad input into one
-    readable line and exit status 1 (set DPO_DEBUG=1 for the traceback)."""
+    readable line and exit status 1 (set DPO_DEBUG=1 for the traceback). --help shows the first
+    paragraph of the script's docstring."""
     doc = sys.modules[main.__module__].__doc__
-    cfg = parse_config(cls, argv, description=doc.strip().splitlines()[0] if doc else None)
+    cfg = parse_config(cls, argv, description=first_paragraph(doc), epilog=epilog)
     try:
         main(cfg)
     except (ValueError, OSError, FloatingPointError) as e:
@@ -96,3 +107,9 @@ def run_main(main, cls, argv=None):
             bar.close()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def first_paragraph(doc: str | None) -> str | None:
+    """A docstring's first paragraph, on one line: a --help description that ends where its
+    sentence does."""
+    return " ".join(doc.strip().split("\n\n")[0].split()) if doc else None

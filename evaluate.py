@@ -1,5 +1,7 @@
-"""The reward-vs-KL frontier (paper §6.1, Figure 2 left): for every checkpoint of every run, sample
-completions for the protocol's fixed, seeded set of held-out test prefixes and measure
+"""The reward-vs-KL frontier (paper §6.1, Figure 2 left): every checkpoint of every run, measured
+on the protocol's fixed, seeded set of held-out test prefixes.
+
+For each checkpoint, sample completions of those prefixes and measure
   - reward: mean ground-truth P(positive), with its standard error;
   - kl: sequence-level KL(pi || pi_ref) = sum over completion tokens of the per-token KL, computed
     in full from both models' next-token distributions at every sampled position, averaged over
@@ -244,11 +246,16 @@ def plot_frontier(jsonl: str, png: str | None = None) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "plot":
-        if len(sys.argv) != 3:
-            sys.exit("usage: python evaluate.py plot runs/frontier.jsonl")
+        import argparse
+
+        ap = argparse.ArgumentParser(prog="evaluate.py plot", description="Redraw the frontier "
+                                     "plot (<results>.png beside it) from a results file alone.")
+        ap.add_argument("results", help="a frontier.jsonl written by evaluate.py")
+        args = ap.parse_args(sys.argv[2:])
         try:
-            print(plot_frontier(sys.argv[2]))
+            print(plot_frontier(args.results))
         except (ValueError, OSError) as e:
             sys.exit(f"error: {e}")
     else:
-        run_main(main, EvalConfig)
+        run_main(main, EvalConfig, epilog="python evaluate.py plot RESULTS.jsonl redraws the plot "
+                 "from a results file alone (evaluate.py plot --help).")

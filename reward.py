@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from cli import first_paragraph as cli_first_paragraph
 from cli import run_main
 from data import (
     Tokenizer, check_pairs, collate, held_out_sample, load_reviews, load_tokenizer, split_pairs,
@@ -266,16 +267,23 @@ def check_config(cfg: RMConfig):
                          f"{cfg.micro_batch}")
 
 
+USAGE = """usage: python reward.py score TEXT... [--ground_truth SPEC] [--device DEVICE]
+       python reward.py train [--objective bt|label] ...   (reward.py train --help: its flags)"""
+
+
 if __name__ == "__main__":
     import sys
 
     if len(sys.argv) > 1 and sys.argv[1] == "score":
         import argparse
 
-        ap = argparse.ArgumentParser(description="Print P(positive) of each text.")
-        ap.add_argument("texts", nargs="+")
-        ap.add_argument("--ground_truth", default=SIEBERT)
-        ap.add_argument("--device", default="cpu")
+        ap = argparse.ArgumentParser(prog="reward.py score",
+                                     description="Print the ground-truth P(positive) of each text.")
+        ap.add_argument("texts", nargs="+", help="the texts to score")
+        ap.add_argument("--ground_truth", default=SIEBERT,
+                        help="a RoBERTa sentiment classifier (hub id or folder), or a run folder "
+                             "of reward.py's label classifier (default: %(default)s)")
+        ap.add_argument("--device", default="cpu", help="cpu, cuda, mps (default: %(default)s)")
         args = ap.parse_args(sys.argv[2:])
         try:
             scores = load_ground_truth(args.ground_truth, args.device)(args.texts)
@@ -285,6 +293,7 @@ if __name__ == "__main__":
             print(f"{p:.4f}\t{text}")
     elif len(sys.argv) > 1 and sys.argv[1] == "train":
         run_main(train, RMConfig, sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
+        print(cli_first_paragraph(__doc__) + "\n\n" + USAGE)
     else:
-        sys.exit("usage: python reward.py score TEXT... [--ground_truth SPEC]\n"
-                 "       python reward.py train [--objective bt|label] ... (--help for flags)")
+        sys.exit(USAGE)

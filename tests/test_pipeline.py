@@ -580,7 +580,10 @@ def test_k1_k3_estimate_the_exact_kl(tiny_gpt):
 
 HELP = {"sft": ["sft.py"], "reward": ["reward.py", "train"], "pairs": ["pairs.py"],
         "dpo": ["dpo.py"], "ppo": ["ppo.py"], "evaluate": ["evaluate.py"],
-        "frontier": ["frontier.py"], "data": ["data.py"]}
+        "frontier": ["frontier.py"], "data": ["data.py"], "reward (no subcommand)": ["reward.py"],
+        "reward score": ["reward.py", "score"], "evaluate plot": ["evaluate.py", "plot"]}
+# the scripts whose flags come from a config dataclass (cli.run_main)
+CONFIG_SCRIPTS = ("sft", "reward", "pairs", "dpo", "ppo", "evaluate", "frontier")
 
 
 @pytest.fixture(scope="module")
@@ -596,9 +599,23 @@ def help_runs():
 def test_cli_help(help_runs, script):
     (stdout, stderr), code = help_runs[script]
     assert code == 0, stderr
+    if script == "reward (no subcommand)":  # names both subcommands
+        assert "reward.py score" in stdout and "reward.py train" in stdout
+        return
     assert stdout.startswith("usage:") and "--help" in stdout
-    if script not in ("data", "evaluate", "frontier"):
+    if script not in ("data", "evaluate", "frontier", "reward score", "evaluate plot"):
         assert "--out_dir" in stdout and "--seed" in stdout
+    if script in CONFIG_SCRIPTS:
+        # the description is the docstring's whole first paragraph: it ends a sentence
+        description = stdout.split("\n\n")[1]
+        assert description.rstrip().endswith("."), description
+        assert "(default: None)" not in stdout.split("--ref REF")[-1].split("\n")[0]
+    if script == "evaluate":
+        assert "evaluate.py plot" in stdout
+    if script in ("reward score", "evaluate plot"):  # every argument has its help text
+        args = stdout.split("positional arguments:")[1]
+        assert all(len(line.split()) > 1 for line in args.splitlines()
+                   if line.startswith("  ") and not line.startswith("   ")), args
 
 
 def test_cli_dpo_run(pipeline, tmp_path):
