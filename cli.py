@@ -101,12 +101,24 @@ def run_main(main, cls, argv=None, epilog=None):
     except (ValueError, OSError, FloatingPointError) as e:
         if os.environ.get("DPO_DEBUG"):
             raise
-        from tqdm import tqdm
-
-        for bar in list(getattr(tqdm, "_instances", ())):  # a bar left open would redraw after
-            bar.close()
+        _close_bars()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C: where the run stopped and how to go on, no traceback
+        if os.environ.get("DPO_DEBUG"):
+            raise
+        _close_bars()
+        from runs import Run
+
+        print(Run.current.stopped() if Run.current else "stopped", file=sys.stderr)
+        sys.exit(130)
+
+
+def _close_bars():
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):  # a bar left open would redraw after
+        bar.close()
 
 
 def first_paragraph(doc: str | None) -> str | None:

@@ -39,6 +39,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import time
 
 import numpy as np
@@ -58,6 +59,8 @@ class Run:
     folder, the others compute along (and their logging and saving are no-ops).
     """
 
+    current = None  # the Run of this process, for cli.run_main's Ctrl-C message
+
     def __init__(self, cfg, distributed: bool = False):
         self.cfg, self.dir = cfg, cfg.out_dir
         device = get_device(getattr(cfg, "device", "auto"))
@@ -73,7 +76,10 @@ class Run:
             raise FileNotFoundError(f"{self.dir}/state.pt resumes from step {self.step}, but "
                                     f"{folder} is missing; pass --overwrite to start over")
         self.total, self._bar, self._t0 = None, None, time.time()
-        if not self.done:
+        Run.current = self
+        if self.done:
+            self.say(f"{self.dir} is already done; its outputs are there (log.jsonl, checkpoints)")
+        else:
             set_seed(getattr(cfg, "seed", 0))
 
     @property
@@ -86,6 +92,8 @@ class Run:
         if self.main_process:
             start_run(self.cfg)
             self.history = resume_log(self.dir, self.step if self.state else -1)
+            if self.state:
+                self.say(f"resuming {self.dir} from step {self.step}")
         ddp_barrier(self.world)
 
     def restore(self, opt=None) -> dict:
@@ -176,6 +184,19 @@ class Run:
             for part in parts:
                 (part.save_pretrained if hasattr(part, "save_pretrained") else part.save)(folder)
         save_checkpoint(self.dir, self.step, write, state)
+
+    def say(self, message: str):
+        """One line for the user on stderr (rank 0 only)."""
+        if self.main_process:
+            print(message, file=sys.stderr, flush=True)
+
+    def stopped(self) -> str:
+        """Where an interrupted run stands: the step it was in and the step it resumes from."""
+        state = load_state(self.dir) if os.path.isdir(self.dir) else None
+        saved = state["step"] if state else 0
+        at = f" in step {self.step}" + (f" of {self.total}" if self.total else "")
+        return (f"stopped{at}; the same command resumes {self.dir} from step {saved}"
+                + ("" if saved else " (no checkpoint yet: from the start)"))
 
     def finish(self) -> list[dict]:
         """Write `done`; return the log's rows."""

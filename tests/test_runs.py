@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -530,3 +531,28 @@ def test_run_refuses_to_resume_without_its_checkpoint(tmp_path):
     shutil.rmtree(os.path.join(cfg.out_dir, "step_000002"))
     with pytest.raises(FileNotFoundError, match="step_000002 is missing"):
         runs.Run(cfg)
+
+
+def test_ctrl_c_says_where_it_stopped_and_the_same_command_resumes(toy, tmp_path):
+    out = str(tmp_path / "run")
+    argv = ("--out_dir", out, "--sleep", "0.05")
+    proc = toy(*argv)
+    log = os.path.join(out, "log.jsonl")
+    deadline = time.time() + 60
+    while len(read_jsonl(log)) < 7 and time.time() < deadline:  # past the checkpoint at step 5
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    err = proc.stderr.read()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    m = re.fullmatch(r"stopped in step (\d+) of 30; the same command resumes \S+ from step (\d+)",
+                     err.strip().splitlines()[-1])
+    assert m, err
+    saved = int(m.group(2))
+    assert saved % 5 == 0 and saved >= 5 and int(m.group(1)) > saved
+    assert runs.load_state(out)["step"] == saved
+    again = toy(*argv)
+    assert again.wait(timeout=60) == 0
+    assert f"resuming {out} from step {saved}" in again.stderr.read()
+    done = toy(*argv)
+    assert done.wait(timeout=60) == 0 and "is already done" in done.stderr.read()
