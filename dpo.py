@@ -156,18 +156,20 @@ def reference_logps(ref_path: str, pairs_path: str, rows, pad_id, device, micro_
                           + stamp(pairs_path)).encode()).hexdigest()[:16]
     cache = os.path.join(os.path.dirname(os.path.abspath(pairs_path)), "ref_logps",
                          f"{os.path.basename(pairs_path)}.{key}.pt")
-    if not os.path.exists(cache):
-        ref = GPT.from_pretrained(ref_path).to(device).eval()
-        chosen, rejected = [], []
-        with torch.no_grad():
-            for i in tqdm(range(0, len(rows), micro_batch), desc="reference log-probs",
-                          mininterval=1.0):
-                c, r = concatenated_logps(ref, rows[i: i + micro_batch], pad_id)
-                chosen.append(c.float().cpu())
-                rejected.append(r.float().cpu())
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
-        atomic_torch_save((torch.cat(chosen), torch.cat(rejected)), cache)
-    return torch.load(cache)
+    if os.path.exists(cache):
+        return torch.load(cache)
+    ref = GPT.from_pretrained(ref_path).to(device).eval()
+    chosen, rejected = [], []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(rows), micro_batch), desc="reference log-probs",
+                      mininterval=1.0):
+            c, r = concatenated_logps(ref, rows[i: i + micro_batch], pad_id)
+            chosen.append(c.float().cpu())
+            rejected.append(r.float().cpu())
+    out = torch.cat(chosen), torch.cat(rejected)
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    atomic_torch_save(out, cache)
+    return out
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -222,10 +224,13 @@ def main(cfg: DPOConfig):
     ref_path = gpt_folder(cfg.ref or cfg.init)
     train_idx, eval_idx = split_pairs(rows, cfg.eval_size)  # always keeps a prompt to train on
     run.start()  # the inputs are good: now the run folder
-    if run.main_process:  # computed once (or found in the cache), then read by every process
-        reference_logps(ref_path, cfg.pairs, rows, tok.eos_id, device, cfg.micro_batch)
+    if run.main_process:  # computed once (or found in the cache) ...
+        ref_c, ref_r = reference_logps(ref_path, cfg.pairs, rows, tok.eos_id, device,
+                                       cfg.micro_batch)
     run.barrier()
-    ref_c, ref_r = reference_logps(ref_path, cfg.pairs, rows, tok.eos_id, device, cfg.micro_batch)
+    if not run.main_process:  # ... then read from it by the other processes
+        ref_c, ref_r = reference_logps(ref_path, cfg.pairs, rows, tok.eos_id, device,
+                                       cfg.micro_batch)
     evaluate = lambda: evaluate_pairs(cfg, model, rows, eval_idx, ref_c, ref_r, tok.eos_id)
     steps = cfg.steps or max(1, len(train_idx) // cfg.batch_size)
     ddp = DDP(model) if run.world > 1 else model  # averages gradients over processes

@@ -75,6 +75,7 @@ class Run:
         if self.resume_from and not os.path.isfile(os.path.join(folder, "config.json")):
             raise FileNotFoundError(f"{self.dir}/state.pt resumes from step {self.step}, but "
                                     f"{folder} is missing; pass --overwrite to start over")
+        self.saved = self.step  # the step of the last state.pt: where the same command resumes
         self.total, self._bar, self._t0 = None, None, time.time()
         Run.current = self
         if self.done:
@@ -178,12 +179,13 @@ class Run:
                      checkpoint=bool(parts), **counters)
         if not parts:
             atomic_torch_save(dict(state, step=self.step), os.path.join(self.dir, "state.pt"))
-            return
-
-        def write(folder):
-            for part in parts:
-                (part.save_pretrained if hasattr(part, "save_pretrained") else part.save)(folder)
-        save_checkpoint(self.dir, self.step, write, state)
+        else:
+            def write(folder):
+                for part in parts:
+                    save = getattr(part, "save_pretrained", None) or part.save
+                    save(folder)
+            save_checkpoint(self.dir, self.step, write, state)
+        self.saved = self.step
 
     def say(self, message: str):
         """One line for the user on stderr (rank 0 only)."""
@@ -192,11 +194,9 @@ class Run:
 
     def stopped(self) -> str:
         """Where an interrupted run stands: the step it was in and the step it resumes from."""
-        state = load_state(self.dir) if os.path.isdir(self.dir) else None
-        saved = state["step"] if state else 0
         at = f" in step {self.step}" + (f" of {self.total}" if self.total else "")
-        return (f"stopped{at}; the same command resumes {self.dir} from step {saved}"
-                + ("" if saved else " (no checkpoint yet: from the start)"))
+        return (f"stopped{at}; the same command resumes {self.dir} from step {self.saved}"
+                + ("" if self.saved else " (no checkpoint yet: from the start)"))
 
     def finish(self) -> list[dict]:
         """Write `done`; return the log's rows."""
