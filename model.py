@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from speed import Linear, sparse_lookup_grad  # CPU fast paths, same results: see speed.py
-from utils import autocast, resolve_checkpoint
+from utils import autocast, copy_checked, read_hf_config, read_safetensors, resolve_checkpoint
 
 # The four GPT-2 sizes on the Hugging Face hub (the unprefixed names redirect there).
 HUB_NAMES = {
@@ -372,56 +372,6 @@ def gpt_folder(name_or_path: str) -> str:
     """The local folder of a GPT-2 checkpoint: a hub size (downloaded once), a checkpoint folder,
     or a run folder's last checkpoint (utils.resolve_checkpoint)."""
     return resolve_checkpoint(name_or_path, GPT_FILES, HUB_NAMES)
-
-
-def copy_checked(targets: dict, sd: dict, what: str, hint: str = ""):
-    """Copy sd into `targets`' tensors: equal key sets and shapes, else an error naming the key."""
-    missing, unexpected = sorted(targets.keys() - sd.keys()), sorted(sd.keys() - targets.keys())
-    if missing or unexpected:
-        key = missing[0] if missing else unexpected[0]
-        kind = "missing" if missing else "unexpected"
-        raise ValueError(f"not {what} for this config: {kind} key '{key}' "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected)")
-    with torch.no_grad():
-        for k, v in sd.items():
-            if v.shape != targets[k].shape:
-                raise ValueError(f"shape of '{k}' is {tuple(v.shape)}, expected "
-                                 f"{tuple(targets[k].shape)} {hint}".rstrip())
-            targets[k].copy_(v)
-
-
-def save_head(head: nn.Linear, path: str):
-    from safetensors.torch import save_file
-
-    save_file({"weight": head.weight.detach().cpu().contiguous(),
-               "bias": head.bias.detach().cpu().contiguous()}, path)
-
-
-def load_head(path: str) -> nn.Linear:
-    sd = read_safetensors(path)
-    head = nn.Linear(sd["weight"].shape[1], sd["weight"].shape[0])
-    head.load_state_dict(sd)
-    return head
-
-
-def read_hf_config(folder: str) -> dict:
-    path = os.path.join(folder, "config.json")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-
-
-def read_safetensors(path: str) -> dict:
-    """A state dict from a .safetensors file, with a clear error for a truncated or foreign one."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
 
 
 def config_from_hf(hf: dict, dropout: float = 0.0) -> GPTConfig:

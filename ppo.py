@@ -24,11 +24,11 @@ from cli import run_main
 from data import (
     PROTOCOL, collate, last_index, load_prefixes, load_tokenizer, stream_indices,
 )
-from model import GPT, gpt_folder, read_safetensors, sample_completions, save_head, token_logprobs
+from model import GPT, gpt_folder, sample_completions, token_logprobs
 from reward import load_ground_truth, load_reward_model
 from runs import Run
 from speed import adamw
-from utils import autocast, seed_for
+from utils import autocast, read_safetensors, save_head, seed_for
 
 # ----------------------------------------------------------------------------- the math
 # Tensors are (B, T): one column per completion token, `mask` True at real completion tokens

@@ -25,11 +25,13 @@ from data import (
     Tokenizer, check_pairs, collate, held_out_sample, load_reviews, load_tokenizer, split_pairs,
     stream_indices,
 )
-from model import GPT, gpt_folder, load_head, save_head
+from model import GPT, gpt_folder
 from roberta import SIEBERT, load_roberta_scorer
 from runs import Run
 from speed import adamw
-from utils import autocast, lr_at, read_jsonl, resolve_checkpoint, write_folder
+from utils import (
+    autocast, load_head, lr_at, read_jsonl, resolve_checkpoint, save_head, write_folder,
+)
 
 # A GPT-2 backbone with a scalar head read at the last real token: r(x, y). Trained two ways:
 #   objective "bt":    Bradley-Terry on pairs, -log sigmoid(r(x, y_w) - r(x, y_l)): PPO's learned RM

@@ -18,8 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import copy_checked, read_hf_config, read_safetensors
-from utils import hub_download, resolve_checkpoint
+from utils import copy_checked, hub_download, read_hf_config, read_safetensors, resolve_checkpoint
 
 SIEBERT = "siebert/sentiment-roberta-large-english"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of preference

@@ -1,5 +1,6 @@
 """Small pieces every script shares: the device and autocast, torchrun helpers, atomic files and
-JSONL logs, the learning-rate schedule. The life of a run folder is in runs.py; config -> flags in
+JSONL logs, checkpoint folders and their files (config.json, safetensors, heads), the
+learning-rate schedule. The life of a run folder is in runs.py; config -> flags in
 cli.py; the CPU speed tricks in speed.py.
 """
 
@@ -194,6 +195,57 @@ def hub_download(repo_id: str, files: tuple) -> str:
         raise OSError(f"could not fetch {repo_id} from the Hugging Face hub ({type(e).__name__}); "
                       f"download it elsewhere and pass the local folder instead") from None
     return os.path.dirname(paths[0])
+
+
+def copy_checked(targets: dict, sd: dict, what: str, hint: str = ""):
+    """Copy sd into `targets`' tensors: equal key sets and shapes, else an error naming the key."""
+    missing, unexpected = sorted(targets.keys() - sd.keys()), sorted(sd.keys() - targets.keys())
+    if missing or unexpected:
+        key = missing[0] if missing else unexpected[0]
+        kind = "missing" if missing else "unexpected"
+        raise ValueError(f"not {what} for this config: {kind} key '{key}' "
+                         f"({len(missing)} missing, {len(unexpected)} unexpected)")
+    with torch.no_grad():
+        for k, v in sd.items():
+            if v.shape != targets[k].shape:
+                raise ValueError(f"shape of '{k}' is {tuple(v.shape)}, expected "
+                                 f"{tuple(targets[k].shape)} {hint}".rstrip())
+            targets[k].copy_(v)
+
+
+def save_head(head: torch.nn.Linear, path: str):
+    """A linear head (reward, value) as a safetensors file beside a checkpoint."""
+    from safetensors.torch import save_file
+
+    save_file({"weight": head.weight.detach().cpu().contiguous(),
+               "bias": head.bias.detach().cpu().contiguous()}, path)
+
+
+def load_head(path: str) -> torch.nn.Linear:
+    sd = read_safetensors(path)
+    head = torch.nn.Linear(sd["weight"].shape[1], sd["weight"].shape[0])
+    head.load_state_dict(sd)
+    return head
+
+
+def read_hf_config(folder: str) -> dict:
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def read_safetensors(path: str) -> dict:
+    """A state dict from a .safetensors file, with a clear error for a truncated or foreign one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e})") from None
 
 
 def write_folder(final: str, write):
