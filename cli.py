@@ -76,6 +76,61 @@ def parse_config(cls, argv=None, description=None, epilog=None):
     return cls(**values)
 
 
+# ----------------------------------------------------------------------------- field ranges
+# The range of every config field whose range is known, by field name: the scripts share their
+# names (lr, batch_size, ...), so one table checks them all: for every script's flags (run_main),
+# and for a config built in Python when its run starts (runs.Run, evaluate.main, frontier.main
+# before its first stage). A field that is None means "not set" and is skipped.
+
+POSITIVE = {  # > 0
+    "alpha", "batch_size", "beta", "block_size", "chunk", "cliprange", "cliprange_value",
+    "concurrency", "epochs", "eval_every", "every", "gen_batch", "grad_clip", "horizon", "lr",
+    "max_len", "max_length", "max_new_tokens", "max_prompt_length", "micro_batch", "mini_batch",
+    "n_embd", "n_head", "n_layer", "n_prefixes", "n_prompts", "ppo_epochs", "samples",
+    "save_every", "score_batch", "steps", "target_kl", "M", "beta_min", "beta_max", "n_betas",
+}
+NON_NEGATIVE = {"best_of", "eval_size", "init_kl_coef", "seed", "split_seed", "vf_coef",
+                "warmup", "weight_decay", "temperatures"}  # best_of: 0 = none (winrate.py)
+INTERVALS = {  # name: (low, high, high included)
+    "dropout": (0.0, 1.0, False), "label_smoothing": (0.0, 0.5, False),
+    "gamma": (0.0, 1.0, True), "lam": (0.0, 1.0, True),
+}
+EXISTING_FILES = {"test"}  # inputs that must exist when the run starts (pairs: data.check_pairs)
+EXISTING_PATHS = {"runs"}  # evaluate.py's run folders: a typo must not silently drop a curve
+
+
+def check_fields(cfg, paths: bool = True):
+    """Raise one ValueError naming the flag of the first field out of its range (see above); with
+    paths, also a FileNotFoundError for an input file or folder that does not exist."""
+    for f in dataclasses.fields(cfg):
+        v, flag = getattr(cfg, f.name), f"--{f.name}"
+        values = v if isinstance(v, (tuple, list)) else (v,)
+        for x in values:
+            if x is None or isinstance(x, (str, bool)):
+                continue
+            if f.name in POSITIVE and not x > 0:
+                raise ValueError(f"{flag} must be positive, got {x}")
+            if f.name in NON_NEGATIVE and not x >= 0:
+                raise ValueError(f"{flag} must be non-negative, got {x}")
+            if f.name in INTERVALS:
+                lo, hi, closed = INTERVALS[f.name]
+                if not (lo <= x <= hi if closed else lo <= x < hi):
+                    raise ValueError(f"{flag} must lie in [{lo}, {hi}{']' if closed else ')'}, "
+                                     f"got {x}")
+        if f.name == "device" and isinstance(v, str) and not re.fullmatch(
+                r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {v!r}")
+        if not paths:
+            continue
+        for x in values:
+            if not isinstance(x, str) or not x:  # "": not given (the script says if it must be)
+                continue
+            if f.name in EXISTING_FILES and not os.path.isfile(x):
+                raise FileNotFoundError(f"{flag} {x}: no such file")
+            if f.name in EXISTING_PATHS and not os.path.exists(x):
+                raise FileNotFoundError(f"{flag} {x}: no such file or folder")
+
+
 def config_to_argv(cfg) -> list[str]:
     """The flags that rebuild `cfg` with parse_config (the inverse, for subprocesses and tests)."""
     argv = []
@@ -97,6 +152,7 @@ def run_main(main, cls, argv=None, epilog=None):
     doc = sys.modules[main.__module__].__doc__
     cfg = parse_config(cls, argv, description=first_paragraph(doc), epilog=epilog)
     try:
+        check_fields(cfg)
         main(cfg)
     except (ValueError, OSError, FloatingPointError) as e:
         if os.environ.get("DPO_DEBUG"):

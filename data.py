@@ -7,6 +7,7 @@ preference-pairs format and its collate, and a synthetic sentiment corpus that n
 
 import glob
 import json
+import math
 import os
 import random
 import re
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from utils import seed_for
+from utils import hub_reachable, seed_for
 
 GPT2_EOS = 50256
 
@@ -90,17 +91,25 @@ class Tokenizer:
                 json.dump(self.vocab, f)
 
 
+GPT2_BPE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+GPT2_BPE_FILES = {  # file: the name tiktoken's cache gives it (the SHA-1 of its URL)
+    "vocab.bpe": "6d1cbeee0f20b3d9449abfede4726ed8212e3aee",
+    "encoder.json": "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6",
+}
+
+
 def gpt2_encoding():
-    """tiktoken's GPT-2 BPE. Its two files download once (then cached); offline, point
-    TIKTOKEN_CACHE_DIR at a folder that holds them."""
+    """tiktoken's GPT-2 BPE. Its two files (GPT2_BPE_FILES) download once, then tiktoken reads
+    them from its cache folder; offline, put them there under their cache names."""
     import tiktoken
 
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # requests' connection errors, a corrupt cache, ...
-        raise OSError(f"tiktoken could not load GPT-2's BPE files ({type(e).__name__}); they "
-                      f"download once: offline, set TIKTOKEN_CACHE_DIR to a folder holding "
-                      f"them") from None
+        files = " and ".join(f"{f} (cached as {h})" for f, h in GPT2_BPE_FILES.items())
+        raise OSError(f"tiktoken could not load GPT-2's BPE files ({type(e).__name__}): it "
+                      f"downloads {files} once from {GPT2_BPE_URL}; offline, copy them under "
+                      f"those names into a folder and set TIKTOKEN_CACHE_DIR to it") from None
 
 
 def load_tokenizer(folder: str | None = None) -> Tokenizer:
@@ -156,6 +165,10 @@ def _load_dataset(source: str, split: str):
         if not files:
             raise FileNotFoundError(f"{source} has no {split}-*.parquet file (IMDb's hub layout)")
         return datasets.load_dataset("parquet", data_files=files, split="train")
+    if not hub_reachable() and not os.environ.get("HF_HUB_OFFLINE"):  # fail now, not after retries
+        raise OSError(f"could not load dataset '{source}': the Hugging Face hub is unreachable; "
+                      f"pass a local folder of parquet files in the hub layout instead (or set "
+                      f"HF_HUB_OFFLINE=1 to use a copy in your datasets cache)")
     try:
         return datasets.load_dataset(source, split=split)
     except Exception as e:  # offline, unknown name, ...: one clear line
@@ -252,7 +265,8 @@ def pair_row(prompt_ids, chosen_ids, rejected_ids, reward_chosen, reward_rejecte
     return dict(prompt_ids=list(prompt_ids), chosen_ids=list(chosen_ids),
                 rejected_ids=list(rejected_ids), prompt=tok.decode(prompt_ids),
                 chosen=tok.decode(chosen_ids), rejected=tok.decode(rejected_ids),
-                reward_chosen=float(reward_chosen), reward_rejected=float(reward_rejected))
+                reward_chosen=None if reward_chosen is None else float(reward_chosen),
+                reward_rejected=None if reward_rejected is None else float(reward_rejected))
 
 
 def check_pairs(rows: list[dict], path: str, block_size: int | None = None,
@@ -260,11 +274,26 @@ def check_pairs(rows: list[dict], path: str, block_size: int | None = None,
     """Validate rows read from a pairs file (utils.read_jsonl); a clear error names the line.
     With a model's block_size and vocab_size, also that every pair fits it."""
     if not rows:
-        raise ValueError(f"{path} holds no pairs")
+        raise ValueError(f"{path}: no such file" if not os.path.isfile(path) else
+                         f"{path} holds no pairs")
     for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: a pair is a JSON object, not {type(row).__name__}")
         missing = [k for k in PAIR_KEYS if k not in row]
         if missing:
             raise ValueError(f"{path}:{n}: pair lacks {', '.join(missing)}")
+        for k in PAIR_KEYS:  # every field's type: ids, texts, rewards (null: no scalar reward)
+            v, ok = row[k], True
+            if k.endswith("_ids"):
+                ok = isinstance(v, list) and all(type(i) is int and i >= 0 for i in v)
+                want = "a list of non-negative integer token ids"
+            elif k.startswith("reward_"):
+                ok = v is None or (type(v) in (int, float) and math.isfinite(v))
+                want = "a finite number or null"
+            else:
+                ok, want = isinstance(v, str), "a string"
+            if not ok:
+                raise ValueError(f"{path}:{n}: {k} must be {want}, got {json.dumps(v)[:60]}")
         p, c, r = row["prompt_ids"], row["chosen_ids"], row["rejected_ids"]
         if not p or not c or not r:
             raise ValueError(f"{path}:{n}: empty prompt or completion")
@@ -278,13 +307,20 @@ def check_pairs(rows: list[dict], path: str, block_size: int | None = None,
     return rows
 
 
-def split_pairs(rows, eval_size):
-    """Hold out the pairs of the last prompts (about eval_size pairs): no prompt is in both."""
+def split_pairs(rows, eval_size, seed):
+    """(train, held-out) row indices: the pairs of a random, seeded choice of whole prompts are
+    held out, about eval_size pairs, so no prompt is on both sides; one prompt at least is kept
+    for training. The choice depends on the seed and the set of prompts only (not on the order of
+    the file), and a smaller eval_size holds out a subset of a larger one's prompts. Callers pass
+    a split seed fixed across a sweep (their cfg.split_seed), not the training seed, so that all
+    runs on one pairs file are validated on the same pairs."""
     if eval_size <= 0:
         return list(range(len(rows))), []
     counts = Counter(tuple(r["prompt_ids"]) for r in rows)
+    prompts = sorted(counts)  # a canonical order, then a seeded shuffle
+    random.Random(seed).shuffle(prompts)
     held, n = set(), 0
-    for p in sorted(counts, reverse=True)[: len(counts) - 1]:  # keep one prompt for training
+    for p in prompts[: len(prompts) - 1]:  # keep one prompt for training
         if n >= eval_size:
             break
         held.add(p)

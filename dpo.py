@@ -26,7 +26,7 @@ from data import check_pairs, collate_pairs, load_tokenizer, split_pairs, stream
 from model import GPT, gpt_folder, token_logprobs
 from runs import Run
 from speed import adamw
-from utils import atomic_torch_save, autocast, lr_at, read_jsonl
+from utils import atomic_torch_save, autocast, autocast_dtype, lr_at, read_jsonl
 
 LOSSES = ("dpo", "ipo", "hinge", "unlikelihood", "unlikelihood_token")
 
@@ -120,6 +120,7 @@ class DPOConfig:
     optimizer: str = "rmsprop"  # rmsprop (paper) | adamw
     grad_clip: float = 10.0  # max global gradient norm
     eval_size: int = 256  # held-out pairs (whole prompts) for loss/eval; 0: none
+    split_seed: int = 0  # which prompts are held out (data.split_pairs); one for a whole sweep
     eval_every: int = 100  # held-out metrics every N steps
     save_every: int = 100  # checkpoint every N steps (the frontier evaluates each)
     device: str = "auto"  # cuda > mps > cpu
@@ -147,13 +148,18 @@ def concatenated_logps(model, rows, pad_id, per_token=False):
 
 
 def reference_logps(ref_path: str, pairs_path: str, rows, pad_id, device, micro_batch):
-    """Reference log-probs of every pair, computed once per (reference checkpoint, pairs file)
-    and cached beside the pairs file. Returns (chosen (N,), rejected (N,)) float32 on CPU."""
+    """Reference log-probs of every pair, computed once per (reference checkpoint, pairs file,
+    precision) and cached beside the pairs file. Returns (chosen (N,), rejected (N,)) float32 on
+    CPU. The precision (device type and autocast dtype) is part of the key: the policy's step-0
+    log-probs equal the reference's, and the loss is log 2, only if both ran at one precision;
+    a CPU fp32 cache read under CUDA bf16 would be off by the bf16 rounding."""
     def stamp(p):
         st = os.stat(p)
         return f"{os.path.abspath(p)}:{st.st_size}:{st.st_mtime_ns}"
+    device = str(device)
+    precision = f"{torch.device(device).type}:{autocast_dtype(device) or torch.float32}"
     key = hashlib.sha256((stamp(os.path.join(ref_path, "model.safetensors")) + "|"
-                          + stamp(pairs_path)).encode()).hexdigest()[:16]
+                          + stamp(pairs_path) + "|" + precision).encode()).hexdigest()[:16]
     cache = os.path.join(os.path.dirname(os.path.abspath(pairs_path)), "ref_logps",
                          f"{os.path.basename(pairs_path)}.{key}.pt")
     if os.path.exists(cache):
@@ -211,8 +217,8 @@ def evaluate_pairs(cfg, model, rows, idx, ref_c, ref_r, pad_id):
 
 
 def main(cfg: DPOConfig):
-    check_config(cfg)
     run = Run(cfg, distributed=True)  # refuses a folder of another config; writes nothing yet
+    check_config(cfg)
     if run.done:
         return run.history
     accum = run.micro_batches(cfg.batch_size, cfg.micro_batch)  # per process, per step
@@ -222,7 +228,8 @@ def main(cfg: DPOConfig):
     rows = check_pairs(read_jsonl(cfg.pairs), cfg.pairs, model.config.block_size,
                        model.config.vocab_size)
     ref_path = gpt_folder(cfg.ref or cfg.init)
-    train_idx, eval_idx = split_pairs(rows, cfg.eval_size)  # always keeps a prompt to train on
+    # the same held-out prompts for every run on this pairs file (always keeps one to train on)
+    train_idx, eval_idx = split_pairs(rows, cfg.eval_size, cfg.split_seed)
     run.start()  # the inputs are good: now the run folder
     if run.main_process:  # computed once (or found in the cache) ...
         ref_c, ref_r = reference_logps(ref_path, cfg.pairs, rows, tok.eos_id, device,
@@ -278,8 +285,6 @@ def main(cfg: DPOConfig):
 def check_config(cfg: DPOConfig):
     if cfg.loss not in LOSSES:
         raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, not {cfg.loss!r}")
-    if cfg.beta <= 0 or cfg.lr <= 0:
-        raise ValueError(f"beta and lr must be positive (beta={cfg.beta}, lr={cfg.lr})")
     if cfg.optimizer not in ("rmsprop", "adamw"):
         raise ValueError(f"--optimizer must be rmsprop or adamw, not {cfg.optimizer!r}")
 

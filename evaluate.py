@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from cli import run_main
+from cli import check_fields, run_main
 from data import PROTOCOL, collate, load_prefixes, load_tokenizer
 from model import GPT, gpt_folder, sample_completions, token_logprobs
 from reward import load_ground_truth, load_reward_model
@@ -131,6 +131,9 @@ def checkpoints_of(path: str, every: int) -> list[tuple[int, str]]:
 
 
 def main(cfg: EvalConfig):
+    check_fields(cfg)  # ranges, and every --runs folder must exist
+    if cfg.best_of and cfg.rm is None:
+        raise ValueError("--best_of needs --rm (the learned reward model picks the best)")
     device = get_device(cfg.device)
     ref_path = gpt_folder(cfg.ref)
     tok = load_tokenizer(ref_path)
@@ -144,11 +147,14 @@ def main(cfg: EvalConfig):
             method, pname, pval = describe_run(run)
         else:
             method, pname, pval = os.path.basename(os.path.normpath(run)), "", None
-        todo += [(method, pname, pval, s, p) for s, p in checkpoints_of(run, cfg.every)]
+        ckpts = checkpoints_of(run, cfg.every)
+        if not ckpts:
+            raise FileNotFoundError(f"--runs {run} holds no checkpoint (step_*/ or config.json)")
+        todo += [(method, pname, pval, s, p) for s, p in ckpts]
     todo = [t for t in todo if (rel(t[4]), None) not in done]
     todo_bon = [n for n in cfg.best_of if (rel(ref_path), n) not in done]
     if not todo and not todo_bon:
-        plot_frontier(cfg.out)
+        plot_frontier(cfg.out, title=plot_title(cfg.dataset))
         return read_jsonl(cfg.out)
     os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
     ref = GPT.from_pretrained(ref_path).to(device).eval()
@@ -163,13 +169,11 @@ def main(cfg: EvalConfig):
                                    seed=_run_seed(path), step=step, checkpoint=rel(path),
                                    **summarize(rewards, kl, k1, k3)))
     if todo_bon:
-        if cfg.rm is None:
-            raise ValueError("--best_of needs --rm (the learned reward model picks the best)")
         rm = load_reward_model(cfg.rm, device=device)
         for n in todo_bon:
             append_jsonl(cfg.out, best_of_n(ref, rm, scorer, prefixes, tok, n, cfg, device,
                                             rel(ref_path)))
-    plot_frontier(cfg.out)
+    plot_frontier(cfg.out, title=plot_title(cfg.dataset))
     return read_jsonl(cfg.out)
 
 
@@ -184,7 +188,9 @@ def _run_seed(path: str):
 @torch.no_grad()
 def best_of_n(sft, rm, scorer, prefixes, tok, n, cfg, device, checkpoint):
     """Sample n completions per prefix from the SFT policy, keep the one the learned RM scores
-    highest, report its ground-truth reward, at the KL bound log n - (n-1)/n."""
+    highest, report its ground-truth reward, at the KL bound log n - (n-1)/n. The RM scores the
+    sampled token ids (it was trained on ids); the ground truth reads the text."""
+    rm.check_tokenizer(tok, "the SFT policy")
     g = torch.Generator(device=device).manual_seed(cfg.seed + n)
     best, per_batch = [], max(1, cfg.micro_batch // n)  # prefixes per batch of n samples each
     for i in tqdm(range(0, len(prefixes), per_batch), desc=f"best-of-{n}", mininterval=1.0):
@@ -192,8 +198,10 @@ def best_of_n(sft, rm, scorer, prefixes, tok, n, cfg, device, checkpoint):
         prompts = [p for p in chunk for _ in range(n)]
         comps = sample_completions(sft, prompts, len(prompts), g, tok.eos_id,
                                    **PROTOCOL.sampling())
-        texts = [tok.decode(p + c) for p, c in zip(prompts, comps)]
-        rm_scores = rm(texts, batch_size=cfg.score_batch, progress=False).view(len(chunk), n)
+        seqs = [p + c for p, c in zip(prompts, comps)]
+        rm_scores = rm.score_ids(seqs, batch_size=cfg.score_batch, progress=False)
+        rm_scores = rm_scores.view(len(chunk), n)
+        texts = [tok.decode(s) for s in seqs]
         best += [texts[j * n + int(rm_scores[j].argmax())] for j in range(len(chunk))]
     rewards = scorer(best, batch_size=cfg.score_batch)
     bound = torch.full((len(best),), best_of_n_kl_bound(n))
@@ -212,36 +220,69 @@ STYLE = {  # method: (colour, marker), close to the paper's Figure 2
 }
 
 
-def plot_frontier(jsonl: str, png: str | None = None) -> str:
+def zoom_limit(kls: list[float]) -> float | None:
+    """The right edge of a zoomed panel when a few points lie far out in KL (they would squash
+    the rest into the left of the axis): 1.2 x the 90th percentile of KL, or None when the
+    points spread evenly enough (largest KL under twice that)."""
+    kls = sorted(kls)
+    edge = 1.2 * kls[int(0.9 * (len(kls) - 1))]
+    return edge if edge > 0 and kls[-1] > 2 * edge else None
+
+
+def plot_frontier(jsonl: str, png: str | None = None, title: str | None = None,
+                  optimum: str | None = None) -> str:
     """Reward (y) against sequence KL (x) for every evaluated checkpoint, one colour and marker
-    per method; best-of-N sits at its KL bound (hollow). Returns the path of the PNG."""
+    per method; best-of-N sits at its KL bound (hollow). The KL-regularised optimum (optimum.py's
+    optimum.jsonl beside the results, if there) is the black line: solid where its estimate is
+    trusted, dotted beyond. When a few points lie far out in KL, a second panel zooms on the
+    region where the others are (zoom_limit). Returns the PNG's path."""
     from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 
     rows = read_jsonl(jsonl)
     if not rows:
         raise ValueError(f"{jsonl} holds no results to plot")
     png = png or os.path.splitext(jsonl)[0] + ".png"
-    fig = Figure(figsize=(6, 4.5))
-    ax = fig.subplots()
-    for method in sorted({r["method"] for r in rows}, key=lambda m: list(STYLE).index(m)
-                         if m in STYLE else 99):
-        pts = [r for r in rows if r["method"] == method]
-        colour, marker = STYLE.get(method, ("gray", "."))
-        label = method + (" (KL at its bound)" if method == "Best-of-N" else "")
-        ax.scatter([r["kl"] for r in pts], [r["reward"] for r in pts], marker=marker, s=28,
-                   alpha=0.8, label=label, edgecolors=colour,
-                   facecolors="none" if method == "Best-of-N" else colour)
+    optimum = optimum or os.path.join(os.path.dirname(os.path.abspath(jsonl)), "optimum.jsonl")
+    opt = sorted(read_jsonl(optimum), key=lambda r: r["kl"])
+    zoom = zoom_limit([r["kl"] for r in rows])
+    fig = Figure(figsize=(11, 4.5) if zoom else (6, 4.5))
+    axes = fig.subplots(1, 2 if zoom else 1, squeeze=False)[0]
+    methods = sorted({r["method"] for r in rows},
+                     key=lambda m: list(STYLE).index(m) if m in STYLE else 99)
     lo = min(0.4, min(r["reward"] for r in rows) - 0.02)
-    ax.set_ylim(lo, 1.0)
-    ax.set_xlim(left=0)
-    ax.set_xlabel("KL(π ‖ π_ref), nats per completion")
-    ax.set_ylabel("reward: ground-truth P(positive)")
-    ax.set_title("IMDb sentiment generation: reward vs KL")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    trusted = [r for r in opt if r.get("trusted", True)]
+    beyond = trusted[-1:] + [r for r in opt if not r.get("trusted", True)]
+    for k, ax in enumerate(axes):
+        if opt:
+            ax.plot([r["kl"] for r in trusted], [r["reward"] for r in trusted], color="black",
+                    lw=1.2, label=f"optimum π* (estimated, M = {opt[0]['M']})")
+            ax.plot([r["kl"] for r in beyond], [r["reward"] for r in beyond], color="black",
+                    lw=1.0, ls=":", label="optimum, past its trusted KL")
+        for method in methods:
+            pts = [r for r in rows if r["method"] == method]
+            colour, marker = STYLE.get(method, ("gray", "."))
+            label = method + (" (KL at its bound)" if method == "Best-of-N" else "")
+            ax.scatter([r["kl"] for r in pts], [r["reward"] for r in pts], marker=marker, s=28,
+                       alpha=0.8, label=label, edgecolors=colour,
+                       facecolors="none" if method == "Best-of-N" else colour)
+        ax.set_ylim(lo, 1.0)
+        ax.set_xlim(0, zoom if k == 1 else max(r["kl"] for r in rows) * 1.05)
+        ax.set_xlabel("KL(π ‖ π_ref), nats per completion")
+        ax.grid(alpha=0.3)
+        if k == 1:
+            n_out = sum(r["kl"] > zoom for r in rows)
+            ax.set_title(f"zoomed: KL ≤ {zoom:.1f} ({n_out} points beyond)", fontsize=10)
+    axes[0].set_ylabel("reward: ground-truth P(positive)")
+    axes[0].set_title(title or "Reward vs KL")
+    axes[0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     return png
+
+
+def plot_title(dataset: str) -> str:
+    return ("Synthetic reviews (tiny preset): reward vs KL" if dataset == "synthetic"
+            else "IMDb sentiment generation: reward vs KL")
 
 
 if __name__ == "__main__":
@@ -251,9 +292,10 @@ if __name__ == "__main__":
         ap = argparse.ArgumentParser(prog="evaluate.py plot", description="Redraw the frontier "
                                      "plot (<results>.png beside it) from a results file alone.")
         ap.add_argument("results", help="a frontier.jsonl written by evaluate.py")
+        ap.add_argument("--title", default=None, help="the plot's title (default: Reward vs KL)")
         args = ap.parse_args(sys.argv[2:])
         try:
-            print(plot_frontier(args.results))
+            print(plot_frontier(args.results, title=args.title))
         except (ValueError, OSError) as e:
             sys.exit(f"error: {e}")
     else:

@@ -18,6 +18,8 @@ from dpo import DPOConfig
 from dpo import main as dpo_main
 from evaluate import EvalConfig
 from evaluate import main as evaluate_main
+from optimum import OptimumConfig
+from optimum import main as optimum_main
 from pairs import PairsConfig
 from pairs import main as pairs_main
 from ppo import PPOConfig
@@ -26,7 +28,7 @@ from reward import SIEBERT, RMConfig
 from reward import train as rm_train
 from sft import SFTConfig
 from sft import main as sft_main
-from cli import run_main
+from cli import check_fields, run_main
 from runs import is_done
 from utils import read_jsonl
 
@@ -53,6 +55,11 @@ class Preset:
     notes: list = field(default_factory=list)
 
 
+# PPO's adaptive KL controller (ppo.update_kl_coef) moves its coefficient by at most a factor
+# 1 +- 0.2 * batch / horizon per iteration. Each preset sets horizon = steps * batch / 8, so that
+# within the run the coefficient can move about x5 either way (kl_coef_range) and the target-KL
+# sweep gives distinct runs; a horizon of 10,000 samples over 40 iterations of 256 could move it
+# only between x0.81 and x1.23.
 PRESETS = {
     # CPU only, offline: the synthetic corpus, a 2-layer 64-wide GPT trained from scratch as the
     # base (compact vocabulary), the label classifier as ground truth, two values per sweep.
@@ -72,7 +79,7 @@ PRESETS = {
                  eval_every=20, eval_size=256),
         pft_seeds=(0,),
         ppo=dict(steps=100, batch_size=64, gen_batch=64, mini_batch=32, micro_batch=32,
-                 lr=1e-4, n_prompts=2000, save_every=10, normalize_score=True, horizon=640,
+                 lr=1e-4, n_prompts=2000, save_every=10, normalize_score=True, horizon=800,
                  init_kl_coef=0.1),
         target_kls=(3.0, 6.0),
         eval=dict(n_prefixes=256, micro_batch=64),
@@ -90,7 +97,7 @@ PRESETS = {
         pft=dict(steps=400, micro_batch=16, lr=1e-5, save_every=50),
         pft_seeds=(0,),
         ppo=dict(steps=40, batch_size=256, gen_batch=128, mini_batch=64, micro_batch=16,
-                 n_prompts=25000, save_every=5, normalize_score=True),
+                 n_prompts=25000, save_every=5, normalize_score=True, horizon=1280),
         target_kls=(3.0, 6.0, 9.0, 12.0),
         eval=dict(n_prefixes=512, micro_batch=64),
         best_of=(4, 16, 64),
@@ -107,7 +114,7 @@ PRESETS = {
         pft=dict(steps=2000, micro_batch=8, lr=1e-6, warmup=150, save_every=100),
         pft_seeds=(0, 1, 2),
         ppo=dict(steps=100, batch_size=1024, gen_batch=128, mini_batch=256, micro_batch=8,
-                 save_every=5, normalize_score=True),
+                 save_every=5, normalize_score=True, horizon=12800),
         target_kls=(3.0, 6.0, 9.0, 12.0),
         eval=dict(n_prefixes=512, micro_batch=32),
         best_of=(4, 16, 64, 128),
@@ -115,11 +122,22 @@ PRESETS = {
 }
 
 
+def kl_coef_range(ppo: dict) -> tuple[float, float]:
+    """(lowest, highest) factor PPO's adaptive KL controller can apply to its coefficient within
+    a run of these settings: every iteration at the clipped error of -0.2 or +0.2."""
+    from ppo import PPOConfig
+
+    c = PPOConfig(**ppo)
+    step = 0.2 * c.batch_size / c.horizon
+    return (1 - step) ** c.steps, (1 + step) ** c.steps
+
+
 @dataclass
 class FrontierConfig:
     preset: str = "tiny"  # tiny | gpt2 | paper
     out_dir: str | None = None  # default runs/<preset>
     device: str = "auto"  # cuda > mps > cpu
+    base_model: str | None = None  # override the preset's base model (e.g. a local GPT-2 folder)
     dataset: str | None = None  # override the preset's dataset (e.g. a local IMDb folder)
     ground_truth: str | None = None  # override the preset's ground truth (e.g. a local siebert)
 
@@ -136,7 +154,8 @@ def plan(cfg: FrontierConfig):
     sft = run("sft")
     gt = cfg.ground_truth or p.ground_truth or run("gt")
     pairs_file = os.path.join(run("pairs"), "pairs.jsonl")
-    steps = [("sft", sft_main, SFTConfig(out_dir=sft, dataset=dataset, **common, **p.sft))]
+    base = dict(p.sft, init=cfg.base_model or p.sft["init"])
+    steps = [("sft", sft_main, SFTConfig(out_dir=sft, dataset=dataset, **common, **base))]
     if not (cfg.ground_truth or p.ground_truth):
         steps.append(("ground truth", rm_train, RMConfig(out_dir=gt, init=sft, objective="label",
                                                         dataset=dataset, **common, **p.gt)))
@@ -166,6 +185,11 @@ def plan(cfg: FrontierConfig):
                                     **p.ppo)))
     trained = [c.out_dir for _, _, c in steps[1:] if os.path.basename(c.out_dir) not in
                ("gt", "pairs", "rm")]
+    # the KL-regularised optimum of the ground truth, from M samples of the SFT model per test
+    # prefix: the reference line of the plot (optimum.py)
+    steps.append(("optimum", optimum_main, OptimumConfig(
+        ref=sft, ground_truth=gt, dataset=dataset, out=os.path.join(out, "optimum.jsonl"), M=64,
+        n_prefixes=p.eval["n_prefixes"], micro_batch=p.eval["micro_batch"], **common)))
     steps.append(("evaluate", evaluate_main, EvalConfig(
         runs=tuple(trained), ref=sft, ground_truth=gt, dataset=dataset,
         out=os.path.join(out, "frontier.jsonl"), best_of=p.best_of, rm=run("rm"), **common,
@@ -175,6 +199,8 @@ def plan(cfg: FrontierConfig):
 
 def main(cfg: FrontierConfig):
     steps = plan(cfg)
+    for _, _, c in steps:  # every stage's settings in range before the first one starts
+        check_fields(c, paths=False)
     timings = {}
     for i, (name, fn, c) in enumerate(steps, 1):
         folder = getattr(c, "out_dir", None)

@@ -147,7 +147,11 @@ class PPOConfig:
     cliprange_value: float = 0.2  # value clip
     vf_coef: float = 0.1  # value loss weight
     grad_clip: float = 1.0  # max global gradient norm
-    normalize_score: bool = False  # standardise scores by their running mean and std
+    # Score normalisation is our choice, not the paper's: the paper does not say how its PPO
+    # treated the scores. It is common PPO practice: Ziegler et al. (2019) normalise their reward
+    # model to mean 0 and std 1 under the initial policy, and TRL later added running scaling and
+    # normalisation (use_score_scaling, use_score_norm, Aug. 2023), which RunningMoments follows.
+    normalize_score: bool = False  # standardise scores by their running mean and std (our choice)
     whiten_advantages: bool = True  # standardise advantages over each iteration's batch
     score_batch: int = 64  # texts per scoring batch
     save_every: int = 10  # checkpoint every N iterations
@@ -248,9 +252,19 @@ def ppo_update(cfg, run, policy, value_head, opt, x, m, mask, old_lp, old_values
     return {k: v / per.get(k, n_micro) for k, v in sums.items()}
 
 
+def score_rollouts(cfg, scorer, tok, prompts, comps):
+    """(B,) scores of prompt + completion. The learned RM (--reward rm) reads the sampled token
+    ids, as it was trained on the pairs' ids (reward.rm_tokens): decoding and re-encoding does
+    not always give them back. The ground truth (--reward gt) reads text, as everywhere else."""
+    seqs = [p + c for p, c in zip(prompts, comps)]
+    if cfg.reward == "rm":
+        return scorer.score_ids(seqs, batch_size=cfg.score_batch, progress=False)
+    return scorer([tok.decode(s) for s in seqs], batch_size=cfg.score_batch, progress=False)
+
+
 def main(cfg: PPOConfig):
-    check_config(cfg)
     run = Run(cfg)  # refuses a folder of another config; writes nothing yet
+    check_config(cfg)
     if run.done:
         return run.history
     init, device = gpt_folder(cfg.init), run.device
@@ -263,8 +277,11 @@ def main(cfg: PPOConfig):
     ref = GPT.from_pretrained(init).to(device).eval().requires_grad_(False)
     tok = load_tokenizer(init)
     pool = load_prefixes(cfg.dataset, "train", cfg.n_prompts, cfg.seed, tok)
-    scorer = (load_reward_model(cfg.rm, device=device) if cfg.reward == "rm"
-              else load_ground_truth(cfg.ground_truth, device=device))
+    if cfg.reward == "rm":  # the learned RM reads the sampled ids: it must share their vocabulary
+        scorer = load_reward_model(cfg.rm, device=device)
+        scorer.check_tokenizer(tok, f"the policy {cfg.init}")
+    else:
+        scorer = load_ground_truth(cfg.ground_truth, device=device)
     run.start()  # the inputs are good: now the run folder
     params = list(policy.parameters()) + list(value_head.parameters())
     opt = adamw(params, cfg.lr, device, weight_decay=0.0)  # = Adam
@@ -284,8 +301,7 @@ def main(cfg: PPOConfig):
         x, m = x.to(device), m.to(device)
         mask = m[:, 1:].float()  # (B, T-1), aligned with token_logprobs
         old_lp, old_values, ref_lp = rollout_stats(policy, value_head, ref, x, m, cfg.micro_batch)
-        raw_scores = scorer([tok.decode(p + c) for p, c in zip(prompts, comps)],
-                            batch_size=cfg.score_batch, progress=False).to(device).float()
+        raw_scores = score_rollouts(cfg, scorer, tok, prompts, comps).to(device).float()
         scores = raw_scores
         if cfg.normalize_score:
             moments.update(raw_scores)
@@ -318,9 +334,6 @@ def main(cfg: PPOConfig):
 def check_config(cfg: PPOConfig):
     if cfg.reward not in ("rm", "gt"):
         raise ValueError(f"--reward must be rm or gt, not {cfg.reward!r}")
-    if cfg.lr <= 0 or cfg.init_kl_coef < 0:
-        raise ValueError(f"lr must be positive and init_kl_coef non-negative ({cfg.lr}, "
-                         f"{cfg.init_kl_coef})")
     if cfg.batch_size % cfg.mini_batch or cfg.mini_batch % cfg.micro_batch:
         raise ValueError("batch_size must be a multiple of mini_batch, and mini_batch of "
                          "micro_batch")

@@ -99,18 +99,37 @@ def reward_folder(path: str) -> str:
 
 
 class GPTScorer:
-    """texts -> rewards with a GPT-2 reward model: the raw r for "bt", sigmoid(r) for "label"."""
+    """Rewards with a GPT-2 reward model: the raw r for "bt", sigmoid(r) for "label".
+
+    Two entry points. scorer(texts): the ground-truth interface (pairs.py, evaluate.py, PPO-GT),
+    texts in, as siebert reads them. scorer.score_ids(seqs): token ids in, as the policy sampled
+    them; PPO's learned RM and best-of-N use it, because the RM was trained on the pairs' ids
+    and decoding then re-encoding does not always give the ids back."""
 
     def __init__(self, path: str, device: str = "cpu"):
         self.model = RewardModel.from_pretrained(path).to(device).eval()
         self.kind, self.tok = self.model.kind, load_tokenizer(reward_folder(path))
 
+    def check_tokenizer(self, tok: Tokenizer, what: str):
+        """score_ids reads ids of `tok` as its own: refuse a policy of another vocabulary."""
+        if tok.vocab != self.tok.vocab:
+            raise ValueError(f"the reward model and {what} have different vocabularies (a "
+                             f"reward model trained from another checkpoint?): it cannot read "
+                             f"their token ids")
+
     @torch.no_grad()
     def __call__(self, texts: list[str], batch_size: int = 32, progress: bool | None = None):
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, not one string")
+        return self.score_ids([self.tok.encode(t) for t in texts], batch_size, progress)
+
+    @torch.no_grad()
+    def score_ids(self, seqs: list[list[int]], batch_size: int = 32,
+                  progress: bool | None = None):
+        """(N,) rewards of token sequences (prompt + completion ids, a final EOS or not), read
+        through rm_tokens as in training."""
         T = self.model.gpt.config.block_size
-        ids = [rm_tokens(self.tok.encode(t), self.tok.eos_id, T) for t in texts]
+        ids = [rm_tokens(list(s), self.tok.eos_id, T) for s in seqs]
         out = torch.empty(len(ids))
         starts = range(0, len(ids), batch_size)
         show = progress if progress is not None else len(starts) > 4
@@ -120,7 +139,8 @@ class GPTScorer:
 
 
 def load_reward_model(path: str, device: str = "cpu") -> GPTScorer:
-    """The learned reward model of a run folder (its best checkpoint) or checkpoint folder."""
+    """The learned reward model of a run folder (its best checkpoint) or checkpoint folder; it
+    scores a policy's token ids with score_ids (after check_tokenizer), texts when called."""
     return GPTScorer(path, device)
 
 
@@ -155,6 +175,7 @@ class RMConfig:
     warmup: int = 50  # warm-up steps
     max_len: int = 128  # label: review tokens kept
     eval_size: int = 512  # held-out pairs (whole prompts) or test reviews
+    split_seed: int = 0  # bt: which prompts are held out (data.split_pairs); unlike seed, fixed
     eval_every: int = 100  # validation accuracy every N steps (and at the end)
     save_every: int = 100  # resumable checkpoint every N steps
     device: str = "auto"  # cuda > mps > cpu
@@ -165,7 +186,7 @@ def rm_data(cfg: RMConfig, tok: Tokenizer, gcfg):
     """Training and validation examples: pair rows for bt, (ids, label) for label."""
     if cfg.objective == "bt":
         rows = check_pairs(read_jsonl(cfg.pairs), cfg.pairs, gcfg.block_size, gcfg.vocab_size)
-        train, held = split_pairs(rows, cfg.eval_size)
+        train, held = split_pairs(rows, cfg.eval_size, cfg.split_seed)
         return [rows[i] for i in train], [rows[i] for i in held]
     texts, labels = load_reviews(cfg.dataset, "train")
     test, test_labels = load_reviews(cfg.dataset, "test")
@@ -204,8 +225,8 @@ def rm_accuracy(cfg, model, examples, pad_id) -> tuple[float, float]:
 
 def train(cfg: RMConfig):
     """Fit the reward model; keep the checkpoint with the best validation accuracy in best/."""
-    check_config(cfg)
     run = Run(cfg)  # refuses a folder of another config; writes nothing yet
+    check_config(cfg)
     if run.done:
         return run.history
     folder = run.resume_from or gpt_folder(cfg.init)
@@ -262,11 +283,17 @@ def example_tokens(cfg: RMConfig, example) -> int:
 def check_config(cfg: RMConfig):
     if cfg.objective not in ("bt", "label"):
         raise ValueError(f"--objective must be bt or label, not {cfg.objective!r}")
-    if cfg.lr <= 0:
-        raise ValueError(f"learning rate must be positive, got {cfg.lr}")
     if cfg.batch_size % cfg.micro_batch:
         raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch "
                          f"{cfg.micro_batch}")
+
+
+def unknown_words(tok, text: str) -> list[str]:
+    """The words of `text` that a compact-vocabulary tokenizer maps to its unknown id (none for
+    GPT-2's full BPE, or a RoBERTa classifier)."""
+    if tok is None or getattr(tok, "unk_id", None) is None:
+        return []
+    return [w for w in text.split() if tok.unk_id in tok.encode(" " + w)]
 
 
 USAGE = """usage: python reward.py score TEXT... [--ground_truth SPEC] [--device DEVICE]
@@ -288,9 +315,16 @@ if __name__ == "__main__":
         ap.add_argument("--device", default="cpu", help="cpu, cuda, mps (default: %(default)s)")
         args = ap.parse_args(sys.argv[2:])
         try:
-            scores = load_ground_truth(args.ground_truth, args.device)(args.texts)
+            scorer = load_ground_truth(args.ground_truth, args.device)
+            scores = scorer(args.texts)
         except (ValueError, OSError) as e:
             sys.exit(f"error: {e}")
+        for text in args.texts:  # a compact vocabulary (tiny preset) knows only its corpus' words
+            unknown = unknown_words(getattr(scorer, "tok", None), text)
+            if unknown:
+                print(f"warning: {len(unknown)} word(s) lie outside the classifier's vocabulary "
+                      f"and are scored as unknown tokens: {', '.join(unknown[:8])}",
+                      file=sys.stderr)
         for text, p in zip(args.texts, scores.tolist()):
             print(f"{p:.4f}\t{text}")
     elif len(sys.argv) > 1 and sys.argv[1] == "train":

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cli import check_fields
 from utils import (
     append_jsonl, atomic_torch_save, atomic_write, atomic_write_json, ddp_barrier, ddp_init,
     ddp_mean, get_device, list_checkpoints, read_jsonl, step_dir, write_folder, write_jsonl,
@@ -62,6 +63,7 @@ class Run:
     current = None  # the Run of this process, for cli.run_main's Ctrl-C message
 
     def __init__(self, cfg, distributed: bool = False):
+        check_fields(cfg)  # every field in its range, the input files there: else one error
         self.cfg, self.dir = cfg, cfg.out_dir
         device = get_device(getattr(cfg, "device", "auto"))
         self.rank, self.world, self.device = (ddp_init(device) if distributed else (0, 1, device))

@@ -1,5 +1,6 @@
-"""Supervised fine-tuning: next-token loss on IMDb reviews (the paper's SFT model, App. C.1), or on
-the chosen completions of a pairs file (the Preferred-FT baseline).
+"""Supervised fine-tuning: next-token loss on IMDb reviews (the paper's SFT model, App. C.1), on
+the chosen completions of a pairs file (the Preferred-FT baseline; the paper's SFT for HH), or on
+prompts and their reference completions (TL;DR's SFT set, written by preferences.py).
 
 Tiny CPU run (synthetic corpus, a small GPT from scratch, compact vocabulary):
     python sft.py --init scratch --dataset synthetic --out_dir runs/sft_tiny --steps 50 \
@@ -31,6 +32,7 @@ class SFTConfig:
     init: str = "gpt2-large"  # GPT-2 size, checkpoint folder, or "scratch" (a new model, below)
     dataset: str = "stanfordnlp/imdb"  # hub name, local parquet folder, or "synthetic"
     pairs: str | None = None  # a pairs file: train on its chosen completions (Preferred-FT)
+    completions: str | None = None  # a completions file (preferences.py): prompt + reference
     seed: int = 0  # data order, dropout
     steps: int = 400  # optimizer steps (IMDb train: 25k reviews = 390 steps of 64)
     batch_size: int = 64  # sequences per optimizer step
@@ -42,13 +44,15 @@ class SFTConfig:
     grad_clip: float = 1.0  # max global gradient norm
     dropout: float = 0.0  # dropout while fine-tuning (0: as in every later stage)
     eval_every: int = 100  # held-out loss every N steps
-    eval_size: int = 256  # held-out sequences
+    eval_size: int = 256  # held-out sequences (--pairs: pairs, whole prompts)
+    split_seed: int = 0  # --pairs: which prompts are held out; unlike seed, one for a whole sweep
     save_every: int = 100  # checkpoint every N steps
     device: str = "auto"  # cuda > mps > cpu
     n_layer: int = 2  # --init scratch only
     n_head: int = 2  # --init scratch only
     n_embd: int = 64  # --init scratch only
     block_size: int = 128  # --init scratch only: context length
+    vocab: str = "auto"  # --init scratch only: auto (synthetic: its compact one) | dialogue | gpt2
     overwrite: bool = False  # delete an existing run folder with another config
 
 
@@ -57,8 +61,17 @@ def build_model(cfg: SFTConfig, resume_from: str | None) -> tuple[GPT, Tokenizer
     if resume_from or cfg.init != "scratch":
         folder = resume_from or gpt_folder(cfg.init)
         return GPT.from_pretrained(folder, dropout=cfg.dropout), load_tokenizer(folder)
-    # from scratch: the synthetic corpus gets its compact vocabulary (see data.Tokenizer)
-    tok = Tokenizer(synthetic_vocab()) if cfg.dataset == "synthetic" else Tokenizer()
+    # from scratch: a synthetic corpus gets its compact vocabulary (see data.Tokenizer)
+    if cfg.vocab not in ("auto", "dialogue", "gpt2"):
+        raise ValueError(f"--vocab must be auto, dialogue or gpt2, not {cfg.vocab!r}")
+    if cfg.vocab == "dialogue":  # preferences.py's synthetic dialogues
+        from preferences import dialogue_vocab
+
+        tok = Tokenizer(dialogue_vocab())
+    elif cfg.vocab == "auto" and cfg.dataset == "synthetic":
+        tok = Tokenizer(synthetic_vocab())
+    else:
+        tok = Tokenizer()
     gcfg = GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer,
                      n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
                      eos_token_id=tok.eos_id)
@@ -68,8 +81,16 @@ def build_model(cfg: SFTConfig, resume_from: str | None) -> tuple[GPT, Tokenizer
 
 def build_data(cfg: SFTConfig, tok: Tokenizer):
     """(prompts, completions) for training and for the held-out loss; the loss covers completions.
-    Reviews: empty prompt, the review (+ EOS) as completion. Pairs: each distinct (prompt, chosen
-    completion) once, with about eval_size pairs' prompts held out (data.split_pairs)."""
+    Reviews: empty prompt, the review (+ EOS) as completion. Pairs: the chosen side of every pair,
+    with about eval_size pairs' prompts held out (data.split_pairs). Completions: each prompt and
+    its reference completion (TL;DR's SFT set), held out the same way."""
+    if cfg.pairs and cfg.completions:
+        raise ValueError("--pairs and --completions are two different training sets: pass one")
+    if cfg.completions:
+        rows = check_completions(read_jsonl(cfg.completions), cfg.completions)
+        train_idx, held_idx = split_pairs(rows, cfg.eval_size, cfg.split_seed)
+        return tuple(([rows[i]["prompt_ids"] for i in idx],
+                      [rows[i]["completion_ids"] for i in idx]) for idx in (train_idx, held_idx))
     if cfg.pairs is None:
         texts = load_reviews(cfg.dataset, "train")[0]
         test = load_reviews(cfg.dataset, "test")[0]
@@ -77,13 +98,29 @@ def build_data(cfg: SFTConfig, tok: Tokenizer):
         train, held = sft_sequences(texts, tok, cfg.max_len), sft_sequences(test, tok, cfg.max_len)
         return ([[]] * len(train), train), ([[]] * len(held), held)
     rows = check_pairs(read_jsonl(cfg.pairs), cfg.pairs)
-    train_idx, held_idx = split_pairs(rows, cfg.eval_size)
+    train_idx, held_idx = split_pairs(rows, cfg.eval_size, cfg.split_seed)
 
-    def distinct_chosen(idx):  # each (prompt, chosen completion) once
-        seen = dict.fromkeys((tuple(rows[i]["prompt_ids"]), tuple(rows[i]["chosen_ids"]))
-                             for i in idx)
-        return [list(p) for p, _ in seen], [list(c) for _, c in seen]
-    return distinct_chosen(train_idx), distinct_chosen(held_idx)
+    # Preferred-FT is SFT on the chosen completions of the preference dataset (paper §6): one
+    # sequence per pair, not per distinct completion. With 4 samples and all 6 pairs of a prompt,
+    # the best sample is chosen in 3 pairs, the second in 2, the third in 1: weights 3:2:1.
+    def chosen_side(idx):
+        return [rows[i]["prompt_ids"] for i in idx], [rows[i]["chosen_ids"] for i in idx]
+    return chosen_side(train_idx), chosen_side(held_idx)
+
+
+def check_completions(rows: list[dict], path: str) -> list[dict]:
+    """Rows of a completions file: prompt_ids and a non-empty completion_ids, lists of ids."""
+    if not rows:
+        raise ValueError(f"{path}: no such file" if not os.path.isfile(path) else
+                         f"{path} holds no completions")
+    for n, row in enumerate(rows, 1):
+        for k in ("prompt_ids", "completion_ids"):
+            v = row.get(k) if isinstance(row, dict) else None
+            if not (isinstance(v, list) and all(type(i) is int and i >= 0 for i in v)):
+                raise ValueError(f"{path}:{n}: {k} must be a list of non-negative integer ids")
+        if not row["completion_ids"]:
+            raise ValueError(f"{path}:{n}: empty completion")
+    return rows
 
 
 def lm_loss(model, input_ids, mask):
@@ -107,8 +144,6 @@ def eval_loss(model, prompts, completions, pad_id, micro_batch, device):
 
 
 def main(cfg: SFTConfig):
-    if cfg.lr <= 0:
-        raise ValueError(f"learning rate must be positive, got {cfg.lr}")
     run = Run(cfg, distributed=True)  # refuses a folder of another config; writes nothing yet
     if run.done:
         return run.history

@@ -65,11 +65,17 @@ def ddp_mean(value: float, world: int, device: str) -> float:
     return t.item() / world
 
 
+def autocast_dtype(device: str) -> torch.dtype | None:
+    """The dtype autocast(device) computes in: bf16 on CUDA, None (plain fp32) elsewhere."""
+    return torch.bfloat16 if device.startswith("cuda") else None
+
+
 def autocast(device: str):
     """bf16 autocast on CUDA (weights and optimizer stay fp32); plain fp32 elsewhere."""
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    dtype = autocast_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- atomic files
@@ -185,15 +191,36 @@ def resolve_checkpoint(path: str, need: tuple = ("config.json",),
     raise ValueError(f"'{path}' is neither a folder{known}")
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within `timeout` seconds (False at
+    once under HF_HUB_OFFLINE=1). Asked before a download, so that offline the error comes now
+    rather than after huggingface_hub's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def hub_download(repo_id: str, files: tuple) -> str:
-    """Download `files` of a hub repo (cached by huggingface_hub); return their folder."""
+    """Download `files` of a hub repo (cached by huggingface_hub); return their folder. With the
+    hub unreachable, a copy already in the cache still works; anything else fails at once."""
     from huggingface_hub import hf_hub_download
 
+    online = hub_reachable()
     try:
-        paths = [hf_hub_download(repo_id, f) for f in files]
+        paths = [hf_hub_download(repo_id, f, local_files_only=not online) for f in files]
     except Exception as e:  # offline, DNS, HTTP errors all land here
-        raise OSError(f"could not fetch {repo_id} from the Hugging Face hub ({type(e).__name__}); "
-                      f"download it elsewhere and pass the local folder instead") from None
+        why = type(e).__name__ if online else "the hub is unreachable and it is not cached"
+        raise OSError(f"could not fetch {repo_id} from the Hugging Face hub ({why}); download "
+                      f"it elsewhere and pass the local folder instead") from None
     return os.path.dirname(paths[0])
 
 

@@ -383,8 +383,113 @@ def test_check_pairs_errors(compact_tok, tmp_path):
     rows[2]["chosen_ids"] = []
     with pytest.raises(ValueError, match=r"pairs\.jsonl:3: empty"):
         check_pairs(rows, path)
+    with pytest.raises(ValueError, match="pairs.jsonl: no such file"):
+        check_pairs([], path)
+    open(path, "w").close()
     with pytest.raises(ValueError, match="no pairs"):
         check_pairs([], path)
+    rows = make_rows(compact_tok)
+    rows[0]["prompt_ids"] = [1, "2"]
+    with pytest.raises(ValueError, match=r"pairs\.jsonl:1: prompt_ids must be a list of"):
+        check_pairs(rows, path)
+    rows = make_rows(compact_tok)
+    rows[1]["reward_chosen"] = "high"
+    with pytest.raises(ValueError, match=r"pairs\.jsonl:2: reward_chosen must be a finite"):
+        check_pairs(rows, path)
+    rows = make_rows(compact_tok)
+    rows[1]["reward_chosen"] = rows[1]["reward_rejected"] = None  # human labels: no reward
+    rows[2]["chosen"] = 3
+    with pytest.raises(ValueError, match=r"pairs\.jsonl:3: chosen must be a string"):
+        check_pairs(rows, path)
+
+
+# ----------------------------------------------------------------------------- held-out split
+
+
+def split_rows(n_prompts=40, seed=0):
+    """Pair rows of n_prompts distinct prompts with 1..6 pairs each (pairs.py writes up to 6)."""
+    import random
+
+    rng = random.Random(seed)
+    prompts = {tuple(rng.randrange(1000) for _ in range(rng.randint(2, 8)))
+               for _ in range(n_prompts)}
+    rows = [dict(prompt_ids=list(p), chosen_ids=[1], rejected_ids=[2])
+            for p in sorted(prompts) for _ in range(rng.randint(1, 6))]
+    rng.shuffle(rows)
+    return rows
+
+
+def held_prompts(rows, idx):
+    return {tuple(rows[i]["prompt_ids"]) for i in idx}
+
+
+def test_split_pairs_holds_out_whole_prompts_at_random():
+    from data import split_pairs
+
+    rows = split_rows()
+    prompts = sorted({tuple(r["prompt_ids"]) for r in rows})
+    ever_held = set()
+    for seed in range(50):
+        train, held = split_pairs(rows, 30, seed)
+        assert sorted(train + held) == list(range(len(rows)))  # every pair on one side
+        assert not held_prompts(rows, train) & held_prompts(rows, held)  # no prompt on both
+        assert 30 <= len(held) < 30 + 6  # whole prompts until about eval_size pairs
+        assert (train, held) == split_pairs(rows, 30, seed)  # deterministic for a seed
+        ever_held |= held_prompts(rows, held)
+    # a random choice, not the lexicographically largest prompts: every prompt gets held out
+    assert ever_held == set(prompts)
+    assert split_pairs(rows, 30, 0)[1] != split_pairs(rows, 30, 1)[1]
+    # the choice depends on the prompts and the seed, not on the order of the file
+    rev = rows[::-1]
+    assert held_prompts(rev, split_pairs(rev, 30, 0)[1]) == held_prompts(rows,
+                                                                        split_pairs(rows, 30, 0)[1])
+    # nested: a smaller eval_size holds out a subset of a larger one's prompts
+    assert held_prompts(rows, split_pairs(rows, 10, 0)[1]) <= held_prompts(
+        rows, split_pairs(rows, 30, 0)[1])
+
+
+def test_split_pairs_edge_cases():
+    from data import split_pairs
+
+    rows = split_rows()
+    assert split_pairs(rows, 0, 0) == (list(range(len(rows))), [])
+    train, held = split_pairs(rows, 10 ** 6, 0)  # never everything: one prompt is kept
+    assert len(held_prompts(rows, train)) == 1 and held
+    one = [dict(prompt_ids=[5, 6], chosen_ids=[1], rejected_ids=[2])] * 3
+    assert split_pairs(one, 2, 0) == ([0, 1, 2], [])
+
+
+def test_preferred_ft_trains_on_the_chosen_side_of_every_pair(compact_tok, tmp_path):
+    """Preferred-FT is SFT on the chosen completions of the preference dataset (paper §6): with
+    4 ranked samples per prompt and all 6 pairs, the best sample is chosen in 3 pairs, the second
+    in 2, the third in 1 and the worst in none, and SFT sees them in that proportion."""
+    import pairs
+    import sft
+
+    tok = compact_tok
+    comps = [[20 + i, tok.eos_id] for i in range(4)]
+    rewards = [0.9, 0.7, 0.4, 0.1]
+    rows = []
+    for k in range(8):  # 8 prompts, 6 pairs each
+        prompt = [30, 40 + k]
+        rows += [{"prefix_index": k, **r} for r in pairs.pairs_of(prompt, comps, rewards, tok)[0]]
+    assert len(rows) == 48
+    path = str(tmp_path / "pairs.jsonl")
+    utils.write_jsonl(path, rows)
+
+    cfg = sft.SFTConfig(pairs=path, eval_size=0)
+    (train_p, train_c), (held_p, held_c) = sft.build_data(cfg, tok)
+    assert len(train_p) == len(train_c) == 48 and held_p == []  # one sequence per pair
+    assert [train_c.count(c) for c in comps] == [8 * 3, 8 * 2, 8 * 1, 0]  # 3 : 2 : 1
+    assert sorted(zip(map(tuple, train_p), map(tuple, train_c))) == sorted(
+        (tuple(r["prompt_ids"]), tuple(r["chosen_ids"])) for r in rows)
+
+    # held out: whole prompts, and the chosen side of each of their pairs too
+    (train_p, train_c), (held_p, held_c) = sft.build_data(
+        sft.SFTConfig(pairs=path, eval_size=12), tok)
+    assert len(held_p) == 12 and len(train_p) == 36
+    assert not set(map(tuple, train_p)) & set(map(tuple, held_p))
+    assert [held_c.count(c) for c in comps] == [2 * 3, 2 * 2, 2 * 1, 0]
 
 
 # ----------------------------------------------------------------------------- stream

@@ -1,8 +1,10 @@
 """dpo.py's losses: each loss type against its formula computed by hand, the direction of the
-gradients, numerical safety at extreme log-probs, the concatenated chosen + rejected forward, and
-DPO on a bandit reaching the closed-form optimum of the KL-constrained objective (paper §4, A.1)."""
+gradients, numerical safety at extreme log-probs, the concatenated chosen + rejected forward, the
+reference log-prob cache's key (one cache per precision), and DPO on a bandit reaching the
+closed-form optimum of the KL-constrained objective (paper §4, A.1)."""
 
 import math
+import os
 import random
 
 import pytest
@@ -307,6 +309,50 @@ def test_concatenated_forward_carries_gradients():
     (ch - rj).sum().backward()
     assert model.lm_head.weight.grad is not None
     assert model.lm_head.weight.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- reference cache
+
+
+def test_reference_cache_recomputes_under_another_precision(tiny_gpt, tmp_path, monkeypatch):
+    """The reference log-prob cache is keyed by device type and autocast dtype. A cache written
+    in fp32 (CPU) and read back under bf16 autocast (CUDA) is the reference at another precision
+    than the policy: the loss at step 0 is no longer log 2. bf16 autocast is faked here on CPU
+    by making utils.autocast_dtype answer bf16 (so the forward really runs in bf16)."""
+    import dpo
+    import utils
+    from utils import write_jsonl
+
+    ckpt = str(tmp_path / "ref")
+    tiny_gpt(vocab_size=100).save_pretrained(ckpt)
+    rows = pair_rows(100, 4)
+    pairs = str(tmp_path / "pairs" / "pairs.jsonl")
+    os.makedirs(os.path.dirname(pairs))
+    write_jsonl(pairs, rows)
+    cache_dir = tmp_path / "pairs" / "ref_logps"
+    c32, r32 = dpo.reference_logps(ckpt, pairs, rows, 0, "cpu", 8)
+    assert len(os.listdir(cache_dir)) == 1
+    assert torch.equal(dpo.reference_logps(ckpt, pairs, rows, 0, "cpu", 8)[0], c32)  # reused
+
+    bf16 = lambda device: torch.bfloat16  # noqa: E731
+    monkeypatch.setattr(utils, "autocast_dtype", bf16, raising=False)
+    monkeypatch.setattr(dpo, "autocast_dtype", bf16, raising=False)
+    loads, real = [], dpo.GPT.from_pretrained
+    monkeypatch.setattr(dpo.GPT, "from_pretrained",
+                        lambda path, *a, **k: loads.append(path) or real(path, *a, **k))
+    c16, r16 = dpo.reference_logps(ckpt, pairs, rows, 0, "cpu", 8)
+    assert loads == [ckpt], "the fp32 cache was reused under bf16"
+    assert len(os.listdir(cache_dir)) == 2  # one cache per precision
+    assert not torch.equal(c16, c32)  # bf16 gives other numbers
+
+    # policy = reference, both in bf16: log 2 with the bf16 cache, not with the fp32 one
+    policy = real(ckpt).eval()
+    with torch.no_grad():
+        pc, pr = concatenated_logps(policy, rows, 0)
+    loss16 = preference_loss(pc, pr, c16, r16, beta=1.0)[0]
+    loss32 = preference_loss(pc, pr, c32, r32, beta=1.0)[0]
+    assert torch.allclose(loss16, torch.full_like(loss16, math.log(2)), atol=1e-6)
+    assert (loss32 - math.log(2)).abs().max() > 1e-3
 
 
 # ----------------------------------------------------------------------------- bandit closed form

@@ -147,7 +147,7 @@ def test_setup_cell_outside_a_checkout_clones_and_installs(monkeypatch, tmp_path
             open(os.path.join(cmd[-1], "model.py"), "w").close()
         return subprocess.CompletedProcess(cmd, 0)
 
-    install = [sys.executable, "-m", "pip", "install", "--quiet", "--editable", clone]
+    install = [sys.executable, "-m", "pip", "install", "--quiet", clone]
     ns = run_setup(monkeypatch, tmp_path, fake_run)
     assert calls == [["git", "clone", "--depth", "1", REPO_URL, clone], install]
     assert ns["ROOT"] == clone and ns["NOTEBOOK_DIR"] == os.path.join(clone, "notebooks")

@@ -174,15 +174,18 @@ def test_bt_reward_model_learns_easy_pairs(bt_rm):
 
 
 def test_learned_rm_scores_texts_as_it_was_trained(pipeline, bt_rm):
-    """PPO and best-of-N score decoded texts through load_reward_model; the RM must rank held-out
-    pairs there as well as it does on the token ids it was trained on (pairs.py's completions end
-    with the EOS the policy sampled, as these do)."""
+    """PPO and best-of-N score the sampled token ids (GPTScorer.score_ids); texts (the scorer
+    called, as reward.py score does) must be ranked as well as the ids the RM was trained on
+    (pairs.py's completions end with the EOS the policy sampled, as these do)."""
     rows = easy_pairs(pipeline.tok, 64, seed=1)
     rm = reward.load_reward_model(bt_rm.out)
     with torch.no_grad():  # as trained: the training loss's own path, held-out accuracy
         _, correct = reward.rm_loss(reward.RMConfig(objective="bt"), rm.model, rows,
                                     pipeline.tok.eos_id)
     assert correct / len(rows) > 0.9
+    by_ids = [rm.score_ids([r["prompt_ids"] + r[k] for r in rows])
+              for k in ("chosen_ids", "rejected_ids")]
+    assert (by_ids[0] > by_ids[1]).float().mean() > 0.9
     tok = pipeline.tok
     chosen = rm([tok.decode(r["prompt_ids"] + r["chosen_ids"]) for r in rows])
     rejected = rm([tok.decode(r["prompt_ids"] + r["rejected_ids"]) for r in rows])

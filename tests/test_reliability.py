@@ -583,6 +583,9 @@ def make_bad_inputs(tiny, root: str) -> dict:
     too_long = pairs_file("too_long.jsonl", [json.dumps(
         dict(r, prompt_ids=[5] * 40, chosen_ids=[6] * n, rejected_ids=[7] * n) if i == 7 else r)
         for i, r in enumerate(rows[:20])])
+    # line 3: token ids that are not integers
+    not_ints = pairs_file("not_int_ids.jsonl", [json.dumps(
+        dict(r, rejected_ids=[1.5, "x"]) if i == 2 else r) for i, r in enumerate(rows[:20])])
     # line 5: GPT-2 ids, for a model with the compact vocabulary (a pairs file of another model)
     foreign = pairs_file("foreign_ids.jsonl", [json.dumps(
         dict(r, chosen_ids=[40000, 30000, 50256]) if i == 4 else r)
@@ -616,15 +619,23 @@ def make_bad_inputs(tiny, root: str) -> dict:
             "dpo.py", dict(dpo, pairs=too_long), [f"{too_long}:8", "context", str(n)]),
         "dpo --pairs <line 5 has ids outside the vocabulary>": (
             "dpo.py", dict(dpo, pairs=foreign), [f"{foreign}:5", "vocab"]),
+        "dpo --pairs <line 3 ids are not integers>": (
+            "dpo.py", dict(dpo, pairs=not_ints), [f"{not_ints}:3", "rejected_ids", "integer"]),
+        "ppo --target_kl -3": ("ppo.py", dict(ppo, target_kl=-3), ["--target_kl", "positive"]),
+        "sft --dropout 1.5": ("sft.py", dict(sft, dropout=1.5), ["--dropout"]),
+        "pairs --device gpu": ("pairs.py", dict(pairs, device="gpu"), ["--device", "gpu"]),
+        "evaluate --runs <no such folder>": (
+            "evaluate.py", dict(ref=tiny.sft, ground_truth=tiny.gt, dataset="synthetic",
+                                n_prefixes=4, runs=p("no_such_run")), ["--runs", "no_such_run"]),
         "dpo --ref <no such folder>": ("dpo.py", dict(dpo, ref=p("no_such_ref")),
                                        ["no_such_ref"]),
         "dpo --beta 0": ("dpo.py", dict(dpo, beta=0), ["beta"]),
         "dpo --beta -1": ("dpo.py", dict(dpo, beta=-1), ["beta"]),
         "dpo --lr 0": ("dpo.py", dict(dpo, lr=0), ["lr"]),
-        "sft --lr 0": ("sft.py", dict(sft, lr=0), ["learning rate"]),
+        "sft --lr 0": ("sft.py", dict(sft, lr=0), ["--lr", "positive"]),
         "ppo --lr 0": ("ppo.py", dict(ppo, lr=0), ["lr"]),
         "ppo --init_kl_coef -1": ("ppo.py", dict(ppo, init_kl_coef=-1), ["kl_coef"]),
-        "reward.py train --lr 0": ("reward.py", dict(rm, lr=0), ["learning rate"]),
+        "reward.py train --lr 0": ("reward.py", dict(rm, lr=0), ["--lr", "positive"]),
         "sft --init gpt2 (hub offline)": ("sft.py", dict(sft, init="gpt2"),
                                           ["gpt2", "local folder"]),
         "sft --dataset stanfordnlp/imdb (hub offline)": (
@@ -636,13 +647,15 @@ def make_bad_inputs(tiny, root: str) -> dict:
     out = {}
     for i, (name, (script, flags, needles)) in enumerate(cases.items()):
         out_dir = p(f"out_{i}")
-        argv = argv_of(script, dict(flags, out_dir=out_dir))
+        out_flag = {"out": os.path.join(out_dir, "frontier.jsonl")} if script == "evaluate.py" \
+            else {"out_dir": out_dir}  # evaluate.py writes a results file, not a run folder
+        argv = argv_of(script, dict(flags, **out_flag))
         if script == "reward.py":
             argv.insert(1, "train")
         out[name] = SimpleNamespace(argv=argv, out_dir=out_dir, needles=needles,
                                     diverges="NaN" in name)
     inputs = [tiny.sft, tiny.gt, os.path.dirname(tiny.pairs), tiny.reviews, no_config, llama,
-              truncated, no_columns, empty, malformed, too_long, foreign]
+              truncated, no_columns, empty, malformed, too_long, foreign, not_ints]
     return out, inputs
 
 
@@ -667,7 +680,9 @@ BAD_CASES = [
     "ppo --init <truncated safetensors>", "pairs --init <truncated safetensors>",
     "sft --dataset <no text/label columns>", "dpo --pairs <empty file>",
     "dpo --pairs <malformed line 2>", "dpo --pairs <line 8 longer than the context window>",
-    "dpo --ref <no such folder>",
+    "dpo --ref <no such folder>", "dpo --pairs <line 3 ids are not integers>",
+    "ppo --target_kl -3", "sft --dropout 1.5", "pairs --device gpu",
+    "evaluate --runs <no such folder>",
     "dpo --pairs <line 5 has ids outside the vocabulary>", "dpo --beta 0", "dpo --beta -1",
     "dpo --lr 0", "sft --lr 0", "ppo --lr 0", "ppo --init_kl_coef -1", "reward.py train --lr 0",
     "sft --init gpt2 (hub offline)", "sft --dataset stanfordnlp/imdb (hub offline)",

@@ -399,8 +399,8 @@ TOY = textwrap.dedent('''
         model = torch.nn.Linear(4, 1)
         if run.resume_from:
             model.load_state_dict(torch.load(os.path.join(run.resume_from, "w.pt")))
-        if cfg.steps <= 0:
-            raise ValueError("steps must be positive")  # bad input found after Run(): no folder
+        if cfg.sleep < 0:
+            raise ValueError("sleep must not be negative")  # found after Run(): no folder
         run.start()
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
         run.restore(opt)
@@ -474,8 +474,13 @@ def test_run_sigkill_resume_is_bit_identical(toy, tmp_path):
 
 def test_run_refuses_another_config_and_bad_input_leaves_no_folder(toy, tmp_path):
     out = str(tmp_path / "run")
-    p = toy("--out_dir", out, "--steps", "0")  # bad input found after Run(), before start()
-    assert p.wait(timeout=60) == 1 and p.stderr.read().strip() == "error: steps must be positive"
+    p = toy("--out_dir", out, "--sleep", "-1")  # bad input found after Run(), before start()
+    assert p.wait(timeout=60) == 1
+    assert p.stderr.read().strip() == "error: sleep must not be negative"
+    assert not os.path.exists(out)
+    p = toy("--out_dir", out, "--steps", "0")  # a field out of its range (cli.check_fields)
+    assert p.wait(timeout=60) == 1 and p.stderr.read().strip() == \
+        "error: --steps must be positive, got 0"
     assert not os.path.exists(out)
     assert toy("--out_dir", out, "--steps", "6").wait(timeout=60) == 0
     before = {n: os.path.getmtime(os.path.join(out, n)) for n in os.listdir(out)}

@@ -1,0 +1,145 @@
+"""The paper's other two experiments (§6.2) in one command: single-turn dialogue on Anthropic HH and
+TL;DR summarization, each judged by its win rate against the test set's references.
+
+    python hh_tldr.py --experiment hh --preset tiny     # CPU, offline: synthetic dialogues, minutes
+    python hh_tldr.py --experiment hh --preset gpt2 --judge openai:gpt-4-0314
+    python hh_tldr.py --experiment tldr --preset gpt2   # judge: the learned reward model (offline)
+
+The steps, each a script's main(cfg) in this process, each skipped once done (a rerun resumes):
+  1. the preference data as pairs files (preferences.py): train and test splits;
+  2. SFT: HH on the chosen responses of the train pairs (the paper's HH SFT), TL;DR on the
+     reference summaries of its SFT set (sft.py --completions);
+  3. DPO from the SFT model (β = 0.1 for HH, 0.5 for TL;DR, the paper's);
+  4. a Bradley-Terry reward model on the same train pairs: the offline judge (rm:) and the picker of
+     Best-of-N;
+  5. win rates (winrate.py) of SFT, DPO and Best-of-N against the test references at each
+     sampling temperature: <out_dir>/winrate/winrate.jsonl and winrate.png.
+"""
+
+import os
+import time
+from dataclasses import dataclass
+
+from cli import run_main
+from dpo import DPOConfig
+from dpo import main as dpo_main
+from preferences import PreferencesConfig
+from preferences import main as preferences_main
+from reward import RMConfig
+from reward import train as rm_train
+from runs import is_done
+from sft import SFTConfig
+from sft import main as sft_main
+from winrate import WinRateConfig
+from winrate import main as winrate_main
+
+# name: (data steps, sft, dpo, rm, winrate). Data: {split name: PreferencesConfig overrides}; the
+# SFT step reads "sft_data" (pairs: the chosen responses; completions: prompt + reference).
+PRESETS = {
+    # CPU, offline: synthetic single-turn dialogues in the HH layout (preferences.py: the chosen
+    # answer is the correct one), a 2-layer 64-wide GPT from scratch, the learned RM as judge.
+    ("hh", "tiny"): dict(
+        data=dict(train=dict(dataset="synthetic", split="train", max_length=64,
+                             max_prompt_length=40),
+                  test=dict(dataset="synthetic", split="test", max_length=64,
+                            max_prompt_length=40)),
+        sft_data="train",
+        sft=dict(init="scratch", vocab="dialogue", steps=300, batch_size=32, micro_batch=32,
+                 lr=3e-3, warmup=20, eval_every=100, save_every=100, n_layer=2, n_head=2,
+                 n_embd=64, block_size=64, eval_size=256),
+        dpo=dict(beta=0.1, steps=200, batch_size=32, micro_batch=32, lr=1e-4, warmup=10,
+                 save_every=50, eval_every=50, eval_size=256),
+        rm=dict(epochs=1, batch_size=32, micro_batch=32, lr=1e-3, warmup=20, eval_every=50,
+                save_every=100, eval_size=256),
+        winrate=dict(n=200, max_new_tokens=24, batch_size=50, best_of=4),
+    ),
+    # GPT-2 124M on Anthropic/hh-rlhf (the paper: Pythia-2.8B), one GPU.
+    ("hh", "gpt2"): dict(
+        data=dict(train=dict(dataset="Anthropic/hh-rlhf", split="train"),
+                  test=dict(dataset="Anthropic/hh-rlhf", split="test")),
+        sft_data="train",
+        sft=dict(init="gpt2", steps=2000, batch_size=64, micro_batch=8, lr=5e-5, warmup=100,
+                 max_len=512, save_every=500, eval_every=500),
+        dpo=dict(beta=0.1, steps=2000, batch_size=64, micro_batch=8, save_every=500),
+        rm=dict(epochs=1, batch_size=64, micro_batch=8, lr=1e-5),
+        winrate=dict(n=256, max_new_tokens=256, batch_size=16),
+    ),
+    # GPT-2 124M on the TL;DR comparisons (the paper: GPT-J 6B), one GPU.
+    ("tldr", "gpt2"): dict(
+        data=dict(train=dict(dataset="CarperAI/openai_summarize_comparisons", split="train"),
+                  test=dict(dataset="CarperAI/openai_summarize_tldr", split="test"),
+                  sft=dict(dataset="CarperAI/openai_summarize_tldr", split="train")),
+        sft_data="sft",
+        sft=dict(init="gpt2", steps=2000, batch_size=64, micro_batch=8, lr=5e-5, warmup=100,
+                 max_len=512, save_every=500, eval_every=500),
+        dpo=dict(beta=0.5, steps=2000, batch_size=64, micro_batch=8, save_every=500),
+        rm=dict(epochs=1, batch_size=64, micro_batch=8, lr=1e-5),
+        winrate=dict(n=256, max_new_tokens=64, batch_size=16),
+    ),
+}
+
+
+@dataclass
+class ExperimentConfig:
+    experiment: str = "hh"  # hh (dialogue, Anthropic HH) | tldr (summarization, TL;DR)
+    preset: str = "tiny"  # tiny (hh only: CPU, offline) | gpt2 (one GPU)
+    out_dir: str | None = None  # default runs/<experiment>_<preset>
+    base_model: str | None = None  # override the preset's base model (e.g. a local GPT-2 folder)
+    judge: str | None = None  # openai:<model> or rm:<folder> (default: the learned reward model)
+    device: str = "auto"  # cuda > mps > cpu
+
+
+def plan(cfg: ExperimentConfig):
+    """The ordered steps: (name, main function, config)."""
+    if (cfg.experiment, cfg.preset) not in PRESETS:
+        raise ValueError(f"--experiment {cfg.experiment} --preset {cfg.preset} is not a preset; "
+                         f"the presets: {', '.join(f'{e} {p}' for e, p in PRESETS)}")
+    p = PRESETS[cfg.experiment, cfg.preset]
+    out = cfg.out_dir or os.path.join("runs", f"{cfg.experiment}_{cfg.preset}")
+    run = lambda name: os.path.join(out, name)
+    data = {name: os.path.join(out, "data", f"{name}.jsonl") for name in p["data"]}
+    steps = [(f"data: {name}", preferences_main, PreferencesConfig(out=data[name], **kw))
+             for name, kw in p["data"].items()]
+    sft, common = run("sft"), dict(device=cfg.device)
+    source = ({"completions": data["sft"]} if p["sft_data"] == "sft"
+              else {"pairs": data[p["sft_data"]]})
+    sft_kw = dict(p["sft"], init=cfg.base_model or p["sft"]["init"])
+    steps += [
+        ("SFT", sft_main, SFTConfig(out_dir=sft, **source, **common, **sft_kw)),
+        (f"DPO beta={p['dpo']['beta']}", dpo_main, DPOConfig(
+            out_dir=run("dpo"), init=sft, pairs=data["train"], **common, **p["dpo"])),
+        ("reward model", rm_train, RMConfig(out_dir=run("rm"), init=sft, objective="bt",
+                                            pairs=data["train"], **common, **p["rm"])),
+        ("win rates", winrate_main, WinRateConfig(
+            policies=(f"SFT={sft}", f"DPO={run('dpo')}"), test=data["test"],
+            judge=cfg.judge or f"rm:{run('rm')}", best_of_rm=run("rm"), out_dir=run("winrate"),
+            **common, **p["winrate"])),
+    ]
+    return steps
+
+
+def finished(c) -> bool:
+    if isinstance(c, PreferencesConfig):
+        return os.path.isfile(c.out)
+    return is_done(c.out_dir) if not isinstance(c, WinRateConfig) else False
+
+
+def main(cfg: ExperimentConfig):
+    steps = plan(cfg)
+    timings = {}
+    for i, (name, fn, c) in enumerate(steps, 1):
+        where = getattr(c, "out", None) or c.out_dir
+        if finished(c):
+            print(f"[{i}/{len(steps)}] {name}: done, skipped ({where})")
+            continue
+        print(f"[{i}/{len(steps)}] {name} -> {where}")
+        t0 = time.time()
+        results = fn(c)
+        timings[name] = time.time() - t0
+    for name, t in timings.items():
+        print(f"  {name}: {t:.0f} s")
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main, ExperimentConfig)

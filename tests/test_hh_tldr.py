@@ -1,0 +1,78 @@
+"""hh_tldr.py: the dialogue and summarization experiments' plans, and the tiny HH preset end to
+end at a reduced size (data -> SFT on the chosen responses -> DPO -> RM -> win rates)."""
+
+import json
+import os
+
+import pytest
+
+import hh_tldr
+import sft
+from preferences import dialogue_vocab
+from utils import list_checkpoints, read_jsonl
+
+
+def small(preset: dict) -> dict:
+    p = {k: (dict(v) if isinstance(v, dict) else v) for k, v in preset.items()}
+    p["data"] = {k: dict(v, n=200) for k, v in p["data"].items()}
+    p["sft"].update(steps=20, eval_every=10, save_every=10, eval_size=32)
+    p["dpo"].update(steps=10, eval_every=5, save_every=5, eval_size=32)
+    p["rm"].update(eval_every=5, save_every=5, eval_size=32)
+    p["winrate"].update(n=16, temperatures=(0.0, 1.0), best_of=2)
+    return p
+
+
+def test_plans_of_every_preset(tmp_path):
+    for experiment, preset in hh_tldr.PRESETS:
+        steps = hh_tldr.plan(hh_tldr.ExperimentConfig(experiment=experiment, preset=preset,
+                                                      out_dir=str(tmp_path)))
+        names = [n for n, _, _ in steps]
+        assert names[-4:] == [names[-4], names[-3], "reward model", "win rates"]
+        sft_cfg = dict((n, c) for n, _, c in steps)["SFT"]
+        if experiment == "tldr":  # TL;DR's SFT: post + reference summary
+            assert sft_cfg.completions and not sft_cfg.pairs
+        else:  # HH's SFT: the chosen responses of the train pairs
+            assert sft_cfg.pairs and not sft_cfg.completions
+    with pytest.raises(ValueError, match="not a preset"):
+        hh_tldr.plan(hh_tldr.ExperimentConfig(experiment="tldr", preset="tiny"))
+
+
+def test_tiny_hh_end_to_end_and_rerun(tmp_path, monkeypatch):
+    monkeypatch.setitem(hh_tldr.PRESETS, ("hh", "tiny"), small(hh_tldr.PRESETS["hh", "tiny"]))
+    cfg = hh_tldr.ExperimentConfig(out_dir=str(tmp_path / "hh"), device="cpu")
+    results = hh_tldr.main(cfg)
+    assert {r["policy"] for r in results} == {"SFT", "DPO", "Best of 2"}
+    assert {r["temperature"] for r in results} == {0.0, 1.0}
+    for r in results:
+        assert r["n"] == 16 and 0 <= r["win_rate"] <= 1 and r["expected"]
+    out = tmp_path / "hh" / "winrate"
+    assert read_jsonl(str(out / "winrate.jsonl")) == results
+    assert (out / "winrate.png").stat().st_size > 0
+    sft_ckpt = list_checkpoints(str(tmp_path / "hh" / "sft"))[-1][1]
+    with open(os.path.join(sft_ckpt, "compact_vocab.json")) as f:  # the dialogue vocabulary
+        assert json.load(f) == dialogue_vocab()
+    # a rerun skips every finished step and gives the same results
+    before = os.path.getmtime(tmp_path / "hh" / "dpo" / "done")
+    assert hh_tldr.main(cfg) == results
+    assert os.path.getmtime(tmp_path / "hh" / "dpo" / "done") == before
+
+
+def test_sft_on_completions(tmp_path):
+    rows = [dict(prompt_ids=[1, 2, i % 7 + 3], completion_ids=[4, 5, 6, 0], prompt="p",
+                 completion="c") for i in range(40)]
+    path = tmp_path / "completions.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = sft.SFTConfig(init="scratch", dataset="synthetic", completions=str(path),
+                        out_dir=str(tmp_path / "run"), steps=3, batch_size=8, micro_batch=8,
+                        eval_every=3, save_every=3, eval_size=8, n_embd=16, device="cpu")
+    (train_p, train_c), (held_p, held_c) = sft.build_data(cfg, None)
+    assert len(train_p) + len(held_p) == 40 and held_p
+    assert not {tuple(p) for p in train_p} & {tuple(p) for p in held_p}  # whole prompts held out
+    history = sft.main(cfg)
+    assert any("loss/eval" in r for r in history)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(dict(rows[0], completion_ids=[1.5])) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: completion_ids"):
+        sft.build_data(sft.SFTConfig(completions=str(bad)), None)
+    with pytest.raises(ValueError, match="pass one"):
+        sft.build_data(sft.SFTConfig(completions=str(path), pairs=str(path)), None)

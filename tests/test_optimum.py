@@ -1,0 +1,280 @@
+"""optimum.py: the SNIS estimate of the KL-regularised optimum against bandits whose optimum is
+known exactly, its finite-M limits, and the sampling path on a tiny GPT and ground truth."""
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+import optimum
+from conftest import randomize_
+from data import PROTOCOL, load_prefixes
+from optimum import OptimumConfig, log_betas, optimum_curve
+from utils import read_jsonl
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# ----------------------------------------------------------------------------- bandits
+
+
+def exact_optimum(logp, r, betas):
+    """(beta, KL, reward) of pi*_beta ∝ p exp(r / beta) over K arms, exactly, averaged over rows.
+    logp, r: (P, K) log-probabilities and rewards of each row's arms."""
+    out = []
+    for beta in betas:
+        logq = torch.log_softmax(logp + r / beta, -1)
+        q = logq.exp()
+        out.append((beta, (q * (logq - logp)).sum(-1).mean().item(), (q * r).sum(-1).mean().item()))
+    return out
+
+
+def draw(logp, r, M, seed):
+    """(P, M) rewards of M arms drawn from each row's reference."""
+    g = torch.Generator().manual_seed(seed)
+    return r.gather(1, torch.multinomial(logp.exp(), M, replacement=True, generator=g))
+
+
+def classifier_bandit(P=1000, K=1024, seed=0):
+    """P prefixes of K completions each, with rewards spread like a confident sentiment
+    classifier's P(positive): r = sigmoid(mu_x + 3 eps), mu_x ~ N(0, 4^2), so completions score
+    near 0 or near 1 (std ~0.42, mean ~0.5) and a prefix's positive rate runs from ~0 to ~1 (one
+    in twenty below 1/64). pi_ref: softmax of N(0, 1) logits over the K completions."""
+    g = torch.Generator().manual_seed(seed)
+    logp = torch.log_softmax(torch.randn(P, K, generator=g, dtype=torch.float64), -1)
+    mu = 4.0 * torch.randn(P, 1, generator=g, dtype=torch.float64)
+    return logp, torch.sigmoid(mu + 3.0 * torch.randn(P, K, generator=g, dtype=torch.float64))
+
+
+def reward_at_kl(curve, kls):
+    """The curve's reward at each KL of `kls` (linear in between; NaN beyond its largest KL)."""
+    kl, reward = zip(*[(k, rew) for _, k, rew in sorted(curve, key=lambda c: c[1])])
+    return np.interp(kls, kl, reward, right=np.nan)
+
+
+# four arms: a unit reward on the rarest (5 %): pi*_beta's KL climbs from 0 to -log 0.05 = 3.0
+P4 = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
+R4 = torch.tensor([0.0, 0.3, 0.6, 1.0], dtype=torch.float64)
+
+
+def four_arms(M, beta, replicates=4000):
+    """(estimate - exact) of KL and reward at one beta, from `replicates` rows of M draws."""
+    logp, r = P4.log().expand(replicates, 4), R4.expand(replicates, 4)
+    ((_, kl, reward),) = optimum_curve(draw(logp, r, M, seed=M), [beta])
+    ((_, exact_kl, exact_reward),) = exact_optimum(logp[:1], r[:1], [beta])
+    return kl - exact_kl, reward - exact_reward
+
+
+# ----------------------------------------------------------------------------- (a) closed form
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.3])  # exact KL 0.05 and 0.67 nats
+def test_matches_the_bandit_closed_form_at_low_kl(beta):
+    ((_, exact_kl, _),) = exact_optimum(P4.log()[None], R4[None], [beta])
+    assert exact_kl < optimum.TRUST * math.log(256)
+    d_kl, d_reward = four_arms(256, beta)
+    assert abs(d_kl) < 0.02 and abs(d_reward) < 0.01, (d_kl, d_reward)
+
+
+@pytest.mark.parametrize("beta", [0.3, 0.1])  # exact KL 0.67 and 2.69 nats
+def test_converges_to_the_closed_form_as_m_grows(beta):
+    errors = [four_arms(M, beta) for M in (4, 16, 64, 256, 1024)]
+    for (kl_a, rew_a), (kl_b, rew_b) in zip(errors, errors[1:]):
+        assert abs(kl_b) < abs(kl_a) and abs(rew_b) < abs(rew_a), errors
+    assert abs(errors[-1][0]) < 0.01 and abs(errors[-1][1]) < 0.005, errors
+    assert all(rew < 0 for _, rew in errors[:-1]), errors  # the reward is biased low
+
+
+def test_the_closed_form_itself():
+    """Check the exact bandit optimum by hand at one beta: pi* = p e^{r/beta} / Z."""
+    beta = 0.5
+    q = P4 * torch.exp(R4 / beta)
+    q = q / q.sum()
+    ((_, kl, reward),) = exact_optimum(P4.log()[None], R4[None], [beta])
+    assert kl == pytest.approx(float((q * (q / P4).log()).sum()), abs=1e-12)
+    assert reward == pytest.approx(float((q * R4).sum()), abs=1e-12)
+    # and the identity of the estimator's KL: E_q[r]/beta - log Z
+    assert kl == pytest.approx(reward / beta - math.log(float((P4 * torch.exp(R4 / beta)).sum())))
+
+
+# ----------------------------------------------------------------------------- (b) the log M bound
+
+
+@pytest.mark.parametrize("M", [2, 5, 64, 300])
+def test_kl_never_exceeds_log_m(M):
+    g = torch.Generator().manual_seed(M)
+    betas = [math.inf, 1e6, 10.0, 1.0, 0.1, 1e-3, 1e-6, 1e-12]
+    for scale in (1e-3, 1.0, 1e3):
+        rewards = scale * torch.randn(50, M, generator=g, dtype=torch.float64)
+        for _, kl, reward in optimum_curve(rewards, betas):
+            assert 0.0 <= kl <= math.log(M) + 1e-12 and math.isfinite(reward)
+    # per prefix too: every row is one prefix's estimate
+    rewards = torch.rand(40, M, generator=g, dtype=torch.float64)
+    for i in range(40):
+        assert all(kl <= math.log(M) + 1e-12 for _, kl, _ in optimum_curve(rewards[i: i + 1],
+                                                                           betas))
+
+
+def test_kl_reaches_log_m_when_one_sample_takes_all_the_weight():
+    rewards = torch.tensor([[0.1, 0.9, 0.5, 0.3], [0.9, 0.9, 0.1, 0.2]])  # row 2: a tie at the top
+    ((_, kl, reward),) = optimum_curve(rewards, [1e-9])
+    assert kl == pytest.approx((math.log(4) + math.log(2)) / 2, abs=1e-9)
+    assert reward == pytest.approx(0.9, abs=1e-6)
+
+
+def test_the_true_kl_passes_log_m_the_estimate_does_not():
+    """Four arms, best at 5 %: at beta = 0.01, KL(pi* || pi_ref) = 3.0 > log 4, and the estimate
+    from 4 samples can only come out low, in KL and in reward."""
+    d_kl, d_reward = four_arms(4, 0.01)
+    assert d_kl < -1.5 and d_reward < -0.4
+
+
+# ----------------------------------------------------------------------------- (c) M = 64 vs 256
+
+
+def test_m64_and_m256_agree_below_the_trusted_kl_and_part_above():
+    """On the classifier-like bandit, reward at equal KL (the plot's vertical gap): M = 64 and
+    M = 256 agree within 0.01 up to TRUST log 64 = 1.04 nats; measured, they part by 0.01 at
+    1.30-1.35 nats (0.31-0.32 log 64; seeds 0-2, P = 1000 or 2000) and by more than 0.02 from
+    2.5 nats (0.6 log 64) up to the end of the M = 64 curve. The M = 64 estimate itself falls
+    0.01 below the exact optimum a little earlier, at 1.10-1.20 nats (0.27 log 64)."""
+    logp, r = classifier_bandit()
+    betas = log_betas(1e-4, 10.0, 41)
+    grid = np.linspace(0, 4, 81)
+    m64 = reward_at_kl(optimum_curve(draw(logp, r, 64, seed=1), betas), grid)
+    m256 = reward_at_kl(optimum_curve(draw(logp, r, 256, seed=2), betas), grid)
+    exact = reward_at_kl(exact_optimum(logp, r, betas), grid)
+    gap = m256 - m64
+    trusted = grid <= optimum.TRUST * math.log(64)
+    assert np.abs(gap[trusted]).max() < 0.01
+    assert np.abs((exact - m64)[trusted]).max() < 0.01
+    parted = grid[np.argmax(~(np.abs(gap) < 0.01))]  # first KL where they differ by 0.01
+    assert 0.25 * math.log(64) < parted < 0.4 * math.log(64), parted
+    beyond = (grid >= 2.5) & ~np.isnan(m64)
+    assert beyond.sum() >= 10 and gap[beyond].min() > 0.02
+    assert bool((exact[beyond] > m256[beyond]).all())  # more samples, closer to the truth
+
+
+# ----------------------------------------------------------------------------- (d) the two limits
+
+
+def test_large_beta_is_the_reference_small_beta_the_best_sample():
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.rand(30, 16, generator=g, dtype=torch.float64)  # distinct, gaps >> 1e-9
+    curve = optimum_curve(rewards, [math.inf, 1e9, 1e-9])
+    for _, kl, reward in curve[:2]:
+        assert kl < 1e-12 and reward == pytest.approx(rewards.mean().item(), abs=1e-9)
+    _, kl, reward = curve[2]
+    assert reward == pytest.approx(rewards.max(-1).values.mean().item(), abs=1e-9)
+    assert kl == pytest.approx(math.log(16), abs=1e-9)
+
+
+def test_curve_rises_in_kl_and_reward_as_beta_falls():
+    logp, r = classifier_bandit(P=200, K=256)
+    curve = optimum_curve(draw(logp, r, 64, seed=0), log_betas(1e-4, 10.0, 41))
+    kl, reward = np.array([c[1] for c in curve]), np.array([c[2] for c in curve])
+    assert (np.diff(kl) > -1e-12).all() and (np.diff(reward) > -1e-12).all()
+    assert kl[0] < 1e-3 and kl[-1] > 0.8 * math.log(64)  # the default grid spans 0 .. ~log M
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="positive"):
+        optimum_curve(torch.rand(2, 3), [0.0])
+    with pytest.raises(ValueError, match="prefixes, samples"):
+        optimum_curve(torch.rand(3), [1.0])
+    with pytest.raises(ValueError, match="beta_min"):
+        log_betas(1.0, 0.1, 5)
+    with pytest.raises(ValueError, match="--M"):
+        optimum.main(OptimumConfig(M=1))
+
+
+# ----------------------------------------------------------------------------- (e) sampling
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, compact_tok):
+    """A random 1-layer GPT as the reference and a random label classifier as the ground truth,
+    both on the compact vocabulary, saved as checkpoint folders."""
+    from model import GPT, GPTConfig
+    from reward import RewardModel
+
+    root = tmp_path_factory.mktemp("optimum")
+
+    def gpt(seed):
+        torch.manual_seed(seed)
+        cfg = GPTConfig(block_size=64, vocab_size=compact_tok.vocab_size, n_layer=1, n_head=2,
+                        n_embd=32, eos_token_id=compact_tok.eos_id)
+        return randomize_(GPT(cfg), seed)
+
+    ref, gt = str(root / "ref"), str(root / "gt")
+    gpt(0).save_pretrained(ref)
+    head = torch.nn.Linear(32, 1)
+    torch.nn.init.normal_(head.weight, std=0.3)
+    RewardModel(gpt(1), "label", head).save_pretrained(gt)
+    for folder in (ref, gt):
+        compact_tok.save(folder)
+    return root, ref, gt
+
+
+def tiny_cfg(root, ref, gt, **kw):
+    kw = dict(dict(ref=ref, ground_truth=gt, dataset="synthetic", out=str(root / "optimum.jsonl"),
+                   M=8, n_prefixes=6, micro_batch=16, n_betas=9, device="cpu"), **kw)
+    return OptimumConfig(**kw)
+
+
+def test_main_samples_and_scores_as_evaluate_does(tiny, compact_tok, monkeypatch):
+    from model import GPT
+    from reward import load_ground_truth
+
+    root, ref, gt = tiny
+    cfg = tiny_cfg(root, ref, gt)
+    rows = optimum.main(cfg)
+    assert len(rows) == cfg.n_betas and read_jsonl(cfg.out) == rows
+    assert all(r["method"] == "optimum" and r["M"] == 8 and r["n_prefixes"] == 6 for r in rows)
+    assert all(0 <= r["kl"] <= math.log(8) + 1e-9 and 0 <= r["reward"] <= 1 for r in rows)
+    assert rows[0]["trusted"] and rows[0]["kl"] < 1e-2
+    saved = torch.load(os.path.splitext(cfg.out)[0] + ".rewards.pt")
+    rewards = saved["rewards"]
+    assert rewards.shape == (6, 8) and rewards.std() > 0.05  # the ground truth tells them apart
+    assert rows[0]["reward"] == pytest.approx(rewards.mean().item(), abs=1e-2)
+
+    # the same completions as evaluate.sample_and_measure on the repeated prefixes, the same scores
+    prefixes = load_prefixes("synthetic", "test", 6, PROTOCOL.test_seed, compact_tok)
+    repeated = [p for p in prefixes for _ in range(8)]
+    policy = GPT.from_pretrained(ref).eval()
+    comps = evaluate.sample_and_measure(policy, policy, repeated, compact_tok, 16,
+                                        PROTOCOL.test_seed, "cpu")[0]
+    texts = [compact_tok.decode(p + c) for p, c in zip(repeated, comps)]
+    assert torch.allclose(load_ground_truth(gt)(texts).view(6, 8), rewards, atol=1e-6)
+
+    # another beta grid: re-traced from the saved rewards, no sampling
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled again")
+
+    monkeypatch.setattr(optimum, "reference_rewards", no_sampling)
+    again = optimum.main(tiny_cfg(root, ref, gt, n_betas=5))
+    assert [r["beta"] for r in again] == pytest.approx(log_betas(cfg.beta_min, cfg.beta_max, 5))
+    with pytest.raises(AssertionError, match="sampled again"):  # another M samples anew
+        optimum.main(tiny_cfg(root, ref, gt, M=4))
+
+    # evaluate.plot_frontier draws the file as it stands
+    assert os.path.getsize(evaluate.plot_frontier(cfg.out)) > 0
+
+
+def test_command_line(tiny):
+    root, ref, gt = tiny
+    out = str(root / "cli" / "optimum.jsonl")
+    r = subprocess.run([sys.executable, "optimum.py", "--ref", ref, "--ground_truth", gt,
+                        "--dataset", "synthetic", "--M", "4", "--n_prefixes", "3", "--n_betas",
+                        "3", "--out", out, "--device", "cpu"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = read_jsonl(out)
+    assert [row["M"] for row in rows] == [4, 4, 4] and rows[-1]["kl"] <= math.log(4) + 1e-9
+    r = subprocess.run([sys.executable, "optimum.py", "--help"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "KL-regularised optimum" in r.stdout and "--M" in r.stdout

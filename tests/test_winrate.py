@@ -1,0 +1,468 @@
+"""winrate.py without the network: the openai judge talks to a local HTTP server started here
+(127.0.0.1, a free port, in a thread) that answers chat completions by a rule and counts the
+requests; the rm judge and the sampling run on tiny GPTs and a tiny reward model saved in a temp
+folder with the synthetic corpus' compact vocabulary.
+
+Checked: the judge prompts, strict parsing, the win-rate and standard-error arithmetic; the A/B
+order is random, recorded and undone (a judge that always prefers the reference gives 0, one that
+prefers the policy gives 1); retries after 429/5xx; the cache (a rerun asks nothing); an
+interrupted run resumes with only the missing requests; a missing key and an unreachable endpoint
+are one clear error with nothing half-written; the rm judge's expected win rate is the mean of
+sigmoid(r_policy - r_reference) of the reward model itself."""
+
+import dataclasses
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+import winrate
+from model import GPT, GPTConfig
+from reward import RewardModel
+from utils import read_jsonl, seed_for, write_jsonl
+from winrate import WinRateConfig
+
+from conftest import randomize_
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MARK = "[reference]"  # in every reference text; no token of the compact vocabulary holds "["
+PROMPTS = ["I watched this movie", "The acting was", "My friend told me", "This film came out",
+           "I saw this film", "The story is", "Overall, it was", "I rented this movie"]
+
+
+# ----------------------------------------------------------------------------- the local endpoint
+
+
+class Judge(ThreadingHTTPServer):
+    """A chat-completions endpoint. rule(message) -> answer text; before answering, it returns the
+    HTTP codes in `fail` one per request; after `ok_limit` answers it returns 500 for good."""
+
+    daemon_threads = True
+
+    def __init__(self, rule):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.rule, self.fail, self.ok_limit = rule, [], None
+        self.requests, self.answered, self.bodies = 0, 0, []
+        self.lock = threading.Lock()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_POST(self):
+        srv = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with srv.lock:
+            srv.requests += 1
+            srv.bodies.append(body)
+            if self.path != "/v1/chat/completions" or \
+                    self.headers.get("Authorization") != "Bearer test-key":
+                code = 404 if self.path != "/v1/chat/completions" else 401
+            elif srv.fail:
+                code = srv.fail.pop(0)
+            elif srv.ok_limit is not None and srv.answered >= srv.ok_limit:
+                code = 500
+            else:
+                code = 200
+                srv.answered += 1
+        if code != 200:
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(b'{"error": {"message": "nope"}}')
+            return
+        text = srv.rule(body["messages"][0]["content"])
+        out = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(out.encode())
+
+
+def shown(message):
+    """The two responses of a judge message, in the order shown (A, B), and the answer key."""
+    m = re.search(r"(Summary|Response) A:\n(.*?)\n\n\1 B:\n(.*?)\n\nFIRST", message, re.S)
+    return m.group(2), m.group(3), "Preferred:" if m.group(1) == "Summary" else "More helpful:"
+
+
+def prefer(reference: bool):
+    def rule(message):
+        a, b, key = shown(message)
+        pick = "A" if (MARK in a) == reference else "B"
+        return f"Comparison: one of them is better.\n{key} {pick}"
+    return rule
+
+
+@pytest.fixture
+def judge(monkeypatch):
+    """judge(rule) -> a running local endpoint, with OPENAI_BASE_URL and OPENAI_API_KEY set."""
+    servers = []
+
+    def start(rule):
+        srv = Judge(rule)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        return srv
+
+    for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(k, raising=False)
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# ----------------------------------------------------------------------------- tiny models
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, compact_tok):
+    """Two tiny policies and a tiny reward model (compact vocabulary) and two test files of the
+    same 8 prompts: a pairs file (reference = chosen) and a completions file."""
+    import types
+
+    tok = compact_tok
+    assert not any("[" in tok.decode([i]) for i in range(tok.vocab_size))
+    root = tmp_path_factory.mktemp("winrate")
+    cfg = dict(block_size=64, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32,
+               eos_token_id=tok.eos_id)
+    folders = {}
+    for name, seed in (("sft", 0), ("dpo", 1)):
+        torch.manual_seed(seed)
+        model = randomize_(GPT(GPTConfig(**cfg)), seed, 0.3)
+        folders[name] = str(root / name)
+        model.save_pretrained(folders[name])
+        tok.save(folders[name])
+    torch.manual_seed(2)
+    rm = RewardModel(randomize_(GPT(GPTConfig(**cfg)), 2, 0.3), "bt")
+    torch.nn.init.normal_(rm.head.weight, std=0.5)
+    folders["rm"] = str(root / "rm")
+    rm.save_pretrained(folders["rm"])
+    tok.save(folders["rm"])
+    pairs, completions = [], []
+    for i, p in enumerate(PROMPTS):
+        ids, ref_ids = tok.encode(p), tok.encode(" It was great.") + [tok.eos_id]
+        ref = f"{MARK} {i} It was great."  # the text the openai judge reads
+        pairs.append(dict(prompt_ids=ids, chosen_ids=ref_ids, rejected_ids=[tok.eos_id],
+                          prompt=p, chosen=ref, rejected="", reward_chosen=None,
+                          reward_rejected=None))
+        completions.append(dict(prompt_ids=ids, completion_ids=ref_ids, prompt=p,
+                                completion=ref))
+    pairs.append(dict(pairs[0], chosen_ids=[tok.eos_id], chosen="another pair, same prompt"))
+    paths = types.SimpleNamespace(root=root, pairs=str(root / "pairs.jsonl"),
+                                  completions=str(root / "completions.jsonl"), **folders)
+    write_jsonl(paths.pairs, pairs)
+    write_jsonl(paths.completions, completions)
+    return paths
+
+
+def config(tiny, out_dir, **kw):
+    kw = dict(dict(policies=(f"sft={tiny.sft}", f"dpo={tiny.dpo}"), test=tiny.pairs,
+                   judge="openai:judge-model", out_dir=str(out_dir), n=6,
+                   temperatures=(0.0, 1.0), max_new_tokens=6, batch_size=8, concurrency=4,
+                   retries=2, retry_delay=0.001, timeout=10.0, device="cpu"), **kw)
+    return WinRateConfig(**kw)
+
+
+# ----------------------------------------------------------------------------- prompts, math
+
+
+def test_judge_prompts_are_the_appendix_ones():
+    s = winrate.judge_message("summarization", "POST", "SA", "SB")
+    assert s.startswith("Which of the following summaries does a better job of summarizing the "
+                        "most important points in the given forum post, without including "
+                        "unimportant or irrelevant details? A good summary is both precise and "
+                        "concise.\n\nPost:\nPOST\n\nSummary A:\nSA\n\nSummary B:\nSB\n\nFIRST")
+    assert s.endswith('Comparison: <one-sentence comparison and explanation>\n'
+                      'Preferred: <"A" or "B">')
+    simple = winrate.judge_message("summarization_simple", "POST", "SA", "SB")
+    assert simple.startswith("Which of the following summaries does a better job of summarizing "
+                             "the most important points in the given forum post?\n\nPost:")
+    d = winrate.judge_message("dialogue", "Human: hi", "RA", "RB")
+    assert d.startswith("For the following query to a chatbot, which response is more helpful?"
+                        "\n\nQuery: Human: hi\n\nResponse A:\nRA\n\nResponse B:\nRB\n\nFIRST")
+    assert d.endswith('More helpful: <"A" or "B">')
+    assert "\\" not in s + simple + d and "{" not in s + simple + d
+
+
+@pytest.mark.parametrize("task, answer, want", [
+    ("summarization", "Comparison: A covers more.\nPreferred: A", "A"),
+    ("summarization", 'Comparison: B is concise.\nPreferred: "B"', "B"),
+    ("summarization", "Comparison: x\n**Preferred:** B.", "B"),
+    ("dialogue", "Comparison: x\nMore helpful: B", "B"),
+    ("dialogue", "Comparison: x\nmore helpful: 'A'", "A"),
+    ("summarization", "I like A better.", None),  # no answer line
+    ("summarization", "Comparison: x\nPreferred: A or B", None),
+    ("summarization", "Comparison: x\nPreferred: C", None),
+    ("summarization", "Comparison: x\nPreferred: A\nPreferred: B", None),  # two answers
+    ("summarization", "Comparison: x\nPreferred:", None),
+    ("dialogue", "Comparison: x\nPreferred: A", None),  # the other task's key
+    ("summarization", "", None),
+])
+def test_parse_judgment_is_strict(task, answer, want):
+    assert winrate.parse_judgment(task, answer) == want
+
+
+def test_win_rate_and_stderr_by_hand():
+    # rm judge: reward differences 0, ln 3, -ln 3 -> P(win) 0.5, 0.75, 0.25; mean 0.5; the sample
+    # standard deviation is 0.25, so stderr = 0.25 / sqrt(3)
+    cs = [dict(p_win=1 / (1 + math.exp(-d)), outcome="x") for d in (0.0, math.log(3), -math.log(3))]
+    assert [c["p_win"] for c in cs] == pytest.approx([0.5, 0.75, 0.25])
+    s = winrate.summarize(cs)
+    assert s["win_rate"] == pytest.approx(0.5) and s["n"] == 3
+    assert s["stderr"] == pytest.approx(0.25 / math.sqrt(3))
+    # openai judge: win, win, loss, tie, failure -> (1 + 1 + 0 + 0.5) / 4, the failure left out
+    cs = [dict(p_win=1.0, outcome="win"), dict(p_win=1.0, outcome="win"),
+          dict(p_win=0.0, outcome="loss"), dict(p_win=0.5, outcome="tie"),
+          dict(p_win=None, outcome="failure")]
+    s = winrate.summarize(cs)
+    assert (s["wins"], s["losses"], s["ties"], s["failures"], s["n"]) == (2, 1, 1, 1, 4)
+    assert s["win_rate"] == pytest.approx(0.625)
+    sd = math.sqrt(sum((x - 0.625) ** 2 for x in (1, 1, 0, 0.5)) / 3)
+    assert s["stderr"] == pytest.approx(sd / 2)
+    assert winrate.summarize([dict(p_win=None, outcome="failure")])["win_rate"] is None
+
+
+# ----------------------------------------------------------------------------- the openai judge
+
+
+def test_position_randomised_recorded_and_undone(tiny, judge, tmp_path):
+    srv = judge(prefer(reference=True))
+    rows = winrate.main(config(tiny, tmp_path / "ref"))
+    assert [(r["policy"], r["temperature"]) for r in rows] == [
+        ("sft", 0.0), ("sft", 1.0), ("dpo", 0.0), ("dpo", 1.0)]
+    assert all(r["win_rate"] == 0.0 and r["n"] == 6 and r["failures"] == 0 for r in rows)
+    comps = read_jsonl(tmp_path / "ref" / "comparisons.jsonl")
+    assert len(comps) == 4 * 6 == srv.requests
+    assert {c["policy_is"] for c in comps} == {"A", "B"}  # both orders shown
+    for c in comps:  # the judge picked the side the reference was shown on: a loss each time
+        assert c["choice"] == ("B" if c["policy_is"] == "A" else "A") and c["outcome"] == "loss"
+        assert c["reference"].startswith(MARK) and MARK not in c["response"]
+    assert srv.bodies[0]["model"] == "judge-model" and srv.bodies[0]["temperature"] == 0.0
+    assert srv.bodies[0]["messages"][0]["content"].startswith("For the following query")  # HH
+
+    srv.rule = prefer(reference=False)  # the opposite judge, a fresh folder: every one a win
+    rows = winrate.main(config(tiny, tmp_path / "policy"))
+    assert all(r["win_rate"] == 1.0 and r["stderr"] == 0.0 for r in rows)
+    again = read_jsonl(tmp_path / "policy" / "comparisons.jsonl")
+    assert [c["policy_is"] for c in again] == [c["policy_is"] for c in comps]  # seeded
+    assert os.path.getsize(tmp_path / "policy" / "winrate.png") > 0
+
+
+def test_garbage_answers_are_counted_failures(tiny, judge, tmp_path):
+    def rule(message):
+        a, b, key = shown(message)
+        if f"{MARK} 1 " in a + b or f"{MARK} 3 " in a + b:  # two prompts get no usable answer
+            return "Both are fine, I cannot decide."
+        return f"Comparison: x\n{key} {'B' if MARK in a else 'A'}"
+    judge(rule)
+    cfg = config(tiny, tmp_path, n=0)  # all 8 distinct prompts (the file's 9th row repeats one)
+    rows = winrate.main(cfg)
+    for r in rows:
+        assert (r["failures"], r["n"], r["wins"], r["win_rate"]) == (2, 6, 6, 1.0)
+    comps = read_jsonl(tmp_path / "comparisons.jsonl")
+    bad = [c for c in comps if c["outcome"] == "failure"]
+    assert len(bad) == 8 and all(c["choice"] is None and c["p_win"] is None for c in bad)
+    assert all(c["answer"] == "Both are fine, I cannot decide." for c in bad)
+
+
+def test_retries_after_429_and_5xx(judge):
+    srv = judge(lambda m: "Comparison: x\nPreferred: A")
+    ask = lambda retries: winrate.chat_completion(
+        srv.url, "test-key", {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=5, retries=retries, delay=0.001)
+    srv.fail = [429, 500, 503]
+    assert ask(3) == "Comparison: x\nPreferred: A" and srv.requests == 4
+    srv.fail = [429, 502, 500]
+    with pytest.raises(OSError, match="no answer after 3 tries .HTTP 500"):
+        ask(2)
+    assert srv.requests == 7
+    srv.fail = [401]  # a refused request is not retried
+    with pytest.raises(OSError, match="refused the request: HTTP 401"):
+        ask(5)
+    assert srv.requests == 8
+
+
+def test_cache_rerun_asks_nothing(tiny, judge, tmp_path):
+    srv = judge(prefer(reference=False))
+    cfg = config(tiny, tmp_path)
+    first = winrate.main(cfg)
+    asked = srv.requests
+    assert asked == 24 and len(read_jsonl(tmp_path / "judge_cache.jsonl")) == 24
+    assert winrate.main(cfg) == first
+    assert srv.requests == asked  # zero requests the second time
+    shared = str(tmp_path / "shared_cache.jsonl")  # another out_dir, the same cache file
+    os.rename(tmp_path / "judge_cache.jsonl", shared)
+    winrate.main(config(tiny, tmp_path / "other", cache=shared))
+    assert srv.requests == asked
+
+
+def test_interrupted_run_resumes(tiny, judge, tmp_path):
+    srv = judge(prefer(reference=False))
+    full = winrate.main(config(tiny, tmp_path / "whole"))
+    total = srv.requests
+    srv.requests, srv.answered, srv.ok_limit = 0, 0, 10  # then 500 for good: the run stops
+    cfg = config(tiny, tmp_path / "cut", concurrency=1)
+    with pytest.raises(OSError, match="no answer after 3 tries.*10 judgments so far are kept"):
+        winrate.main(cfg)
+    cut = tmp_path / "cut"
+    assert len(read_jsonl(cut / "judge_cache.jsonl")) == 10
+    assert not any(os.path.exists(cut / f) for f in
+                   ("winrate.jsonl", "comparisons.jsonl", "winrate.png"))
+    with open(cut / "judge_cache.jsonl", "a") as f:  # and a kill mid-write left a torn line
+        f.write('{"key": "0123')
+    srv.requests, srv.ok_limit = 0, None
+    assert winrate.main(dataclasses.replace(cfg, concurrency=4)) == full
+    assert srv.requests == total - 10  # only the missing ones
+    assert len(read_jsonl(cut / "judge_cache.jsonl")) == total
+
+
+def test_unreachable_endpoint_and_missing_key(tiny, judge, tmp_path, monkeypatch):
+    judge(prefer(reference=False))  # sets the key; then point at a closed port
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{closed_port()}/v1")
+    with pytest.raises(OSError, match="gave no answer after 3 tries .URLError.*no judgment"):
+        winrate.main(config(tiny, tmp_path / "down"))
+    left = set(os.listdir(tmp_path / "down"))
+    assert left <= {"samples.jsonl"}, left  # no results, no cache: nothing half-written
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+        winrate.main(config(tiny, tmp_path / "nokey"))
+    assert not os.path.exists(tmp_path / "nokey")  # failed before anything
+
+
+def test_cli_errors_are_one_line(tiny, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    base = [sys.executable, "winrate.py", "--policies", f"sft={tiny.sft}", "--test", tiny.pairs,
+            "--judge", "openai:m", "--n", "2", "--temperatures", "0", "--max_new_tokens", "4",
+            "--retries", "1", "--retry_delay", "0.001", "--device", "cpu"]
+    results = str(tmp_path / "winrate.jsonl")  # what winrate.py writes, by hand
+    write_jsonl(results, [dict(policy=p, temperature=t, win_rate=w, stderr=0.05, judge="rm:x",
+                               task="dialogue", expected=True)
+                          for p, w0 in (("sft", 0.4), ("dpo", 0.6)) for t, w in
+                          ((0.25, w0), (1.0, w0 - 0.1))])
+    runs = {
+        "help": ([sys.executable, "winrate.py", "--help"], env),
+        "plot": ([sys.executable, "winrate.py", "plot", results], env),
+        "nokey": (base + ["--out_dir", str(tmp_path / "a")], env),
+        "down": (base + ["--out_dir", str(tmp_path / "b")],
+                 dict(env, OPENAI_API_KEY="k",
+                      OPENAI_BASE_URL=f"http://127.0.0.1:{closed_port()}/v1")),
+    }
+    procs = {k: subprocess.Popen(argv, cwd=REPO, env=e, text=True, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE) for k, (argv, e) in runs.items()}
+    out = {k: (p.wait(timeout=120), *p.communicate()) for k, p in procs.items()}
+    rc, stdout, _ = out["help"]
+    assert rc == 0 and "--judge" in stdout and "openai:<model>" in stdout and "plot" in stdout
+    rc, stdout, err = out["plot"]
+    assert rc == 0 and stdout.strip().endswith("winrate.png"), err
+    assert os.path.getsize(tmp_path / "winrate.png") > 0
+    for k in ("nokey", "down"):
+        rc, _, err = out[k]
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert rc == 1 and lines[-1].startswith("error: "), err
+        assert not any(ln.startswith("Traceback") for ln in lines), err
+    assert "OPENAI_API_KEY" in out["nokey"][2] and not os.path.exists(tmp_path / "a")
+    assert "gave no answer" in out["down"][2]
+
+
+# ----------------------------------------------------------------------------- the rm judge
+
+
+def test_rm_judge_expected_win_rate(tiny, tmp_path):
+    from data import load_tokenizer
+    from model import sample_completions
+    from reward import rm_tokens
+
+    cfg = config(tiny, tmp_path, test=tiny.completions, judge=f"rm:{tiny.rm}", n=0,
+                 temperatures=(0.0, 0.5), best_of=3, best_of_rm=tiny.rm)
+    rows = winrate.main(cfg)
+    assert [(r["policy"], r["temperature"]) for r in rows] == [
+        (p, t) for p in ("sft", "dpo", "Best of 3") for t in (0.0, 0.5)]
+    assert all(r["expected"] and r["task"] == "summarization" and r["n"] == 8 for r in rows)
+    assert read_jsonl(tmp_path / "winrate.jsonl") == rows
+    with open(tmp_path / "winrate.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert not os.path.exists(tmp_path / "judge_cache.jsonl")
+
+    # each P(win) is sigmoid(r(x, y_policy) - r(x, y_reference)) of the reward model itself
+    rm, tok = RewardModel.from_pretrained(tiny.rm).eval(), load_tokenizer(tiny.rm)
+    refs = {i: r for i, r in enumerate(read_jsonl(tiny.completions), 1)}
+    comps = read_jsonl(tmp_path / "comparisons.jsonl")
+    assert len(comps) == 6 * 8
+    with torch.no_grad():
+        for c in comps:
+            ref = refs[c["index"]]
+            r = rm.score([rm_tokens(ref["prompt_ids"] + c["response_ids"], tok.eos_id, 64),
+                          rm_tokens(ref["prompt_ids"] + ref["completion_ids"], tok.eos_id, 64)],
+                         tok.eos_id).tolist()
+            assert c["r_policy"] == pytest.approx(r[0], abs=1e-5)
+            assert c["r_reference"] == pytest.approx(r[1], abs=1e-5)
+            assert c["p_win"] == pytest.approx(1 / (1 + math.exp(r[1] - r[0])), abs=1e-6)
+    for row in rows:
+        p = [c["p_win"] for c in comps if (c["policy"], c["temperature"]) ==
+             (row["policy"], row["temperature"])]
+        mean = sum(p) / len(p)
+        assert row["win_rate"] == pytest.approx(mean)
+        assert row["stderr"] == pytest.approx(
+            math.sqrt(sum((x - mean) ** 2 for x in p) / (len(p) - 1)) / math.sqrt(len(p)))
+
+    # temperature 0 is greedy decoding: the policy's argmax continuation
+    sft = GPT.from_pretrained(tiny.sft).eval()
+    greedy = sample_completions(sft, [refs[1]["prompt_ids"]], 1, eos_id=tok.eos_id,
+                                max_new_tokens=6, temperature=0.0)[0]
+    assert next(c for c in comps if c["policy"] == "sft" and c["temperature"] == 0.0
+                and c["index"] == 1)["response_ids"] == greedy
+    # Best of 3 keeps, for each prompt, the reward model's favourite of its 3 samples (drawn
+    # again here from the same seeded generator)
+    g = torch.Generator().manual_seed(seed_for(cfg.seed, 1))  # temperature index 1: 0.5
+    best = [c for c in comps if c["policy"] == "Best of 3" and c["temperature"] == 0.5]
+    prompts = [refs[c["index"]]["prompt_ids"] for c in best]
+    cands = sample_completions(sft, [p for p in prompts for _ in range(3)], 8, g, tok.eos_id,
+                               max_new_tokens=6, temperature=0.5)
+    for i, (c, p) in enumerate(zip(best, prompts)):
+        mine = cands[3 * i: 3 * i + 3]
+        with torch.no_grad():
+            r = rm.score([rm_tokens(p + x, tok.eos_id, 64) for x in mine], tok.eos_id)
+        assert c["response_ids"] == mine[int(r.argmax())]
+    assert len({tuple(c["response_ids"]) for c in best}) > 1
+
+    # a second run samples nothing again (samples.jsonl) and gives the same rows
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(winrate, "sample_block", None)  # calling it would fail
+        assert winrate.main(cfg) == rows
+
+
+def test_bad_inputs(tiny, tmp_path):
+    with pytest.raises(ValueError, match="--judge must be"):
+        winrate.main(config(tiny, tmp_path, judge="gpt4"))
+    with pytest.raises(ValueError, match="NAME=FOLDER"):
+        winrate.main(config(tiny, tmp_path, judge=f"rm:{tiny.rm}", policies=("x=",)))
+    bad = tmp_path / "bad.jsonl"
+    write_jsonl(str(bad), [{"text": "hello"}])
+    with pytest.raises(ValueError, match="prompt_ids, chosen_ids"):
+        winrate.main(config(tiny, tmp_path, judge=f"rm:{tiny.rm}", test=str(bad)))
+    with pytest.raises(ValueError, match="not one of --policies"):
+        winrate.main(config(tiny, tmp_path, judge=f"rm:{tiny.rm}", best_of=2,
+                            best_of_policy="ppo"))

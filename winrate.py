@@ -1,0 +1,527 @@
+"""Win rates against a test set's references (paper §6.2, Figure 2 right and Figure 3): each policy
+samples a response to held-out prompts at several temperatures, and a judge compares it with the
+reference (TL;DR: the human summary; Anthropic HH: the test set's chosen response).
+
+Two judges. `openai:<model>`: a chat model behind any OpenAI-compatible endpoint, asked with the
+paper's Appendix C.2 prompts (A/B order random per comparison; answers parsed strictly; retries,
+a concurrency limit and an on-disk cache of every judgment, so a rerun asks nothing twice).
+`rm:<folder>`: a learned reward model as an offline judge, P(policy beats reference) =
+sigmoid(r_policy - r_reference), whose mean is an *expected* win rate.
+
+    python winrate.py --policies sft=runs/sft dpo=runs/dpo --test tldr_test.jsonl \
+        --judge openai:gpt-4-0314 --out_dir runs/winrate      # OPENAI_API_KEY, OPENAI_BASE_URL
+    python winrate.py --policies sft=runs/sft dpo=runs/dpo --test hh_test_pairs.jsonl \
+        --judge rm:runs/rm --out_dir runs/winrate_rm
+    python winrate.py plot runs/winrate/winrate.jsonl     # redraw winrate.png from the JSONL alone
+
+The test file is a pairs JSONL (prompt_ids, chosen_ids, prompt, chosen, ...; reference = chosen)
+or a completions JSONL (prompt_ids, completion_ids, prompt, completion; reference = completion).
+The out_dir receives winrate.jsonl (one row per policy x temperature: win_rate, stderr, n, wins,
+ties, losses, failures), comparisons.jsonl (one row per comparison; index = the test file's line),
+winrate.png, and the two resume files samples.jsonl and judge_cache.jsonl.
+"""
+
+import hashlib
+import http.client
+import json
+import math
+import os
+import random
+import sys
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+
+import torch
+
+from cli import run_main
+from data import load_tokenizer
+from model import GPT, gpt_folder, sample_completions
+from reward import RewardModel, reward_folder, rm_tokens
+from utils import (
+    append_jsonl, atomic_write, atomic_write_json, get_device, read_jsonl, seed_for, write_jsonl,
+)
+
+# ----------------------------------------------------------------------------- the judge prompts
+# Appendix C.2 of the paper (gpt-4-0314 judged every comparison; "the order of summaries or
+# responses are randomly chosen for every evaluation"). The wording was checked against copies of
+# the appendix (HackerNoon's republication of the paper, a translation, and reproductions that
+# quote it), not the arXiv PDF itself; the paper's verbatim boxes wrap long lines with "\", joined
+# here, and their blank lines are not certain. The paper's main TL;DR results use the concise
+# prompt (C); (S) is the simple one of its human-agreement study (§6.4).
+_SUMMARY_TAIL = """
+
+Post:
+{query}
+
+Summary A:
+{a}
+
+Summary B:
+{b}
+
+FIRST provide a one-sentence comparison of the two summaries, explaining which you prefer and \
+why. SECOND, on a new line, state only "A" or "B" to indicate your choice. Your response should \
+use the format:
+Comparison: <one-sentence comparison and explanation>
+Preferred: <"A" or "B">"""
+
+PROMPTS = {  # task: (template, the line that carries the answer)
+    "summarization": ("Which of the following summaries does a better job of summarizing the most "
+                      "important points in the given forum post, without including unimportant "
+                      "or irrelevant details? A good summary is both precise and concise."
+                      + _SUMMARY_TAIL, "Preferred:"),
+    "summarization_simple": ("Which of the following summaries does a better job of summarizing "
+                             "the most important points in the given forum post?" + _SUMMARY_TAIL,
+                             "Preferred:"),
+    "dialogue": ("""For the following query to a chatbot, which response is more helpful?
+
+Query: {query}
+
+Response A:
+{a}
+
+Response B:
+{b}
+
+FIRST provide a one-sentence comparison of the two responses and explain which you feel is more \
+helpful. SECOND, on a new line, state only "A" or "B" to indicate which response is more helpful. \
+Your response should use the format:
+Comparison: <one-sentence comparison and explanation>
+More helpful: <"A" or "B">""", "More helpful:"),
+}
+
+
+def judge_message(task: str, query: str, a: str, b: str) -> str:
+    return PROMPTS[task][0].format(query=query, a=a, b=b)
+
+
+def parse_judgment(task: str, answer: str) -> str | None:
+    """"A" or "B" from a judge's answer, or None: exactly one line must start with the task's key
+    ("Preferred:" / "More helpful:") and hold A or B alone (quotes, stars, a full stop allowed).
+    Anything else is a failure, never a guess."""
+    key = PROMPTS[task][1].lower()
+    lines = [ln.strip().strip("*").strip() for ln in answer.splitlines()]
+    found = [ln[len(key):] for ln in lines if ln.lower().startswith(key)]
+    if len(found) != 1:
+        return None
+    choice = found[0].strip().strip("*\"'<>. ").strip()
+    return choice if choice in ("A", "B") else None
+
+
+# ----------------------------------------------------------------------------- the openai judge
+
+
+def chat_completion(base_url, api_key, body, timeout, retries, delay, stop=None) -> str:
+    """The assistant's text for one chat-completions request. 429, 5xx, timeouts and connection
+    errors are retried `retries` times, waiting delay, 2 delay, 4 delay, ...; other HTTP errors
+    (bad key, unknown model) fail at once. Raises OSError when no answer comes."""
+    url = base_url.rstrip("/") + "/chat/completions"
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST", headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {api_key}"})
+    stop, last = stop if stop is not None else threading.Event(), None
+    for attempt in range(retries + 1):
+        if attempt and stop.wait(delay * 2 ** (attempt - 1)):
+            break  # set when another request failed for good, or on Ctrl-C: stop asking
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                reply = json.loads(r.read())
+            return reply["choices"][0]["message"]["content"] or ""
+        except urllib.error.HTTPError as e:
+            if e.code != 429 and e.code != 408 and e.code < 500:
+                detail = e.read()[:300].decode(errors="replace")
+                raise OSError(f"the judge endpoint {url} refused the request: HTTP {e.code} "
+                              f"{detail}") from None
+            last = f"HTTP {e.code}"
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # refused, reset
+            last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+        except (ValueError, KeyError, IndexError, TypeError):  # 200 but not a chat completion
+            last = "a reply that is not a chat completion"
+    raise OSError(f"the judge endpoint {url} gave no answer after {retries + 1} tries ({last})")
+
+
+def cache_key(model: str, message: str) -> str:
+    return hashlib.sha256(json.dumps([model, message]).encode()).hexdigest()
+
+
+def openai_judge(comparisons, model, task, cfg, cache_path) -> None:
+    """Fill in each comparison's answer, choice and outcome. Every judgment is appended to the
+    cache (JSONL, keyed by judge model + the whole message, i.e. the prompt and both responses in
+    the order shown) as soon as it arrives, so a killed run resumes; only complete judgments are
+    ever written."""
+    api_key = os.environ.get("OPENAI_API_KEY")
+    base_url = os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    cache = {r["key"]: r["answer"] for r in read_jsonl(cache_path)}
+    todo = {}
+    for c in comparisons:
+        if c["outcome"] == "tie":  # identical texts: nothing to ask
+            continue
+        shown = (c["response"], c["reference"])[:: 1 if c["policy_is"] == "A" else -1]
+        c["message"] = judge_message(task, c["prompt"], *shown)
+        c["key"] = cache_key(model, c["message"])
+        if c["key"] not in cache:
+            todo[c["key"]] = c["message"]
+    body = lambda m: {"model": model, "messages": [{"role": "user", "content": m}],
+                      **({"temperature": cfg.judge_temperature}
+                         if cfg.judge_temperature is not None else {}),
+                      **({"max_tokens": cfg.judge_max_tokens} if cfg.judge_max_tokens else {})}
+
+    def keep(key, answer):
+        cache[key] = answer
+        append_jsonl(cache_path, dict(key=key, model=model, task=task, answer=answer))
+
+    stop, error = threading.Event(), None
+    pool = ThreadPoolExecutor(max(1, cfg.concurrency))
+    futures = {pool.submit(chat_completion, base_url, api_key, body(m), cfg.timeout, cfg.retries,
+                           cfg.retry_delay, stop): k for k, m in todo.items()}
+    try:
+        for f in as_completed(futures):
+            if f.exception() is not None:
+                error = f.exception()
+                break
+            keep(futures[f], f.result())
+    finally:  # an error or Ctrl-C: no new requests; the answers of those under way are kept too
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for f in futures:
+            if f.done() and not f.cancelled() and f.exception() is None and futures[f] not in cache:
+                keep(futures[f], f.result())
+    if error is not None:
+        kept = (f"the {len(cache)} judgments so far are kept in {cache_path} and the same "
+                f"command resumes from them" if cache else "no judgment was made")
+        raise OSError(f"{error}; {kept}") from None
+    for c in comparisons:
+        if c["outcome"] == "tie":
+            c.update(answer=None, choice=None)
+            continue
+        c["answer"] = cache[c.pop("key")]
+        c.pop("message")
+        c["choice"] = parse_judgment(task, c["answer"])
+        c["outcome"] = ("failure" if c["choice"] is None else
+                        "win" if c["choice"] == c["policy_is"] else "loss")
+        c["p_win"] = {"win": 1.0, "loss": 0.0}.get(c["outcome"])
+
+
+# ----------------------------------------------------------------------------- the reward judge
+
+
+def rm_sequence(prompt_ids, response_ids, eos_id, max_len):
+    """What the reward model reads of prompt + response: rm_tokens' tokens (no final EOS), keeping
+    the last max_len so that a long prompt never cuts the response off."""
+    seq = rm_tokens(list(prompt_ids) + list(response_ids), eos_id, len(prompt_ids) +
+                    len(response_ids) + 1)
+    return seq[-max_len:]
+
+
+@torch.no_grad()
+def rm_judge(comparisons, rm, eos_id, batch_size) -> None:
+    """P(policy beats reference) = sigmoid(r(x, y_policy) - r(x, y_reference)) for each comparison
+    (the Bradley-Terry model the RM was trained under, Eq. 1); its mean is an expected win rate."""
+    T = rm.gpt.config.block_size
+    todo = [c for c in comparisons if c["outcome"] != "tie"]
+    for i in range(0, len(todo), batch_size):
+        b = todo[i: i + batch_size]
+        seqs = [rm_sequence(c["prompt_ids"], c[side], eos_id, T)
+                for side in ("response_ids", "reference_ids") for c in b]
+        r = rm.score(seqs, eos_id).double().cpu()
+        r_policy, r_reference = r[: len(b)], r[len(b):]
+        p_win = torch.sigmoid(r_policy - r_reference)  # no overflow for a large gap
+        for c, r_pol, r_ref, p in zip(b, r_policy.tolist(), r_reference.tolist(), p_win.tolist()):
+            c["r_policy"], c["r_reference"], c["p_win"] = r_pol, r_ref, p
+            c["outcome"] = "win" if r_pol > r_ref else "loss" if r_pol < r_ref else "tie"
+
+
+def summarize(comparisons) -> dict:
+    """Win rate = mean of p_win over the judged comparisons (1 win, 0 loss, 0.5 tie for the
+    openai judge; sigmoid of the reward difference for the rm judge), failures left out; stderr =
+    sample standard deviation / sqrt(n)."""
+    p = [c["p_win"] for c in comparisons if c["outcome"] != "failure"]
+    n = len(p)
+    mean = sum(p) / n if n else None
+    sd = math.sqrt(sum((x - mean) ** 2 for x in p) / (n - 1)) if n > 1 else None
+    count = lambda o: sum(c["outcome"] == o for c in comparisons)
+    return dict(win_rate=mean, stderr=sd / math.sqrt(n) if sd is not None else None, n=n,
+                wins=count("win"), ties=count("tie"), losses=count("loss"),
+                failures=count("failure"))
+
+
+# ----------------------------------------------------------------------------- the test set
+
+
+def load_test(path: str):
+    """(kind, rows) of a test file: kind "pairs" (reference = chosen) or "completions"
+    (reference = completion); rows (prompt_ids, prompt, reference_ids, reference, line), one per
+    distinct prompt (a pairs file's first pair of each prompt)."""
+    rows = read_jsonl(path)
+    if not rows:
+        raise ValueError(f"{path} holds no rows (or does not exist)")
+    keys = {"pairs": ("prompt_ids", "chosen_ids", "prompt", "chosen"),
+            "completions": ("prompt_ids", "completion_ids", "prompt", "completion")}
+    kind = next((k for k, ks in keys.items() if all(x in rows[0] for x in ks)), None)
+    if kind is None:
+        raise ValueError(f"{path}: rows need prompt_ids, chosen_ids, prompt, chosen (a pairs "
+                         f"file) or prompt_ids, completion_ids, prompt, completion; the first "
+                         f"has {', '.join(rows[0])}")
+    out, seen = [], set()
+    for line, r in enumerate(rows, 1):
+        p, ref_ids, p_text, ref = (r.get(k) for k in keys[kind])
+        if not (isinstance(p, list) and p and isinstance(ref_ids, list) and
+                isinstance(p_text, str) and isinstance(ref, str)):
+            raise ValueError(f"{path}:{line}: needs a non-empty prompt_ids list, a reference id "
+                             f"list and two texts ({', '.join(keys[kind])})")
+        if tuple(p) not in seen:
+            seen.add(tuple(p))
+            out.append((p, p_text, ref_ids, ref, line))
+    return kind, out
+
+
+def choose_prompts(rows, n: int, seed: int):
+    """A seeded choice of n distinct prompts (all of them if n <= 0 or n >= len), in file order."""
+    if n <= 0 or n >= len(rows):
+        return rows
+    return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), n))]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def parse_policies(specs) -> list[tuple[str, str]]:
+    """NAME=FOLDER (or a bare folder, named after it) -> [(name, folder)]."""
+    out = []
+    for s in specs:
+        name, path = s.split("=", 1) if "=" in s else (os.path.basename(os.path.normpath(s)), s)
+        if not name or not path:
+            raise ValueError(f"--policies takes NAME=FOLDER, not {s!r}")
+        if name in [n for n, _ in out]:
+            raise ValueError(f"policy name {name!r} given twice")
+        out.append((name, path))
+    if not out:
+        raise ValueError("no policies: pass --policies NAME=FOLDER ...")
+    return out
+
+
+@torch.no_grad()
+def sample_block(cfg, model, tok, prompts, temperature, t_index, best_of=None):
+    """Response ids for each prompt at this temperature (0 = greedy), prompts cut from the left to
+    fit the context window. best_of = (n, rm, rm_eos): sample n each, keep the RM's favourite."""
+    device = str(model.transformer.wte.weight.device)
+    keep = model.config.block_size - cfg.max_new_tokens
+    prompts = [p[-keep:] for p in prompts]
+    g = torch.Generator(device=device).manual_seed(seed_for(cfg.seed, t_index))
+    sampling = dict(max_new_tokens=cfg.max_new_tokens, temperature=temperature)
+    if best_of is None:
+        return sample_completions(model, prompts, cfg.batch_size, g, tok.eos_id, **sampling)
+    n, rm, rm_eos = best_of  # each prompt n times in a row, batch_size rows per generate call
+    comps = sample_completions(model, [p for p in prompts for _ in range(n)], cfg.batch_size, g,
+                               tok.eos_id, **sampling)
+    T = rm.gpt.config.block_size
+    seqs = [rm_sequence(prompts[i // n], c, rm_eos, T) for i, c in enumerate(comps)]
+    r = torch.cat([rm.score(seqs[i: i + cfg.batch_size], rm_eos).float().cpu()
+                   for i in range(0, len(seqs), cfg.batch_size)]).view(len(prompts), n)
+    return [comps[i * n + int(r[i].argmax())] for i in range(len(prompts))]
+
+
+# ----------------------------------------------------------------------------- main
+
+
+@dataclass
+class WinRateConfig:
+    policies: tuple[str, ...] = ()  # NAME=FOLDER each: a checkpoint or run folder (its last step)
+    test: str = ""  # pairs JSONL (reference = chosen) or completions JSONL (= completion)
+    judge: str = "rm:runs/rm"  # openai:<model> (OPENAI_BASE_URL, OPENAI_API_KEY) or rm:<folder>
+    task: str = "auto"  # summarization | summarization_simple | dialogue | auto (by the file)
+    out_dir: str = "runs/winrate"  # winrate.jsonl, comparisons.jsonl, winrate.png, resume files
+    n: int = 256  # held-out prompts, a seeded choice of the test file's distinct prompts (0: all)
+    seed: int = 0  # which prompts, the sampling, and the A/B order
+    temperatures: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # sampling (0: greedy)
+    max_new_tokens: int = 128  # response length cap; a response also ends at EOS
+    batch_size: int = 16  # sequences per generate / reward-model forward
+    best_of: int = 0  # N > 0: add Best-of-N, the --best_of_rm favourite of N samples
+    best_of_policy: str = ""  # Best-of-N samples this one of --policies (default: the first)
+    best_of_rm: str = "runs/rm"  # the reward model that picks the best of N
+    concurrency: int = 8  # judge requests in flight at once
+    retries: int = 6  # retries of a request after 429, 5xx or a connection error
+    retry_delay: float = 1.0  # seconds before the first retry; doubles each time
+    timeout: float = 120.0  # seconds per request
+    judge_temperature: float | None = 0.0  # sent with each request (None: not sent)
+    judge_max_tokens: int | None = None  # max_tokens sent with each request (None: not sent)
+    cache: str | None = None  # judge cache JSONL, shareable (default: <out_dir>/judge_cache.jsonl)
+    device: str = "auto"  # cuda > mps > cpu
+
+
+def check_config(cfg: WinRateConfig):
+    kind, _, spec = cfg.judge.partition(":")
+    if kind not in ("openai", "rm") or not spec:
+        raise ValueError(f"--judge must be openai:<model> or rm:<folder>, not {cfg.judge!r}")
+    if kind == "openai" and not os.environ.get("OPENAI_API_KEY"):
+        raise ValueError("--judge openai:... needs OPENAI_API_KEY in the environment (and "
+                         "OPENAI_BASE_URL for an endpoint other than https://api.openai.com/v1; "
+                         "a local server that wants no key takes any value)")
+    if not cfg.test:
+        raise ValueError("--test is required: a pairs or completions JSONL of the test split")
+    if cfg.task not in ("auto", *PROMPTS):
+        raise ValueError(f"--task must be auto or one of {', '.join(PROMPTS)}, not {cfg.task!r}")
+    if not cfg.temperatures or any(t < 0 for t in cfg.temperatures):
+        raise ValueError(f"--temperatures must be one or more values >= 0, not {cfg.temperatures}")
+    if cfg.max_new_tokens < 1 or cfg.batch_size < 1 or cfg.retries < 0 or cfg.best_of < 0:
+        raise ValueError("--max_new_tokens and --batch_size must be positive, --retries and "
+                         "--best_of not negative")
+    return kind, spec
+
+
+def main(cfg: WinRateConfig) -> list[dict]:
+    judge_kind, judge_spec = check_config(cfg)
+    policies = parse_policies(cfg.policies)
+    kind, rows = load_test(cfg.test)
+    rows = choose_prompts(rows, cfg.n, cfg.seed)
+    task = cfg.task if cfg.task != "auto" else (
+        "summarization" if kind == "completions" else "dialogue")
+    device = get_device(cfg.device)
+    base = cfg.best_of_policy or policies[0][0]
+    if cfg.best_of and base not in dict(policies):
+        raise ValueError(f"--best_of_policy {base!r} is not one of --policies")
+    folders = {name: gpt_folder(path) for name, path in policies}  # bad folders fail here
+    rm_path = reward_folder(judge_spec) if judge_kind == "rm" else None
+    pick_path = reward_folder(cfg.best_of_rm) if cfg.best_of else None
+    # the rm judge (every policy) and the best-of-N picker (its policy) score the policies' ids
+    readers = [(rm_path, "--judge", list(folders))] if rm_path else []
+    readers += [(pick_path, "--best_of_rm", [base])] if pick_path else []
+    for path, flag, names in readers:
+        for name in names:
+            if load_tokenizer(path).vocab != load_tokenizer(folders[name]).vocab:
+                raise ValueError(f"the reward model of {flag} ({path}) and policy {name} have "
+                                 f"different tokenizers: it scores token ids, so they must share "
+                                 f"one")
+    todo = [(name, name, None) for name, _ in policies]  # (label, policy, N of best-of-N)
+    if cfg.best_of:
+        todo.append((f"Best of {cfg.best_of}", base, cfg.best_of))
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    comparisons = sample_comparisons(cfg, todo, folders, rows, pick_path, device)
+    if judge_kind == "openai":
+        openai_judge(comparisons, judge_spec, task, cfg,
+                     cfg.cache or os.path.join(cfg.out_dir, "judge_cache.jsonl"))
+    else:
+        rm = RewardModel.from_pretrained(rm_path).to(device).eval()
+        rm_judge(comparisons, rm, load_tokenizer(rm_path).eos_id, cfg.batch_size)
+    results = []
+    for label, name, _ in todo:
+        for t in cfg.temperatures:
+            cs = [c for c in comparisons if c["policy"] == label and c["temperature"] == t]
+            results.append(dict(policy=label, checkpoint=folders[name], temperature=t,
+                                judge=cfg.judge, task=task, expected=judge_kind == "rm",
+                                **summarize(cs)))
+    for c in comparisons:  # the JSONL keeps texts, ids of the response, and the judgment
+        del c["prompt_ids"], c["reference_ids"]
+    write_jsonl(os.path.join(cfg.out_dir, "comparisons.jsonl"), comparisons)
+    write_jsonl(os.path.join(cfg.out_dir, "winrate.jsonl"), results)
+    atomic_write_json(os.path.join(cfg.out_dir, "winrate_config.json"), asdict(cfg))
+    plot_winrate(os.path.join(cfg.out_dir, "winrate.jsonl"))
+    for r in results:
+        se = f" ± {r['stderr']:.3f}" if r["stderr"] is not None else ""
+        wr = f"{r['win_rate']:.3f}" if r["win_rate"] is not None else "n/a"
+        print(f"{r['policy']:>16}  T={r['temperature']:<5}  win rate {wr}{se}  (n={r['n']}, "
+              f"ties={r['ties']}, failures={r['failures']})")
+    return results
+
+
+def sample_comparisons(cfg, todo, folders, rows, pick_path, device) -> list[dict]:
+    """One comparison per (policy, temperature, prompt): the sampled response, the reference, and
+    the A/B order, drawn per comparison from the seed. Responses are appended to
+    <out_dir>/samples.jsonl as each (policy, temperature) block is sampled and reused by a rerun
+    with the same checkpoint, test file, seed and max_new_tokens."""
+    samples_path = os.path.join(cfg.out_dir, "samples.jsonl")
+    samples = {(r["block"], r["index"]): r["response_ids"] for r in read_jsonl(samples_path)}
+    comparisons, picker = [], None
+    for label, name, n_best in todo:
+        model, tok = None, load_tokenizer(folders[name])
+        for ti, t in enumerate(cfg.temperatures):
+            block = json.dumps([label, os.path.abspath(folders[name]), t, cfg.seed,
+                                cfg.max_new_tokens, os.path.abspath(cfg.test), n_best,
+                                n_best and os.path.abspath(pick_path)])
+            if not all((block, line) in samples for *_, line in rows):
+                if model is None:
+                    model = GPT.from_pretrained(folders[name]).to(device).eval()
+                    check_ids(rows, model.config, cfg, name)
+                if n_best and picker is None:
+                    picker = RewardModel.from_pretrained(pick_path).to(device).eval()
+                best = (n_best, picker, load_tokenizer(pick_path).eos_id) if n_best else None
+                ids = sample_block(cfg, model, tok, [r[0] for r in rows], t, ti, best)
+                append_jsonl(samples_path, *[dict(block=block, index=line, response_ids=c)
+                                             for (*_, line), c in zip(rows, ids)])
+                samples.update({(block, line): c for (*_, line), c in zip(rows, ids)})
+            for p_ids, p_text, ref_ids, ref, line in rows:
+                resp_ids = samples[(block, line)]
+                response, reference = tok.decode(resp_ids).strip(), ref.strip()
+                tie = response == reference  # identical texts: no judge is asked
+                comparisons.append(dict(
+                    policy=label, temperature=t, index=line,
+                    policy_is=random.Random(f"{cfg.seed}/{label}/{t}/{line}").choice("AB"),
+                    prompt=p_text.strip(), response=response, reference=reference,
+                    prompt_ids=p_ids, response_ids=resp_ids, reference_ids=ref_ids,
+                    outcome="tie" if tie else None, p_win=0.5 if tie else None))
+        del model
+    return comparisons
+
+
+def check_ids(rows, gcfg, cfg, name):
+    if gcfg.block_size <= cfg.max_new_tokens:
+        raise ValueError(f"--max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in "
+                         f"policy {name}'s context window of {gcfg.block_size}")
+    for p, _, ref_ids, _, line in rows:
+        if not all(0 <= i < gcfg.vocab_size for i in (*p, *ref_ids)):
+            raise ValueError(f"{cfg.test}:{line}: a token id lies outside policy {name}'s "
+                             f"vocabulary of {gcfg.vocab_size} (a test file of another tokenizer?)")
+
+
+# ----------------------------------------------------------------------------- the plot
+
+
+def plot_winrate(jsonl: str, png: str | None = None) -> str:
+    """Win rate (y, ± standard error) against sampling temperature (x), one line per policy, as in
+    the paper's Figures 2 (right) and 3. Returns the PNG's path."""
+    from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
+
+    rows = [r for r in read_jsonl(jsonl) if r.get("win_rate") is not None]
+    if not rows:
+        raise ValueError(f"{jsonl} holds no win rates to plot")
+    png = png or os.path.splitext(jsonl)[0] + ".png"
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    for k, policy in enumerate(policies):
+        pts = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r["temperature"])
+        dx = 0.008 * (k - (len(policies) - 1) / 2)  # side by side, so error bars stay apart
+        ax.errorbar([r["temperature"] + dx for r in pts], [r["win_rate"] for r in pts],
+                    yerr=[r["stderr"] or 0.0 for r in pts], marker="o", capsize=3, label=policy)
+    ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("sampling temperature")
+    expected = "expected " if rows[0].get("expected") else ""
+    task, judge = rows[0].get("task", ""), rows[0].get("judge", "")
+    ax.set_ylabel(f"{expected}win rate vs {'chosen' if task == 'dialogue' else 'reference'}")
+    ax.set_title(f"{'Anthropic HH dialogue' if task == 'dialogue' else 'TL;DR summarization'}"
+                 f" (judge {judge})", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    return png
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "plot":
+        import argparse
+
+        ap = argparse.ArgumentParser(prog="winrate.py plot", description="Redraw the win-rate plot "
+                                     "(<results>.png beside it) from a results file alone.")
+        ap.add_argument("results", help="a winrate.jsonl written by winrate.py")
+        args = ap.parse_args(sys.argv[2:])
+        try:
+            print(plot_winrate(args.results))
+        except (ValueError, OSError) as e:
+            sys.exit(f"error: {e}")
+    else:
+        run_main(main, WinRateConfig, epilog="python winrate.py plot RESULTS.jsonl redraws the "
+                 "plot from a results file alone.")
