@@ -146,3 +146,12 @@ def test_frontier_rejects_a_bad_preset_value_before_running(monkeypatch):
     with pytest.raises(ValueError, match="--target_kl"):
         frontier.main(frontier.FrontierConfig(preset="bad"))
     assert calls == []
+
+
+def test_score_warns_about_words_outside_a_compact_vocabulary():
+    from reward import unknown_words
+
+    tok = data.Tokenizer(data.synthetic_vocab())
+    assert unknown_words(tok, "The acting was wonderful.") == []
+    assert unknown_words(tok, "The acting was xylophonic.") == ["xylophonic."]
+    assert unknown_words(data.Tokenizer(), "xylophonic") == []  # full GPT-2 BPE: nothing unknown

@@ -584,9 +584,12 @@ def test_k1_k3_estimate_the_exact_kl(tiny_gpt):
 HELP = {"sft": ["sft.py"], "reward": ["reward.py", "train"], "pairs": ["pairs.py"],
         "dpo": ["dpo.py"], "ppo": ["ppo.py"], "evaluate": ["evaluate.py"],
         "frontier": ["frontier.py"], "data": ["data.py"], "reward (no subcommand)": ["reward.py"],
-        "reward score": ["reward.py", "score"], "evaluate plot": ["evaluate.py", "plot"]}
+        "reward score": ["reward.py", "score"], "evaluate plot": ["evaluate.py", "plot"],
+        "optimum": ["optimum.py"], "preferences": ["preferences.py"], "winrate": ["winrate.py"],
+        "winrate plot": ["winrate.py", "plot"], "hh_tldr": ["hh_tldr.py"]}
 # the scripts whose flags come from a config dataclass (cli.run_main)
-CONFIG_SCRIPTS = ("sft", "reward", "pairs", "dpo", "ppo", "evaluate", "frontier")
+CONFIG_SCRIPTS = ("sft", "reward", "pairs", "dpo", "ppo", "evaluate", "frontier", "optimum",
+                  "preferences", "winrate", "hh_tldr")
 
 
 @pytest.fixture(scope="module")
@@ -606,7 +609,8 @@ def test_cli_help(help_runs, script):
         assert "reward.py score" in stdout and "reward.py train" in stdout
         return
     assert stdout.startswith("usage:") and "--help" in stdout
-    if script not in ("data", "evaluate", "frontier", "reward score", "evaluate plot"):
+    if script not in ("data", "evaluate", "frontier", "reward score", "evaluate plot", "optimum",
+                      "preferences", "winrate plot", "hh_tldr"):
         assert "--out_dir" in stdout and "--seed" in stdout
     if script in CONFIG_SCRIPTS:
         # the description is the docstring's whole first paragraph: it ends a sentence
