@@ -285,6 +285,48 @@ def plot_title(dataset: str) -> str:
             else "IMDb sentiment generation: reward vs KL")
 
 
+# ----------------------------------------------------------------------------- the sweep's report
+
+
+def report(sweep_dir: str) -> list[dict]:
+    """What each run of a sweep folder learned, beside where it landed: one row per run with its
+    method and setting, the held-out pair accuracy of its last evaluation (the learned RM's, or
+    the share of held-out pairs whose implicit rewards DPO and Unlikelihood order as the ground
+    truth did: pairs.py labelled each pair by the ground truth), and from the results file the
+    KL of its last two evaluated checkpoints (has the KL settled, and where?)."""
+    results = read_jsonl(os.path.join(sweep_dir, "frontier.jsonl"))
+    out = []
+    for name in sorted(os.listdir(sweep_dir)):
+        run = os.path.join(sweep_dir, name)
+        log = os.path.join(run, "log.jsonl")
+        if not os.path.isfile(os.path.join(run, "run_config.json")) or not os.path.isfile(log):
+            continue
+        evals = [r for r in read_jsonl(log) if "loss/eval" in r]
+        acc = next((r.get("eval/rm/accuracy", r.get("eval/rewards/accuracy"))
+                    for r in reversed(evals)), None)
+        method, pname, pval = describe_run(run) if name not in ("rm", "gt") else (
+            {"rm": "reward model", "gt": "ground truth"}[name], "", None)
+        mine = sorted((r for r in results if r["checkpoint"].split("/")[0] == name
+                       and r.get("best_of") is None and r["method"] != "SFT"),
+                      key=lambda r: r["step"])
+        if acc is None and not mine:
+            continue  # pairs, the SFT model: nothing learned from preferences to report
+        out.append(dict(run=name, method=method, param=pname, value=pval,
+                        heldout_accuracy=acc, loss_eval=evals[-1]["loss/eval"] if evals else None,
+                        kl_last=mine[-1]["kl"] if mine else None,
+                        kl_before=mine[-2]["kl"] if len(mine) > 1 else None))
+    return out
+
+
+def print_report(rows: list[dict]):
+    fmt = lambda v: "" if v is None else f"{v:.3f}"
+    print(f"{'run':<24} {'held-out acc':>12} {'loss/eval':>10} {'KL (last two ckpts)':>20}")
+    for r in rows:
+        kl = f"{fmt(r['kl_before'])} -> {fmt(r['kl_last'])}" if r["kl_last"] is not None else ""
+        print(f"{r['run']:<24} {fmt(r['heldout_accuracy']):>12} {fmt(r['loss_eval']):>10} "
+              f"{kl:>20}")
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "plot":
         import argparse
@@ -298,6 +340,18 @@ if __name__ == "__main__":
             print(plot_frontier(args.results, title=args.title))
         except (ValueError, OSError) as e:
             sys.exit(f"error: {e}")
+    elif len(sys.argv) > 1 and sys.argv[1] == "report":
+        import argparse
+
+        ap = argparse.ArgumentParser(prog="evaluate.py report", description="Print what each run "
+                                     "of a sweep folder learned (held-out pair accuracy) and where "
+                                     "its KL ended.")
+        ap.add_argument("sweep", help="a sweep folder of frontier.py, e.g. runs/tiny")
+        args = ap.parse_args(sys.argv[2:])
+        if not os.path.isfile(os.path.join(args.sweep, "frontier.jsonl")):
+            sys.exit(f"error: {args.sweep} holds no frontier.jsonl (not a frontier.py sweep?)")
+        print_report(report(args.sweep))
     else:
         run_main(main, EvalConfig, epilog="python evaluate.py plot RESULTS.jsonl redraws the plot "
-                 "from a results file alone (evaluate.py plot --help).")
+                 "from a results file alone; python evaluate.py report SWEEP prints what each run "
+                 "learned (--help of each).")

@@ -53,7 +53,8 @@ PRESETS = {
                 save_every=100, eval_size=256),
         winrate=dict(n=200, max_new_tokens=24, batch_size=50, best_of=4),
     ),
-    # GPT-2 124M on Anthropic/hh-rlhf (the paper: Pythia-2.8B), one GPU.
+    # GPT-2 124M on Anthropic/hh-rlhf (the paper: Pythia-2.8B), one GPU. Best-of-16 (the paper's
+    # HH baseline is Best-of-128: 8x the sampling).
     ("hh", "gpt2"): dict(
         data=dict(train=dict(dataset="Anthropic/hh-rlhf", split="train"),
                   test=dict(dataset="Anthropic/hh-rlhf", split="test")),
@@ -62,7 +63,7 @@ PRESETS = {
                  max_len=512, save_every=500, eval_every=500),
         dpo=dict(beta=0.1, steps=2000, batch_size=64, micro_batch=8, save_every=500),
         rm=dict(epochs=1, batch_size=64, micro_batch=8, lr=1e-5),
-        winrate=dict(n=256, max_new_tokens=256, batch_size=16),
+        winrate=dict(n=256, max_new_tokens=256, batch_size=16, best_of=16),
     ),
     # GPT-2 124M on the TL;DR comparisons (the paper: GPT-J 6B), one GPU.
     ("tldr", "gpt2"): dict(
@@ -74,7 +75,7 @@ PRESETS = {
                  max_len=512, save_every=500, eval_every=500),
         dpo=dict(beta=0.5, steps=2000, batch_size=64, micro_batch=8, save_every=500),
         rm=dict(epochs=1, batch_size=64, micro_batch=8, lr=1e-5),
-        winrate=dict(n=256, max_new_tokens=64, batch_size=16),
+        winrate=dict(n=256, max_new_tokens=64, batch_size=16, best_of=16),
     ),
 }
 

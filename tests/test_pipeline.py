@@ -586,7 +586,8 @@ HELP = {"sft": ["sft.py"], "reward": ["reward.py", "train"], "pairs": ["pairs.py
         "frontier": ["frontier.py"], "data": ["data.py"], "reward (no subcommand)": ["reward.py"],
         "reward score": ["reward.py", "score"], "evaluate plot": ["evaluate.py", "plot"],
         "optimum": ["optimum.py"], "preferences": ["preferences.py"], "winrate": ["winrate.py"],
-        "winrate plot": ["winrate.py", "plot"], "hh_tldr": ["hh_tldr.py"]}
+        "winrate plot": ["winrate.py", "plot"], "hh_tldr": ["hh_tldr.py"],
+        "evaluate report": ["evaluate.py", "report"]}
 # the scripts whose flags come from a config dataclass (cli.run_main)
 CONFIG_SCRIPTS = ("sft", "reward", "pairs", "dpo", "ppo", "evaluate", "frontier", "optimum",
                   "preferences", "winrate", "hh_tldr")
@@ -610,6 +611,7 @@ def test_cli_help(help_runs, script):
         return
     assert stdout.startswith("usage:") and "--help" in stdout
     if script not in ("data", "evaluate", "frontier", "reward score", "evaluate plot", "optimum",
+                      "evaluate report",
                       "preferences", "winrate plot", "hh_tldr"):
         assert "--out_dir" in stdout and "--seed" in stdout
     if script in CONFIG_SCRIPTS:
@@ -619,7 +621,7 @@ def test_cli_help(help_runs, script):
         assert "(default: None)" not in stdout.split("--ref REF")[-1].split("\n")[0]
     if script == "evaluate":
         assert "evaluate.py plot" in stdout
-    if script in ("reward score", "evaluate plot"):  # every argument has its help text
+    if script in ("reward score", "evaluate plot", "evaluate report"):  # every argument has help
         args = stdout.split("positional arguments:")[1]
         assert all(len(line.split()) > 1 for line in args.splitlines()
                    if line.startswith("  ") and not line.startswith("   ")), args

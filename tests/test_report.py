@@ -1,0 +1,63 @@
+"""evaluate.report: what each run of a sweep learned, beside where its KL ended."""
+
+import json
+import os
+import subprocess
+import sys
+
+import evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def make_sweep(root):
+    configs = {"dpo_beta0.1": dict(loss="dpo", beta=0.1, alpha=1.0),
+               "rm": dict(objective="bt"), "sft": dict(init="scratch"),
+               "ppo_kl3.0": dict(reward="rm", target_kl=3.0)}
+    logs = {"dpo_beta0.1": [{"step": 0, "loss/eval": 0.69, "eval/rewards/accuracy": 0.0},
+                            {"step": 5, "loss/train": 0.5},
+                            {"step": 10, "loss/eval": 0.41, "eval/rewards/accuracy": 0.84}],
+            "rm": [{"step": 10, "loss/eval": 0.2, "eval/rm/accuracy": 0.93}],
+            "sft": [{"step": 10, "loss/eval": 1.0}],
+            "ppo_kl3.0": [{"step": 1, "kl/seq": 1.0}]}
+    for name, c in configs.items():
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        with open(os.path.join(root, name, "run_config.json"), "w") as f:
+            json.dump(c, f)
+        write(os.path.join(root, name, "log.jsonl"), logs[name])
+    row = lambda method, ckpt, step, kl, **kw: dict(method=method, checkpoint=ckpt, step=step,
+                                                   kl=kl, reward=0.5, **kw)
+    write(os.path.join(root, "frontier.jsonl"), [
+        row("SFT", "sft/step_000010", 0, 0.0), row("Best-of-N", "sft/step_000010", 0, 1.8,
+                                                   best_of=16),
+        row("DPO", "dpo_beta0.1/step_000010", 10, 2.5),
+        row("DPO", "dpo_beta0.1/step_000005", 5, 1.5),
+        row("PPO", "ppo_kl3.0/step_000001", 1, 3.1)])
+
+
+def test_report_reads_accuracy_and_kl(tmp_path):
+    make_sweep(str(tmp_path))
+    rows = {r["run"]: r for r in evaluate.report(str(tmp_path))}
+    assert set(rows) == {"dpo_beta0.1", "rm", "ppo_kl3.0"}  # sft: nothing learned from pairs
+    d = rows["dpo_beta0.1"]
+    assert (d["method"], d["param"], d["value"]) == ("DPO", "beta", 0.1)
+    assert d["heldout_accuracy"] == 0.84 and d["loss_eval"] == 0.41  # the last evaluation
+    assert (d["kl_before"], d["kl_last"]) == (1.5, 2.5)  # ordered by step, not by file order
+    assert rows["rm"]["heldout_accuracy"] == 0.93 and rows["rm"]["kl_last"] is None
+    assert rows["ppo_kl3.0"]["kl_last"] == 3.1 and rows["ppo_kl3.0"]["kl_before"] is None
+
+
+def test_report_command(tmp_path):
+    make_sweep(str(tmp_path))
+    r = subprocess.run([sys.executable, "evaluate.py", "report", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "dpo_beta0.1" in r.stdout and "1.500 -> 2.500" in r.stdout
+    r = subprocess.run([sys.executable, "evaluate.py", "report", str(tmp_path / "nothing")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.startswith("error:")
