@@ -26,7 +26,7 @@ from data import check_pairs, collate_pairs, load_tokenizer, split_pairs, stream
 from model import GPT, gpt_folder, token_logprobs
 from runs import Run
 from speed import adamw
-from utils import atomic_torch_save, autocast, autocast_dtype, lr_at, read_jsonl
+from utils import atomic_torch_save, autocast, autocast_dtype, file_stamp, lr_at, read_jsonl
 
 LOSSES = ("dpo", "ipo", "hinge", "unlikelihood", "unlikelihood_token")
 
@@ -153,13 +153,10 @@ def reference_logps(ref_path: str, pairs_path: str, rows, pad_id, device, micro_
     CPU. The precision (device type and autocast dtype) is part of the key: the policy's step-0
     log-probs equal the reference's, and the loss is log 2, only if both ran at one precision;
     a CPU fp32 cache read under CUDA bf16 would be off by the bf16 rounding."""
-    def stamp(p):
-        st = os.stat(p)
-        return f"{os.path.abspath(p)}:{st.st_size}:{st.st_mtime_ns}"
     device = str(device)
     precision = f"{torch.device(device).type}:{autocast_dtype(device) or torch.float32}"
-    key = hashlib.sha256((stamp(os.path.join(ref_path, "model.safetensors")) + "|"
-                          + stamp(pairs_path) + "|" + precision).encode()).hexdigest()[:16]
+    key = hashlib.sha256((file_stamp(os.path.join(ref_path, "model.safetensors")) + "|"
+                          + file_stamp(pairs_path) + "|" + precision).encode()).hexdigest()[:16]
     cache = os.path.join(os.path.dirname(os.path.abspath(pairs_path)), "ref_logps",
                          f"{os.path.basename(pairs_path)}.{key}.pt")
     if os.path.exists(cache):

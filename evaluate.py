@@ -134,6 +134,8 @@ def main(cfg: EvalConfig):
     check_fields(cfg)  # ranges, and every --runs folder must exist
     if cfg.best_of and cfg.rm is None:
         raise ValueError("--best_of needs --rm (the learned reward model picks the best)")
+    if any(n < 1 for n in cfg.best_of):
+        raise ValueError(f"--best_of takes N >= 1 for each best-of-N, not {cfg.best_of}")
     device = get_device(cfg.device)
     ref_path = gpt_folder(cfg.ref)
     tok = load_tokenizer(ref_path)

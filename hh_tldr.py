@@ -16,21 +16,24 @@ The steps, each a script's main(cfg) in this process, each skipped once done (a 
      sampling temperature: <out_dir>/winrate/winrate.jsonl and winrate.png.
 """
 
+import json
 import os
 import time
 from dataclasses import dataclass
 
-from cli import run_main
+from cli import check_fields, run_main
 from dpo import DPOConfig
 from dpo import main as dpo_main
 from preferences import PreferencesConfig
 from preferences import main as preferences_main
 from reward import RMConfig
 from reward import train as rm_train
-from runs import is_done
+from runs import config_dict, is_done, open_run
 from sft import SFTConfig
 from sft import main as sft_main
+from utils import atomic_write_json
 from winrate import WinRateConfig
+from winrate import check_config as check_judge
 from winrate import main as winrate_main
 
 # name: (data steps, sft, dpo, rm, winrate). Data: {split name: PreferencesConfig overrides}; the
@@ -99,7 +102,10 @@ def plan(cfg: ExperimentConfig):
     out = cfg.out_dir or os.path.join("runs", f"{cfg.experiment}_{cfg.preset}")
     run = lambda name: os.path.join(out, name)
     data = {name: os.path.join(out, "data", f"{name}.jsonl") for name in p["data"]}
-    steps = [(f"data: {name}", preferences_main, PreferencesConfig(out=data[name], **kw))
+    # with --base_model the data is tokenized by that model's tokenizer (not a compact one)
+    tokenizer = {"tokenizer": cfg.base_model} if cfg.base_model else {}
+    steps = [(f"data: {name}", preferences_main, PreferencesConfig(out=data[name],
+                                                                   **{**kw, **tokenizer}))
              for name, kw in p["data"].items()]
     sft, common = run("sft"), dict(device=cfg.device)
     source = ({"completions": data["sft"]} if p["sft_data"] == "sft"
@@ -120,13 +126,28 @@ def plan(cfg: ExperimentConfig):
 
 
 def finished(c) -> bool:
-    if isinstance(c, PreferencesConfig):
-        return os.path.isfile(c.out)
-    return is_done(c.out_dir) if not isinstance(c, WinRateConfig) else False
+    """Whether a step is done, for the config it has now: a data file or run folder made with
+    another config (another preset in the same --out_dir, an edited preset) is an error, never
+    silently reused. The win rates always run (winrate.py resumes on its own)."""
+    if isinstance(c, WinRateConfig):
+        return False
+    if isinstance(c, PreferencesConfig):  # the data file, and the config that wrote it beside it
+        sidecar = c.out + ".config.json"
+        if not (os.path.isfile(c.out) and os.path.isfile(sidecar)):
+            return False  # not written, or killed before its config: convert (again)
+        with open(sidecar) as f:
+            if json.load(f) != config_dict(c):
+                raise ValueError(f"{c.out} was written with another config ({sidecar}); "
+                                 f"delete it or choose another --out_dir")
+        return True
+    return open_run(c) and is_done(c.out_dir)  # open_run refuses another config
 
 
 def main(cfg: ExperimentConfig):
     steps = plan(cfg)
+    for _, _, c in steps:  # every stage's settings, and the judge, before the first one starts
+        check_fields(c, paths=False)
+    check_judge(steps[-1][2])
     timings = {}
     for i, (name, fn, c) in enumerate(steps, 1):
         where = getattr(c, "out", None) or c.out_dir
@@ -136,6 +157,8 @@ def main(cfg: ExperimentConfig):
         print(f"[{i}/{len(steps)}] {name} -> {where}")
         t0 = time.time()
         results = fn(c)
+        if isinstance(c, PreferencesConfig):
+            atomic_write_json(c.out + ".config.json", config_dict(c))
         timings[name] = time.time() - t0
     for name, t in timings.items():
         print(f"  {name}: {t:.0f} s")

@@ -22,7 +22,7 @@ from cli import check_fields, run_main
 from data import PROTOCOL, load_prefixes, load_tokenizer
 from model import GPT, gpt_folder, sample_completions
 from reward import load_ground_truth
-from utils import atomic_torch_save, get_device, write_jsonl
+from utils import atomic_torch_save, file_stamp, get_device, write_jsonl
 
 # Trust the curve up to KL = TRUST * log M. Measured on a bandit whose rewards look like a confident
 # classifier's P(positive), with per-prefix positive rates from ~0 to ~1 (tests/test_optimum.py):
@@ -131,8 +131,12 @@ def main(cfg: OptimumConfig):
     device = get_device(cfg.device)
     ref_path = gpt_folder(cfg.ref)
     where = os.path.dirname(os.path.abspath(cfg.out))
+    # the weights by size and mtime too: a reference or ground truth retrained in place samples
+    # again instead of reusing stale rewards
+    gt_stamp = file_stamp(cfg.ground_truth) if os.path.exists(cfg.ground_truth) else None
     key = dict(ref=os.path.relpath(os.path.abspath(ref_path), where), dataset=cfg.dataset,
-               ground_truth=cfg.ground_truth, n_prefixes=cfg.n_prefixes, seed=cfg.seed, M=cfg.M)
+               ground_truth=cfg.ground_truth, n_prefixes=cfg.n_prefixes, seed=cfg.seed, M=cfg.M,
+               weights=[file_stamp(os.path.join(ref_path, "model.safetensors")), gt_stamp])
     saved = os.path.splitext(cfg.out)[0] + ".rewards.pt"
     cached = torch.load(saved) if os.path.exists(saved) else None
     if cached is not None and cached["key"] == key:

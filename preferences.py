@@ -37,7 +37,8 @@ preference_datasets.py):
     max_prompt_length tokens (default 256; the official repo's keep_end, which it uses for HH,
     keep_start for SHP and SE; keep_end suits TL;DR too, whose prompt ends with the cue); if still
     too long, each response keeps its first max_length - max_prompt_length tokens. Truncated rows
-    are counted; none is dropped for length.
+    are counted; none is dropped for length alone (a pair whose two responses become the same
+    tokens once cut is dropped as identical).
 """
 
 import contextlib

@@ -191,6 +191,19 @@ def resolve_checkpoint(path: str, need: tuple = ("config.json",),
     raise ValueError(f"'{path}' is neither a folder{known}")
 
 
+def file_stamp(path: str) -> str:
+    """Path, size and modification time of a file, or of every file under a folder: part of a
+    cache key, so that a checkpoint retrained in place (same path, new weights) or a regenerated
+    data file misses the cache instead of reusing stale results."""
+    if os.path.isdir(path):
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
+        sts = [os.stat(f) for f in files]
+        return (f"{os.path.abspath(path)}:{len(files)}:{sum(s.st_size for s in sts)}:"
+                f"{max((s.st_mtime_ns for s in sts), default=0)}")
+    st = os.stat(path)
+    return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub answers a TCP connection within `timeout` seconds (False at
     once under HF_HUB_OFFLINE=1). Asked before a download, so that offline the error comes now
@@ -200,6 +213,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
         return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct connection proves nothing: let the download try
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
@@ -220,7 +235,8 @@ def hub_download(repo_id: str, files: tuple) -> str:
     except Exception as e:  # offline, DNS, HTTP errors all land here
         why = type(e).__name__ if online else "the hub is unreachable and it is not cached"
         raise OSError(f"could not fetch {repo_id} from the Hugging Face hub ({why}); download "
-                      f"it elsewhere and pass the local folder instead") from None
+                      f"it elsewhere and pass the local folder instead (--init, --base_model, "
+                      f"--ground_truth)") from None
     return os.path.dirname(paths[0])
 
 

@@ -41,7 +41,8 @@ from data import load_tokenizer
 from model import GPT, gpt_folder, sample_completions
 from reward import RewardModel, reward_folder, rm_tokens
 from utils import (
-    append_jsonl, atomic_write, atomic_write_json, get_device, read_jsonl, seed_for, write_jsonl,
+    append_jsonl, atomic_write, atomic_write_json, file_stamp, get_device, read_jsonl, seed_for,
+    write_jsonl,
 )
 
 # ----------------------------------------------------------------------------- the judge prompts
@@ -95,6 +96,8 @@ More helpful: <"A" or "B">""", "More helpful:"),
 
 
 def judge_message(task: str, query: str, a: str, b: str) -> str:
+    if task.startswith("summarization"):  # the judge reads the post, not our "TL;DR:" cue
+        query = query.rstrip().removesuffix("TL;DR:").rstrip()
     return PROMPTS[task][0].format(query=query, a=a, b=b)
 
 
@@ -277,6 +280,13 @@ def load_test(path: str):
     return kind, out
 
 
+def detect_task(kind: str, rows) -> str:
+    """--task auto: summarization for TL;DR (its reference summaries, or comparisons whose prompts
+    end with preferences.py's "TL;DR:" cue), else dialogue."""
+    tldr = kind == "completions" or all(p.rstrip().endswith("TL;DR:") for _, p, *_ in rows)
+    return "summarization" if tldr else "dialogue"
+
+
 def choose_prompts(rows, n: int, seed: int):
     """A seeded choice of n distinct prompts (all of them if n <= 0 or n >= len), in file order."""
     if n <= 0 or n >= len(rows):
@@ -376,8 +386,7 @@ def main(cfg: WinRateConfig) -> list[dict]:
     policies = parse_policies(cfg.policies)
     kind, rows = load_test(cfg.test)
     rows = choose_prompts(rows, cfg.n, cfg.seed)
-    task = cfg.task if cfg.task != "auto" else (
-        "summarization" if kind == "completions" else "dialogue")
+    task = cfg.task if cfg.task != "auto" else detect_task(kind, rows)
     device = get_device(cfg.device)
     base = cfg.best_of_policy or policies[0][0]
     if cfg.best_of and base not in dict(policies):
@@ -437,9 +446,11 @@ def sample_comparisons(cfg, todo, folders, rows, pick_path, device) -> list[dict
     for label, name, n_best in todo:
         model, tok = None, load_tokenizer(folders[name])
         for ti, t in enumerate(cfg.temperatures):
-            block = json.dumps([label, os.path.abspath(folders[name]), t, cfg.seed,
-                                cfg.max_new_tokens, os.path.abspath(cfg.test), n_best,
-                                n_best and os.path.abspath(pick_path)])
+            # the weights and the test file by size and mtime too: a checkpoint retrained in
+            # place or a regenerated test file samples again instead of reusing stale responses
+            block = json.dumps([label, file_stamp(folders[name]), t, cfg.seed,
+                                cfg.max_new_tokens, file_stamp(cfg.test), n_best,
+                                n_best and file_stamp(pick_path)])
             if not all((block, line) in samples for *_, line in rows):
                 if model is None:
                     model = GPT.from_pretrained(folders[name]).to(device).eval()

@@ -27,7 +27,8 @@ def test_plans_of_every_preset(tmp_path):
         steps = hh_tldr.plan(hh_tldr.ExperimentConfig(experiment=experiment, preset=preset,
                                                       out_dir=str(tmp_path)))
         names = [n for n, _, _ in steps]
-        assert names[-4:] == [names[-4], names[-3], "reward model", "win rates"]
+        assert names[-4] == "SFT" and names[-3].startswith("DPO beta=")
+        assert names[-2:] == ["reward model", "win rates"] and names[0].startswith("data: ")
         sft_cfg = dict((n, c) for n, _, c in steps)["SFT"]
         if experiment == "tldr":  # TL;DR's SFT: post + reference summary
             assert sft_cfg.completions and not sft_cfg.pairs
@@ -55,6 +56,30 @@ def test_tiny_hh_end_to_end_and_rerun(tmp_path, monkeypatch):
     before = os.path.getmtime(tmp_path / "hh" / "dpo" / "done")
     assert hh_tldr.main(cfg) == results
     assert os.path.getmtime(tmp_path / "hh" / "dpo" / "done") == before
+    # another config in the same folder is refused, not silently reused
+    edited = small(hh_tldr.PRESETS["hh", "tiny"])
+    edited["dpo"]["beta"] = 0.5
+    monkeypatch.setitem(hh_tldr.PRESETS, ("hh", "tiny"), edited)
+    with pytest.raises(ValueError, match="another config"):
+        hh_tldr.main(cfg)
+    edited = small(hh_tldr.PRESETS["hh", "tiny"])
+    edited["data"]["train"]["max_length"] = 60
+    monkeypatch.setitem(hh_tldr.PRESETS, ("hh", "tiny"), edited)
+    with pytest.raises(ValueError, match="train.jsonl was written with another config"):
+        hh_tldr.main(cfg)
+
+
+def test_base_model_tokenizes_the_data_and_a_bad_judge_fails_first(tmp_path, monkeypatch):
+    cfg = hh_tldr.ExperimentConfig(out_dir=str(tmp_path), base_model="/models/gpt2")
+    steps = hh_tldr.plan(cfg)
+    data = [c for name, _, c in steps if name.startswith("data: ")]
+    assert data and all(c.tokenizer == "/models/gpt2" for c in data)
+    calls = []
+    monkeypatch.setattr(hh_tldr, "preferences_main", lambda c: calls.append(c))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+        hh_tldr.main(hh_tldr.ExperimentConfig(out_dir=str(tmp_path), judge="openai:gpt-4"))
+    assert calls == []  # nothing ran
 
 
 def test_sft_on_completions(tmp_path):

@@ -260,6 +260,13 @@ def test_main_samples_and_scores_as_evaluate_does(tiny, compact_tok, monkeypatch
     assert [r["beta"] for r in again] == pytest.approx(log_betas(cfg.beta_min, cfg.beta_max, 5))
     with pytest.raises(AssertionError, match="sampled again"):  # another M samples anew
         optimum.main(tiny_cfg(root, ref, gt, M=4))
+    from model import gpt_folder
+
+    weights = os.path.join(gpt_folder(ref), "model.safetensors")  # retrained in place: new mtime
+    st = os.stat(weights)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="sampled again"):
+        optimum.main(tiny_cfg(root, ref, gt, n_betas=5))
 
     # evaluate.plot_frontier draws the file as it stands
     assert os.path.getsize(evaluate.plot_frontier(cfg.out)) > 0

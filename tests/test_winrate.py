@@ -453,6 +453,24 @@ def test_rm_judge_expected_win_rate(tiny, tmp_path):
         mp.setattr(winrate, "sample_block", None)  # calling it would fail
         assert winrate.main(cfg) == rows
 
+    # a test file regenerated at the same path (new mtime) is sampled again, never paired with
+    # the responses saved for the old one
+    import dataclasses
+    import shutil
+
+    copy = tmp_path / "test_copy.jsonl"
+    shutil.copy(cfg.test, copy)
+    cfg2 = dataclasses.replace(cfg, test=str(copy), out_dir=str(tmp_path / "stale"),
+                               temperatures=(0.0,), best_of=0)
+    winrate.main(cfg2)
+    st = os.stat(copy)
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    calls, real = [], winrate.sample_block
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(winrate, "sample_block", lambda *a, **k: calls.append(1) or real(*a, **k))
+        winrate.main(cfg2)
+    assert calls
+
 
 def test_bad_inputs(tiny, tmp_path):
     with pytest.raises(ValueError, match="--judge must be"):
@@ -466,3 +484,14 @@ def test_bad_inputs(tiny, tmp_path):
     with pytest.raises(ValueError, match="not one of --policies"):
         winrate.main(config(tiny, tmp_path, judge=f"rm:{tiny.rm}", best_of=2,
                             best_of_policy="ppo"))
+
+
+def test_tldr_task_detection_and_the_judge_reads_the_post_without_the_cue():
+    hh = [([1], "\n\nHuman: hi\n\nAssistant:", [2], " hello", 1)]
+    tldr = [([1], "SUBREDDIT: r/cats POST: my cat sleeps.\nTL;DR:", [2], " cat sleeps", 1)]
+    assert winrate.detect_task("pairs", hh) == "dialogue"
+    assert winrate.detect_task("pairs", tldr) == "summarization"  # TL;DR comparisons
+    assert winrate.detect_task("completions", hh) == "summarization"  # reference summaries
+    message = winrate.judge_message("summarization", tldr[0][1], "x", "y")
+    assert "my cat sleeps." in message and "TL;DR:" not in message
+    assert "TL;DR:" in winrate.judge_message("dialogue", tldr[0][1], "x", "y")
