@@ -222,6 +222,32 @@ STYLE = {  # method: (colour, marker), close to the paper's Figure 2
 }
 
 
+def envelope(rows: list[dict], budget: float) -> float | None:
+    """The best reward among rows with KL <= budget (None if none): a method's frontier read at
+    one KL budget, over every setting of its sweep."""
+    return max((r["reward"] for r in rows if r["kl"] <= budget), default=None)
+
+
+def seed_envelopes(rows: list[dict], budgets) -> dict:
+    """{method: {budget: (mean, standard error, seeds)}} of each method's envelope over the seeds
+    of its runs: the envelope is taken per seed (every setting of the sweep, one seed), then
+    averaged over the seeds that reach the budget at all (their count is the third entry; the
+    standard error is None for one seed)."""
+    out = {}
+    for method in {r["method"] for r in rows} - {"SFT"}:
+        mine = [r for r in rows if r["method"] == method]
+        seeds = sorted({r.get("seed") for r in mine}, key=str)
+        out[method] = {}
+        for b in budgets:
+            vals = [v for s in seeds
+                    if (v := envelope([r for r in mine if r.get("seed") == s], b)) is not None]
+            n = len(vals)
+            mean = sum(vals) / n if n else None
+            se = (math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1) / n) if n > 1 else None)
+            out[method][b] = (mean, se, n)
+    return out
+
+
 def zoom_limit(kls: list[float]) -> float | None:
     """The right edge of a zoomed panel when a few points lie far out in KL (they would squash
     the rest into the left of the axis): 1.2 x the 90th percentile of KL, or None when the
@@ -234,7 +260,9 @@ def zoom_limit(kls: list[float]) -> float | None:
 def plot_frontier(jsonl: str, png: str | None = None, title: str | None = None,
                   optimum: str | None = None) -> str:
     """Reward (y) against sequence KL (x) for every evaluated checkpoint, one colour and marker
-    per method; best-of-N sits at its KL bound (hollow). The KL-regularised optimum (optimum.py's
+    per method; best-of-N sits at its KL bound (hollow). A method run with several seeds also
+    gets its envelope's mean over seeds as a step line, ± one standard error as a band (from the
+    KL where every seed has a point). The KL-regularised optimum (optimum.py's
     optimum.jsonl beside the results, if there) is the black line: solid where its estimate is
     trusted, dotted beyond. When a few points lie far out in KL, a second panel zooms on the
     region where the others are (zoom_limit). Returns the PNG's path."""
@@ -264,9 +292,20 @@ def plot_frontier(jsonl: str, png: str | None = None, title: str | None = None,
             pts = [r for r in rows if r["method"] == method]
             colour, marker = STYLE.get(method, ("gray", "."))
             label = method + (" (KL at its bound)" if method == "Best-of-N" else "")
+            several = method not in ("SFT", "Best-of-N") and len({r.get("seed") for r in pts}) > 1
             ax.scatter([r["kl"] for r in pts], [r["reward"] for r in pts], marker=marker, s=28,
-                       alpha=0.8, label=label, edgecolors=colour,
+                       alpha=0.35 if several else 0.8, label=label, edgecolors=colour,
                        facecolors="none" if method == "Best-of-N" else colour)
+            if several:  # the envelope's mean over seeds, ± one standard error as a band
+                grid = sorted({r["kl"] for r in pts})
+                env = seed_envelopes(pts, grid)[method]
+                xs = [b for b in grid if env[b][2] == len({r.get("seed") for r in pts})]
+                mean = [env[b][0] for b in xs]
+                se = [env[b][1] for b in xs]
+                ax.step(xs, mean, where="post", color=colour, lw=1.4)
+                ax.fill_between(xs, [m - e for m, e in zip(mean, se)],
+                                [m + e for m, e in zip(mean, se)], step="post", color=colour,
+                                alpha=0.2, lw=0)
         ax.set_ylim(lo, 1.0)
         ax.set_xlim(0, zoom if k == 1 else max(r["kl"] for r in rows) * 1.05)
         ax.set_xlabel("KL(π ‖ π_ref), nats per completion")

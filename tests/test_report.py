@@ -61,3 +61,24 @@ def test_report_command(tmp_path):
     r = subprocess.run([sys.executable, "evaluate.py", "report", str(tmp_path / "nothing")],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stderr.startswith("error:")
+
+
+def test_seed_envelopes_by_hand(tmp_path):
+    r = lambda m, seed, kl, reward: dict(method=m, seed=seed, kl=kl, reward=reward)
+    rows = [r("SFT", None, 0.0, 0.5),
+            # DPO, seed 0: two settings; seed 1: one setting
+            r("DPO", 0, 0.5, 0.7), r("DPO", 0, 1.5, 0.8), r("DPO", 0, 2.5, 0.95),
+            r("DPO", 1, 0.8, 0.6), r("DPO", 1, 2.0, 0.9),
+            r("PPO", 0, 2.5, 0.9)]
+    t = evaluate.seed_envelopes(rows, (1, 2, 3))
+    assert "SFT" not in t
+    mean, se, n = t["DPO"][1]
+    assert n == 2 and abs(mean - 0.65) < 1e-12 and abs(se - 0.05) < 1e-12  # (0.7, 0.6)
+    mean, se, n = t["DPO"][2]
+    assert n == 2 and abs(mean - 0.85) < 1e-12 and abs(se - 0.05) < 1e-12  # (0.8, 0.9)
+    mean, se, n = t["DPO"][3]
+    assert n == 2 and abs(mean - 0.925) < 1e-12 and abs(se - 0.025) < 1e-12  # (0.95, 0.9)
+    assert t["PPO"][1] == (None, None, 0) and t["PPO"][3] == (0.9, None, 1)
+    path = tmp_path / "frontier.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    assert os.path.getsize(evaluate.plot_frontier(str(path))) > 0  # the band is drawn
