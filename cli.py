@@ -87,7 +87,8 @@ POSITIVE = {  # > 0
     "concurrency", "epochs", "eval_every", "every", "gen_batch", "grad_clip", "horizon", "lr",
     "max_len", "max_length", "max_new_tokens", "max_prompt_length", "micro_batch", "mini_batch",
     "n_embd", "n_head", "n_layer", "n_prefixes", "n_prompts", "ppo_epochs", "samples",
-    "save_every", "score_batch", "steps", "target_kl", "M", "beta_min", "beta_max", "n_betas",
+    "save_every", "score_batch", "seeds", "steps", "target_kl", "M", "beta_min", "beta_max",
+    "n_betas",
 }
 NON_NEGATIVE = {"best_of", "eval_size", "init_kl_coef", "seed", "split_seed", "vf_coef",
                 "warmup", "weight_decay", "temperatures"}  # best_of: 0 = none (winrate.py)

@@ -167,8 +167,8 @@ def _load_dataset(source: str, split: str):
         return datasets.load_dataset("parquet", data_files=files, split="train")
     if not hub_reachable() and not os.environ.get("HF_HUB_OFFLINE"):  # fail now, not after retries
         raise OSError(f"could not load dataset '{source}': the Hugging Face hub is unreachable; "
-                      f"pass a local folder of parquet files in the hub layout instead (--dataset), "
-                      f"or set HF_HUB_OFFLINE=1 to use a copy in your datasets cache")
+                      f"pass a local folder of parquet files in the hub layout instead "
+                      f"(--dataset), or set HF_HUB_OFFLINE=1 to use a copy in your datasets cache")
     try:
         return datasets.load_dataset(source, split=split)
     except Exception as e:  # offline, unknown name, ...: one clear line

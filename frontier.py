@@ -8,15 +8,25 @@ interrupted sweep continues where it stopped.
     python frontier.py --preset tiny     # CPU, offline: the synthetic corpus, minutes
     python frontier.py --preset gpt2     # GPT-2 124M on IMDb, one GPU
     python frontier.py --preset paper    # gpt2-large on IMDb, the paper's sweep
+    python frontier.py --preset paper --plan   # steps, checkpoints, disk, time: runs nothing
+
+Each sweep run (DPO, Unlikelihood, Preferred-FT, PPO, PPO-GT) is evaluated into frontier.jsonl as
+soon as it is done; then its checkpoints but the last are deleted (--no-keep_last: the last too),
+and the state.pt of every finished run (a finished run never resumes), unless --keep_checkpoints.
+A checkpoint is deleted only once its row is in frontier.jsonl, so a kill at any moment resumes
+with nothing evaluated twice and nothing lost.
 """
 
+import dataclasses
+import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 
 from dpo import DPOConfig
 from dpo import main as dpo_main
-from evaluate import EvalConfig
+from evaluate import EvalConfig, checkpoints_of
 from evaluate import main as evaluate_main
 from optimum import OptimumConfig
 from optimum import main as optimum_main
@@ -29,8 +39,8 @@ from reward import train as rm_train
 from sft import SFTConfig
 from sft import main as sft_main
 from cli import check_fields, run_main
-from runs import is_done
-from utils import read_jsonl
+from runs import is_done, open_run
+from utils import list_checkpoints, read_jsonl
 
 
 @dataclass
@@ -60,6 +70,9 @@ class Preset:
 # within the run the coefficient can move about x5 either way (kl_coef_range) and the target-KL
 # sweep gives distinct runs; a horizon of 10,000 samples over 40 iterations of 256 could move it
 # only between x0.81 and x1.23.
+# The SFT model's and the reward model's checkpoints serve only resume (the SFT model's last one
+# and the RM's best/ are what later stages read), so the GPU presets save them rarely: a kill
+# during those stages loses up to that many steps, the frontier loses no point.
 PRESETS = {
     # CPU only, offline: the synthetic corpus, a 2-layer 64-wide GPT trained from scratch as the
     # base (compact vocabulary), the label classifier as ground truth, two values per sweep.
@@ -88,10 +101,11 @@ PRESETS = {
     # GPT-2 124M on IMDb with siebert, sized for one consumer GPU (see README for the estimate).
     "gpt2": Preset(
         dataset="stanfordnlp/imdb", ground_truth=SIEBERT,
-        sft=dict(init="gpt2", steps=400, batch_size=64, micro_batch=16, lr=5e-5, warmup=40),
+        sft=dict(init="gpt2", steps=400, batch_size=64, micro_batch=16, lr=5e-5, warmup=40,
+                 save_every=400),
         gt={},
         pairs=dict(n_prefixes=5000, chunk=64),
-        rm=dict(epochs=1, batch_size=64, micro_batch=16, lr=1e-5),
+        rm=dict(epochs=1, batch_size=64, micro_batch=16, lr=1e-5, save_every=1000),
         dpo=dict(steps=400, micro_batch=16, save_every=50),
         betas=(0.05, 0.1, 1.0, 5.0), alphas=(0.05, 0.1, 0.5, 1.0),
         pft=dict(steps=400, micro_batch=16, lr=1e-5, save_every=50),
@@ -105,10 +119,11 @@ PRESETS = {
     # The paper (§6.1, App. C.1): gpt2-large, siebert, 25k prefixes x 6 pairs, the full sweeps.
     "paper": Preset(
         dataset="stanfordnlp/imdb", ground_truth=SIEBERT,
-        sft=dict(init="gpt2-large", steps=400, batch_size=64, micro_batch=8, lr=1e-5, warmup=40),
+        sft=dict(init="gpt2-large", steps=400, batch_size=64, micro_batch=8, lr=1e-5, warmup=40,
+                 save_every=400),
         gt={},
         pairs=dict(n_prefixes=25000, chunk=64),
-        rm=dict(epochs=3, batch_size=64, micro_batch=8, lr=1e-5),
+        rm=dict(epochs=3, batch_size=64, micro_batch=8, lr=1e-5, save_every=2500),
         dpo=dict(micro_batch=8, save_every=100),
         betas=(0.05, 0.1, 1.0, 5.0), alphas=(0.05, 0.1, 0.5, 1.0),
         pft=dict(steps=2000, micro_batch=8, lr=1e-6, warmup=150, save_every=100),
@@ -140,6 +155,10 @@ class FrontierConfig:
     base_model: str | None = None  # override the preset's base model (e.g. a local GPT-2 folder)
     dataset: str | None = None  # override the preset's dataset (e.g. a local IMDb folder)
     ground_truth: str | None = None  # override the preset's ground truth (e.g. a local siebert)
+    keep_checkpoints: bool = False  # keep every checkpoint and state.pt of every run
+    keep_last: bool = True  # keep each sweep run's last checkpoint (--no-keep_last: its rows only)
+    plan: bool = False  # print each step's counts, checkpoints, disk and time estimate; run nothing
+    seeds: int = 1  # every trained method repeated with seeds 0 .. K-1 (the plot: mean and band)
 
 
 def plan(cfg: FrontierConfig):
@@ -165,24 +184,30 @@ def plan(cfg: FrontierConfig):
         ("reward model", rm_train, RMConfig(out_dir=run("rm"), init=sft, objective="bt",
                                             pairs=pairs_file, **common, **p.rm)),
     ]
-    for b in p.betas:
-        steps.append((f"DPO beta={b}", dpo_main, DPOConfig(
-            out_dir=run(f"dpo_beta{b}"), init=sft, pairs=pairs_file, beta=b, **common, **p.dpo)))
-    for a in p.alphas:
-        steps.append((f"Unlikelihood alpha={a}", dpo_main, DPOConfig(
-            out_dir=run(f"unlikelihood_alpha{a}"), init=sft, pairs=pairs_file,
-            loss="unlikelihood", alpha=a, **common, **p.dpo)))
-    for s in p.pft_seeds:
+    # --seeds K: every trained method again with seeds 1 .. K-1 (data order, sampling); the SFT
+    # model, the pairs and the reward model are shared, so the spread is that of training alone
+    for seed in range(cfg.seeds):
+        tag, at = (f"_seed{seed}", f" seed={seed}") if seed else ("", "")
+        for b in p.betas:
+            steps.append((f"DPO beta={b}{at}", dpo_main, DPOConfig(
+                out_dir=run(f"dpo_beta{b}{tag}"), init=sft, pairs=pairs_file, beta=b, seed=seed,
+                **common, **p.dpo)))
+        for a in p.alphas:
+            steps.append((f"Unlikelihood alpha={a}{at}", dpo_main, DPOConfig(
+                out_dir=run(f"unlikelihood_alpha{a}{tag}"), init=sft, pairs=pairs_file,
+                loss="unlikelihood", alpha=a, seed=seed, **common, **p.dpo)))
+        for reward in ("rm", "gt"):
+            for t in p.target_kls:
+                name = f"ppo{'_gt' if reward == 'gt' else ''}_kl{t}{tag}"
+                steps.append((f"PPO{'-GT' if reward == 'gt' else ''} target KL={t}{at}",
+                              ppo_main, PPOConfig(
+                                  out_dir=run(name), init=sft, reward=reward, rm=run("rm"),
+                                  ground_truth=gt, dataset=dataset, target_kl=t, seed=seed,
+                                  **common, **p.ppo)))
+    for s in sorted(set(p.pft_seeds) | set(range(cfg.seeds))):  # its sweep is over seeds
         steps.append((f"Preferred-FT seed={s}", sft_main, SFTConfig(
             out_dir=run(f"preferred_ft_seed{s}"), init=sft, pairs=pairs_file, seed=s,
             dataset=dataset, **common, **p.pft)))
-    for reward in ("rm", "gt"):
-        for t in p.target_kls:
-            name = f"ppo{'_gt' if reward == 'gt' else ''}_kl{t}"
-            steps.append((f"PPO{'-GT' if reward == 'gt' else ''} target KL={t}", ppo_main,
-                          PPOConfig(out_dir=run(name), init=sft, reward=reward, rm=run("rm"),
-                                    ground_truth=gt, dataset=dataset, target_kl=t, **common,
-                                    **p.ppo)))
     trained = [c.out_dir for _, _, c in steps[1:] if os.path.basename(c.out_dir) not in
                ("gt", "pairs", "rm")]
     # the KL-regularised optimum of the ground truth, from M samples of the SFT model per test
@@ -201,22 +226,106 @@ def main(cfg: FrontierConfig):
     steps = plan(cfg)
     for _, _, c in steps:  # every stage's settings in range before the first one starts
         check_fields(c, paths=False)
+    if cfg.plan:
+        from budget import print_plan
+
+        return print_plan(cfg, steps)
+    final = steps[-1][2]
     timings = {}
     for i, (name, fn, c) in enumerate(steps, 1):
-        folder = getattr(c, "out_dir", None)
-        if folder and is_done(folder):
+        folder, t0 = getattr(c, "out_dir", None), time.time()
+        if c is final:  # a run pruned to nothing (--no-keep_last) has all its rows already
+            c = dataclasses.replace(c, runs=tuple(r for r in c.runs if list_checkpoints(r)))
+        if folder and open_run(c) and is_done(folder):  # open_run: refuses another config
             print(f"[{i}/{len(steps)}] {name}: done, skipped ({folder})")
-            continue
-        print(f"[{i}/{len(steps)}] {name} -> {folder or c.out}")
-        t0 = time.time()
-        fn(c)
-        timings[name] = time.time() - t0
-    results = read_jsonl(steps[-1][2].out)
-    png = os.path.splitext(steps[-1][2].out)[0] + ".png"
-    print(f"frontier: {len(results)} points in {steps[-1][2].out}, plot {png}")
+        else:
+            print(f"[{i}/{len(steps)}] {name} -> {folder or c.out}")
+            fn(c)
+            timings[name] = time.time() - t0
+        if folder in final.runs:  # a sweep run: its points now, then only what is still needed
+            t0 = time.time()
+            if evaluate_run(folder, final, thin=not cfg.keep_checkpoints):
+                timings[f"{name}, evaluation"] = time.time() - t0
+            if not cfg.keep_checkpoints and (n := prune(folder, final.out, cfg.keep_last)):
+                print(f"  pruned {folder}: {n} evaluated checkpoint{'s' * (n > 1)} deleted")
+        elif folder and not cfg.keep_checkpoints and is_done(folder):
+            prune(folder, final.out, keep_last=True, checkpoints=False)  # sft, gt, rm: state.pt
+    results = read_jsonl(final.out)
+    png = os.path.splitext(final.out)[0] + ".png"
+    print(f"frontier: {len(results)} points in {final.out}, plot {png}")
     for name, t in timings.items():
         print(f"  {name}: {t:.0f} s")
     return results
+
+
+# ----------------------------------------------------------------------------- evaluate, prune
+
+
+def result_path(checkpoint: str, results: str) -> str:
+    """A checkpoint's `checkpoint` field in a results file: its path relative to the file's folder
+    (as evaluate.main writes it)."""
+    return os.path.relpath(os.path.abspath(checkpoint), os.path.dirname(os.path.abspath(results)))
+
+
+def evaluated(results: str) -> set[str]:
+    """The checkpoints that have their row in a results file (best-of-N rows aside)."""
+    return {r["checkpoint"] for r in read_jsonl(results) if r.get("best_of") is None}
+
+
+def saved_steps(total: int, save_every: int) -> list[int]:
+    """The steps a run of `total` steps saves a checkpoint at (runs.Run.due)."""
+    return list(range(save_every, total + 1, save_every)) + ([total] if total % save_every else [])
+
+
+def remove_checkpoint(path: str):
+    """Delete a checkpoint folder: renamed first (one atomic step, after which no one lists it),
+    then removed; prune finishes a removal a kill interrupted."""
+    shutil.rmtree(path + ".pruned", ignore_errors=True)
+    os.rename(path, path + ".pruned")
+    shutil.rmtree(path + ".pruned")
+
+
+def evaluate_run(run: str, ev: EvalConfig, thin: bool) -> int:
+    """Evaluate the checkpoints of a finished sweep run that have no row in ev.out yet
+    (evaluate.main on this run alone; the reference too while it has none); returns how many.
+    evaluate.main takes every `every`-th checkpoint of the listing, which a deletion would shift:
+    with thin (pruning) and every > 1, the checkpoints it would skip in the full listing are
+    deleted first, and what is left is evaluated whole (every=1)."""
+    every, ckpts = ev.every, list_checkpoints(run)
+    if thin and every > 1 and ckpts:  # (prune leaves the last one while any is left)
+        with open(os.path.join(run, "run_config.json")) as f:
+            save_every = json.load(f)["save_every"]
+        written = saved_steps(ckpts[-1][0], save_every)  # the last step saved is the total
+        keep = {s for i, s in enumerate(written) if i % every == every - 1 or s == written[-1]}
+        for step, path in ckpts:
+            if step not in keep:
+                remove_checkpoint(path)
+        every = 1
+    seen = evaluated(ev.out)
+    todo = [p for _, p in checkpoints_of(run, every) if result_path(p, ev.out) not in seen]
+    if todo:
+        print(f"  evaluating {run}: {len(todo)} checkpoints -> {ev.out}")
+        evaluate_main(dataclasses.replace(ev, runs=(run,), every=every, best_of=()))
+    return len(todo)
+
+
+def prune(run: str, results: str, keep_last: bool = True, checkpoints: bool = True) -> int:
+    """Delete what a finished run no longer needs: its state.pt (read only to resume an unfinished
+    run) and, with `checkpoints`, each checkpoint whose row is in `results`, but the last one if
+    keep_last (then the run stays loadable). Idempotent; returns how many checkpoints went."""
+    if not is_done(run):
+        return 0
+    for name in os.listdir(run):  # a removal a kill interrupted
+        if name.endswith(".pruned"):
+            shutil.rmtree(os.path.join(run, name))
+    seen = evaluated(results) if checkpoints else set()
+    ckpts = list_checkpoints(run)[:-1] if keep_last else list_checkpoints(run)
+    old = [p for _, p in ckpts if result_path(p, results) in seen]
+    for path in old:
+        remove_checkpoint(path)
+    if os.path.exists(os.path.join(run, "state.pt")):
+        os.remove(os.path.join(run, "state.pt"))
+    return len(old)
 
 
 if __name__ == "__main__":

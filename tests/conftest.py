@@ -129,3 +129,14 @@ def pipeline(tmp_path_factory):
     p.sft_ckpt = gpt_folder(p.sft)
     p.tok = load_tokenizer(p.sft_ckpt)
     return p
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released): an unreachable endpoint."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

@@ -4,7 +4,6 @@ files and the hub, the command line's range checks, and frontier.py's local base
 
 import dataclasses
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ import pytest
 import cli
 import data
 import utils
+
+from conftest import closed_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,14 +68,6 @@ def test_missing_bpe_files_error_names_them(monkeypatch):
         assert cached == hashlib.sha1((data.GPT2_BPE_URL + f).encode()).hexdigest()
         assert f in msg and cached in msg
     assert "TIKTOKEN_CACHE_DIR" in msg and data.GPT2_BPE_URL in msg
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_unreachable_hub_fails_at_once(tmp_path, monkeypatch):

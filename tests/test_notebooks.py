@@ -231,7 +231,8 @@ def test_frontier_notebook_on_another_file(tmp_path):
     out = text_output(execute(read("frontier.ipynb"), parameters=f"FRONTIER = {str(path)!r}"))
     assert f"{len(rows)} evaluated checkpoints from {path}\n" in out
     assert "instead" not in out
-    assert re.search(r"^DPO +16 checkpoints", out, re.M) and "PPO" not in out
+    n_dpo = sum(r["method"] == "DPO" for r in rows)
+    assert re.search(rf"^DPO +{n_dpo} checkpoints", out, re.M) and "PPO" not in out
 
 
 def test_frontier_notebook_falls_back_to_the_committed_file(tmp_path):
@@ -246,11 +247,11 @@ def test_frontier_prose_agrees_with_the_committed_file():
     prose = " ".join(" ".join(c.source.split()) for c in read("frontier.ipynb").cells
                      if c.cell_type == "markdown")
 
-    def runs(method):  # {setting: sorted checkpoint steps}
+    def runs(method):  # {(setting, seed): sorted checkpoint steps}
         out = {}
         for r in rows:
             if r["method"] == method:
-                out.setdefault(r["value"], []).append(r["step"])
+                out.setdefault((r["value"], r.get("seed")), []).append(r["step"])
         return {k: sorted(v) for k, v in out.items()}
 
     def last(method):
@@ -262,24 +263,28 @@ def test_frontier_prose_agrees_with_the_committed_file():
         return gap
 
     def values(method):
-        return "{" + ", ".join(f"{v:g}" for v in sorted(runs(method))) + "}"
+        return "{" + ", ".join(f"{v:g}" for v in sorted({v for v, _ in runs(method)})) + "}"
+
+    seeds = sorted({r["seed"] for r in rows if r["method"] == "DPO"})
 
     (n,) = {r["n"] for r in rows}
     (sft_checkpoint,) = {r["checkpoint"] for r in rows if r["method"] == "SFT"}
     sft_steps = int(sft_checkpoint.rsplit("step_", 1)[1])
-    sweeps = {len(runs(m)) for m in ("DPO", "Unlikelihood", "PPO", "PPO-GT")}
+    sweeps = {len({v for v, _ in runs(m)}) for m in ("DPO", "Unlikelihood", "PPO", "PPO-GT")}
     assert last("DPO") == last("Unlikelihood") and last("PPO") == last("PPO-GT")
-    assert values("PPO") == values("PPO-GT") and sweeps == {2} and len(runs("Preferred-FT")) == 1
+    assert values("PPO") == values("PPO-GT") and sweeps == {2}
+    assert len(runs("Preferred-FT")) == len(seeds)  # its sweep is over the seeds
     expected = [
         f"{len(rows)} points in all", f"trained from scratch for {sft_steps} steps",
-        "two values per hyper-parameter sweep", "one Preferred-FT run",
+        "two values per hyper-parameter sweep", f"each run with {len(seeds)} seeds",
+        "Preferred-FT with seeds " + values("Preferred-FT")[1:-1],
         f"{n} held-out test prefixes per evaluated checkpoint",
         f"{last('DPO')} optimizer steps per DPO and Unlikelihood run",
         f"{last('Preferred-FT')} for Preferred-FT and {last('PPO')} PPO iterations",
         f"every {every('DPO')}, {every('Preferred-FT')} and {every('PPO')} of them",
         f"DPO β ∈ {values('DPO')}", f"Unlikelihood α ∈ {values('Unlikelihood')}",
         f"target KL ∈ {values('PPO')}",
-        "best-of-N for N = " + " and ".join(str(v) for v in sorted(runs("Best-of-N"))),
+        "best-of-N for N = " + " and ".join(str(v) for v, _ in sorted(runs("Best-of-N"))),
     ]
     for phrase in expected:
         assert phrase in prose, f"frontier.ipynb should say {phrase!r}, as the file does"

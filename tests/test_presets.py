@@ -24,3 +24,21 @@ def test_the_old_gpt2_horizon_was_inert():
     # 40 iterations of 256 samples against a 10,000-sample horizon: x0.81 .. x1.23 at most
     low, high = frontier.kl_coef_range(dict(frontier.PRESETS["gpt2"].ppo, horizon=10000))
     assert 0.8 < low < 0.82 and 1.22 < high < 1.24
+
+
+def test_seeds_repeat_every_trained_method():
+    one = frontier.plan(frontier.FrontierConfig(preset="tiny"))
+    three = frontier.plan(frontier.FrontierConfig(preset="tiny", seeds=3))
+    dirs = lambda steps: [c.out_dir for _, _, c in steps if hasattr(c, "out_dir")]
+    assert set(dirs(one)) <= set(dirs(three))  # seed 0 keeps its folders: a 1-seed run extends
+    assert len(dirs(three)) == len(set(dirs(three)))
+    p = frontier.PRESETS["tiny"]
+    for kind, n in (("dpo_beta", len(p.betas)), ("unlikelihood_alpha", len(p.alphas)),
+                    ("ppo_kl", len(p.target_kls)), ("ppo_gt_kl", len(p.target_kls))):
+        cfgs = [c for _, _, c in three if hasattr(c, "out_dir")
+                and c.out_dir.split("/")[-1].startswith(kind)]
+        assert sorted(c.seed for c in cfgs) == sorted([0, 1, 2] * n), kind
+    pft = [c for _, _, c in three if "preferred_ft" in getattr(c, "out_dir", "")]
+    assert sorted(c.seed for c in pft) == [0, 1, 2]
+    shared = [c for name, _, c in three if name in ("sft", "pairs", "reward model")]
+    assert len(shared) == 3  # the SFT model, pairs and RM once, for every seed

@@ -97,3 +97,85 @@ def test_torchrun_matches_single_process(tmp_path):
     for a, b in zip(losses(single), losses(multi), strict=True):
         for x, y in zip(a[1:], b[1:]):
             assert (x is None) == (y is None) and (x is None or abs(x - y) < 1e-4), (a, b)
+
+
+KILLING_WRAPPER = """
+import os, random, signal, sys
+sys.path[:0] = [{root!r}, {tests!r}]
+import frontier
+from cli import run_main
+from test_frontier_plan import mini_preset
+
+frontier.PRESETS["mini"] = mini_preset({gt!r})
+if "KILL_SEED" in os.environ:  # SIGKILL itself in the middle of pruning, now and then
+    rng, remove = random.Random(int(os.environ["KILL_SEED"])), frontier.remove_checkpoint
+
+    def remove_checkpoint(path):
+        if rng.random() < 0.3:  # half-way: renamed, part of its files gone
+            os.rename(path, path + ".pruned")
+            os.remove(os.path.join(path + ".pruned", "model.safetensors"))
+            os.kill(os.getpid(), signal.SIGKILL)
+        remove(path)
+        if rng.random() < 0.3:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    frontier.remove_checkpoint = remove_checkpoint
+run_main(frontier.main, frontier.FrontierConfig)
+"""
+
+
+@pytest.mark.slow
+def test_frontier_killed_while_evaluating_or_pruning_loses_and_repeats_nothing(pipeline, tmp_path,
+                                                                             monkeypatch):
+    """A reduced sweep (tests/test_frontier_plan.mini_preset) SIGKILLed at random moments while it
+    evaluates a finished run or prunes its checkpoints, restarted until it finishes, ends with the
+    rows of an uninterrupted sweep, none twice, and each sweep run holding its last checkpoint."""
+    import random
+    import signal
+
+    import frontier
+    from test_frontier_plan import mini_preset
+    from utils import list_checkpoints
+
+    wrapper = tmp_path / "mini_frontier.py"
+    wrapper.write_text(KILLING_WRAPPER.format(root=ROOT, tests=os.path.join(ROOT, "tests"),
+                                              gt=pipeline.gt))
+    args = [str(wrapper), "--preset", "mini", "--device", "cpu"]
+    p = run([*args, "--out_dir", str(tmp_path / "ref")], timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    out, rng, kills = tmp_path / "killed", random.Random(0), dict(outside=0, pruning=0)
+    for attempt in range(40):
+        env = dict(os.environ, PYTHONUNBUFFERED="1", KILL_SEED=str(attempt))
+        proc = subprocess.Popen([sys.executable, *args, "--out_dir", str(out)], cwd=ROOT,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True)
+        outside = False
+        for line in proc.stdout:  # from outside: at a random moment of an evaluation
+            if line.lstrip().startswith("evaluating") and rng.random() < 0.6:
+                time.sleep(rng.uniform(0.0, 1.5))
+                proc.send_signal(signal.SIGKILL)
+                outside = True
+                break
+        proc.wait(timeout=900)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.returncode
+        kills["outside" if outside else "pruning"] += 1
+    assert proc.returncode == 0 and min(kills.values()) >= 1, (proc.returncode, kills)
+
+    def rows(folder):
+        return [(r["checkpoint"], r.get("best_of")) for r in read_jsonl(str(folder /
+                                                                           "frontier.jsonl"))]
+
+    assert len(rows(out)) == len(set(rows(out)))  # nothing evaluated twice
+    assert set(rows(out)) == set(rows(tmp_path / "ref"))  # nothing lost
+    monkeypatch.setitem(frontier.PRESETS, "mini", mini_preset(pipeline.gt))
+    final = frontier.plan(frontier.FrontierConfig(preset="mini", out_dir=str(out)))[-1][2]
+    for run_dir in final.runs:
+        ref_dir = str(tmp_path / "ref" / os.path.basename(run_dir))
+        assert [s for s, _ in list_checkpoints(run_dir)] == [s for s, _ in
+                                                             list_checkpoints(ref_dir)]
+        assert len(list_checkpoints(run_dir)) == 1, run_dir
+        assert sorted(os.listdir(run_dir)) == sorted(os.listdir(ref_dir)), run_dir
+    print(f"kills: {kills}")

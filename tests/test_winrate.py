@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +29,7 @@ from reward import RewardModel
 from utils import read_jsonl, seed_for, write_jsonl
 from winrate import WinRateConfig
 
-from conftest import randomize_
+from conftest import closed_port, randomize_
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARK = "[reference]"  # in every reference text; no token of the compact vocabulary holds "["
@@ -124,14 +123,6 @@ def judge(monkeypatch):
     for srv in servers:
         srv.shutdown()
         srv.server_close()
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # ----------------------------------------------------------------------------- tiny models

@@ -1,0 +1,269 @@
+"""What a frontier.py sweep costs before it runs (`python frontier.py --preset P --plan`): every
+step's optimizer steps, examples and checkpoints, the bytes of a checkpoint, the sweep folder's
+peak disk with and without pruning, and an estimate of the time. Nothing is loaded or run.
+
+Counts follow each script's own arithmetic. Sizes come from the model's config, built on the meta
+device (shapes, no weights). Pairs are taken as n_prefixes x 6 (pairs.py drops exact ties, so a
+real file may hold a few fewer, and the RM and a one-epoch DPO a few fewer steps). Times scale
+measured throughputs: the tiny preset's stage times on 2 CPU cores, and the README's GPU
+benchmarks for GPT-2 sizes.
+"""
+
+import json
+import math
+import os
+
+from dpo import DPOConfig
+from frontier import PRESETS, FrontierConfig, saved_steps
+from optimum import OptimumConfig
+from pairs import PairsConfig
+from ppo import PPOConfig
+from reward import RMConfig
+from sft import SFTConfig
+
+GPT2_SIZES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280),
+              "gpt2-xl": (48, 25, 1600)}  # (n_layer, n_head, n_embd)
+TRAIN_REVIEWS = {"synthetic": 20000}  # data.load_reviews' train split; IMDb's: 25,000
+PAIR_LEN = 56  # tokens of a prompt + completion (at most 8 + 48)
+PAIR_ROW = {"synthetic": 830}  # bytes of a pairs.jsonl row, measured on tiny; IMDb's ~1.3 kB
+LOG_ROW = 300  # bytes of a log.jsonl row, roughly
+STATE_EXTRA = 32_000  # bytes of state.pt besides the optimizer's tensors: RNG states, counters
+# Seconds and units of work of each stage in one run of the tiny preset on an idle 2-core CPU
+# (README: 7.1 min in all): the CPU estimate is these rates times a step's units.
+CPU_RUN = {
+    "sft": (15, 300 * 32), "ground truth": (20, 625 * 32), "pairs": (11, 1024 * 4),
+    "reward model": (19, 367 * 32), "dpo": ((20 + 15 + 15 + 14) / 4, 200 * 32),
+    "preferred-ft": (4, 120 * 32), "ppo": ((43 + 46 + 42 + 46) / 4, 100 * 64),
+    "optimum": (35, 64 * 256), "evaluate": (80, 79 * 256 + 256 * (4 + 16)),  # sampled sequences
+}
+# README "Benchmarks": bench/gpu.py on one H100 80GB (bf16 autocast, eager), the SFT step's
+# tokens/s, the DPO step's pairs/s, forward tokens/s, sampled 48-token sequences/s, RoBERTa-large
+# (siebert's shape) texts/s.
+GPU_RUN = {
+    "gpt2-large": dict(at="gpt2-large, micro-batch 16", params=774.03e6, sft=26.3e3, dpo=159,
+                       forward=56e3, sample=173, score=4.6e3),
+    "gpt2": dict(at="GPT-2 124M, micro-batch 32; its forward not measured: 3x the SFT step's",
+                 params=124.44e6, sft=149e3, dpo=1101, forward=3 * 149e3, sample=478,
+                 score=4.6e3),
+}
+
+
+def model_config(cfg: FrontierConfig):
+    """(name, GPTConfig, compact vocabulary or None) of the sweep's model, from the preset (a
+    local --base_model: its config.json)."""
+    from data import Tokenizer, synthetic_vocab
+    from model import GPTConfig, config_from_hf
+    from utils import read_hf_config
+
+    p = PRESETS[cfg.preset]
+    s = SFTConfig(**dict(p.sft, init=cfg.base_model or p.sft["init"]))
+    if s.init in GPT2_SIZES:
+        L, H, C = GPT2_SIZES[s.init]
+        return s.init, GPTConfig(n_layer=L, n_head=H, n_embd=C), None
+    if s.init != "scratch":
+        return s.init, config_from_hf(read_hf_config(s.init)), None
+    compact = s.vocab == "auto" and (cfg.dataset or p.dataset) == "synthetic"
+    tok = Tokenizer(synthetic_vocab() if compact else None)  # as sft.build_model makes it
+    return (f"scratch {s.n_layer}x{s.n_embd}", GPTConfig(
+        block_size=s.block_size, vocab_size=tok.vocab_size, n_layer=s.n_layer, n_head=s.n_head,
+        n_embd=s.n_embd, eos_token_id=tok.eos_id), tok.vocab)
+
+
+def safetensors_bytes(shapes: dict, metadata: dict | None = None) -> int:
+    """Size of a float32 safetensors file: 8 bytes, the JSON header padded to 8, the data."""
+    header, n = dict({"__metadata__": metadata} if metadata else {}), 0
+    for k, s in sorted(shapes.items()):  # safetensors' order (one dtype: by name)
+        header[k] = {"dtype": "F32", "shape": list(s), "data_offsets": [n, n + 4 * math.prod(s)]}
+        n += 4 * math.prod(s)
+    return 8 + -(-len(json.dumps(header, separators=(",", ":"))) // 8) * 8 + n
+
+
+def sizes(cfg: FrontierConfig) -> dict:
+    """The model's name and parameter count; the bytes of its checkpoint folder (config.json,
+    model.safetensors as model.save_pretrained writes it, compact_vocab.json) and of a linear
+    head file (reward or value head)."""
+    import torch
+
+    from model import GPT, config_to_hf
+
+    name, gcfg, vocab = model_config(cfg)
+    with torch.device("meta"):
+        model = GPT(gcfg)
+    shapes = {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    return dict(name=name, params=model.num_params(non_embedding=False),
+                model=safetensors_bytes(shapes, {"format": "pt"})
+                + len(json.dumps(config_to_hf(gcfg), indent=2))
+                + (len(json.dumps(vocab)) if vocab else 0),
+                head=safetensors_bytes({"bias": (1,), "weight": (1, gcfg.n_embd)}))
+
+
+def stage(c, pairs: PairsConfig):
+    """(kind, optimizer steps, examples, their unit) of one step's config."""
+    per_prompt = pairs.samples * (pairs.samples - 1) // 2
+    n_pairs = pairs.n_prefixes * per_prompt
+    held = lambda eval_size: -(-eval_size // per_prompt) * per_prompt  # whole prompts held out
+    if isinstance(c, SFTConfig):
+        return ("preferred-ft" if c.pairs else "sft"), c.steps, c.steps * c.batch_size, "sequences"
+    if isinstance(c, RMConfig):
+        label = c.objective == "label"
+        n = TRAIN_REVIEWS.get(c.dataset, 25000) if label else n_pairs - held(c.eval_size)
+        s = max(1, c.epochs * n // c.batch_size)
+        return ("ground truth" if label else "reward model", s, s * c.batch_size,
+                "reviews" if label else "pairs")
+    if isinstance(c, PairsConfig):
+        return "pairs", -(-c.n_prefixes // c.chunk), c.n_prefixes * c.samples, "completions"
+    if isinstance(c, DPOConfig):
+        s = c.steps or max(1, (n_pairs - held(c.eval_size)) // c.batch_size)
+        return "dpo", s, s * c.batch_size, "pairs"
+    if isinstance(c, PPOConfig):
+        return "ppo", c.steps, c.steps * c.batch_size, "rollouts"
+    if isinstance(c, OptimumConfig):
+        return "optimum", 0, c.M * c.n_prefixes, "samples"
+    return "evaluate", 0, c.n_prefixes * sum(c.best_of), "best-of-N samples"
+
+
+def seconds(kind: str, n: int, c, rate: dict | None) -> float:
+    """Estimated seconds of `n` units of a stage: on the CPU (rate None) at the tiny run's seconds
+    per unit, on a GPU from the benchmark's throughputs (`rate`). Kind "checkpoint": evaluating
+    n samples of a checkpoint (sample, the policy's and reference's forwards, the scorer)."""
+    if rate is None:
+        t, units = CPU_RUN["evaluate" if kind == "checkpoint" else kind]
+        return n * t / units
+    gen, fwd, score, train = (1 / rate["sample"], PAIR_LEN / rate["forward"], 1 / rate["score"],
+                              PAIR_LEN / rate["sft"])
+    per_unit = {
+        "sft": getattr(c, "max_len", 0) / rate["sft"], "preferred-ft": train,
+        "ground truth": getattr(c, "max_len", 0) / rate["sft"], "reward model": 1 / rate["dpo"],
+        "dpo": 1 / rate["dpo"], "pairs": gen + score, "optimum": gen + score,
+        # rollout, the old policy's and reference's forwards, the reward, ppo_epochs updates
+        "ppo": gen + 2 * fwd + (score if getattr(c, "reward", "") == "gt" else fwd)
+        + getattr(c, "ppo_epochs", 0) * train,
+        "evaluate": gen + fwd,  # best-of-N: a sample and its RM score (+ the ground truth, below)
+        "checkpoint": gen + 2 * fwd + score,
+    }
+    return n * per_unit[kind]
+
+
+def gpu_rate(sz: dict) -> dict:
+    """The benchmark's throughputs of the measured GPT-2 size nearest this model's, scaled by
+    parameter count if it is another size."""
+    near = min(GPU_RUN, key=lambda k: abs(math.log(GPU_RUN[k]["params"] / sz["params"])))
+    r = dict(GPU_RUN[near])
+    if sz["name"] != near:
+        f = r["params"] / sz["params"]
+        r.update({k: r[k] * f for k in ("sft", "dpo", "forward", "sample")},
+                 at=r["at"] + f"; scaled by parameter count to {sz['params'] / 1e6:.0f}M")
+    return r
+
+
+def budget(cfg: FrontierConfig, steps) -> tuple[list[dict], dict]:
+    """One row per step of frontier.plan: its counts, checkpoints, bytes and estimated seconds
+    (training, and for a sweep run evaluating its checkpoints); and the model's sizes."""
+    sz = sizes(cfg)
+    rate = None if sz["name"].startswith("scratch") else gpu_rate(sz)
+    pairs = next(c for _, _, c in steps if isinstance(c, PairsConfig))
+    final = steps[-1][2]
+    n_pairs = pairs.n_prefixes * pairs.samples * (pairs.samples - 1) // 2
+    rows = []
+    for name, _, c in steps:
+        kind, n_steps, examples, unit = stage(c, pairs)
+        every = getattr(c, "save_every", None)
+        ckpts = saved_steps(n_steps, every) if every else []
+        floats = 4 if kind == "dpo" and c.optimizer == "rmsprop" else 8  # per parameter
+        state = (STATE_EXTRA + floats * sz["params"] * (kind != "pairs")
+                 if kind not in ("optimum", "evaluate") else 0)
+        head = kind in ("reward model", "ground truth", "ppo")  # reward_head, value_head
+        rm_json = 17 * (kind in ("reward model", "ground truth"))  # reward_head.json
+        t, files = seconds(kind, examples, c, rate), n_steps * LOG_ROW
+        if kind == "pairs":
+            files += n_pairs * PAIR_ROW.get(pairs.dataset, 1300)
+        if kind == "dpo" and not any(r["kind"] == "dpo" for r in rows):  # once per sweep
+            files += 8 * n_pairs  # the reference log-probs' cache
+            t += 2 * n_pairs * PAIR_LEN / rate["forward"] if rate else 0
+        if kind == "optimum":
+            files += 4 * c.M * c.n_prefixes
+        if kind == "evaluate":
+            files += 120_000  # frontier.jsonl and .png
+            t += seconds("checkpoint", c.n_prefixes * len(c.best_of), c, rate) if rate else 0
+        sweep = getattr(c, "out_dir", None) in final.runs
+        picked = [s for i, s in enumerate(ckpts) if i % final.every == final.every - 1
+                  or i == len(ckpts) - 1]  # evaluate.checkpoints_of
+        first = not any(r["sweep"] for r in rows)  # evaluates the reference too
+        rows.append(dict(
+            name=name, kind=kind, steps=n_steps, examples=examples, unit=unit, ckpts=len(ckpts),
+            ckpt_bytes=sz["model"] + head * sz["head"] + rm_json,
+            best=kind in ("reward model", "ground truth"), state_bytes=state, file_bytes=files,
+            seconds=t, sweep=sweep, evaluated=len(picked) if sweep else 0,
+            eval_seconds=seconds("checkpoint", (len(picked) + first) * final.n_prefixes, c, rate)
+            if sweep else 0.0))
+    return rows, dict(sz, rate=rate)
+
+
+def disk(rows: list[dict], keep_checkpoints: bool = False, keep_last: bool = True):
+    """(peak bytes, the step at the peak, bytes at the end) of the sweep folder, step after step.
+    While a run trains: all its checkpoints at its last save, and its state.pt beside the
+    temporary copy that replaces it. After it: all of it with keep_checkpoints; else (frontier.py
+    prunes) its checkpoints without state.pt, a sweep run's last checkpoint only or none."""
+    held, peak, at = 0, 0, ""
+    for r in rows:
+        folders = r["ckpts"] + r["best"]
+        now = held + r["file_bytes"] + folders * r["ckpt_bytes"] + 2 * r["state_bytes"]
+        if now > peak:
+            peak, at = now, r["name"]
+        if keep_checkpoints:
+            held += r["file_bytes"] + folders * r["ckpt_bytes"] + r["state_bytes"]
+        elif r["sweep"]:
+            held += r["file_bytes"] + (min(folders, 1) if keep_last else 0) * r["ckpt_bytes"]
+        else:
+            held += r["file_bytes"] + folders * r["ckpt_bytes"]
+    return peak, at, held
+
+
+def print_plan(cfg: FrontierConfig, steps) -> dict:
+    """Print the plan of a sweep (see the module docstring); return it as a dict."""
+    rows, sz = budget(cfg, steps)
+    gb = lambda b: f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB"
+    hm = lambda s: f"{s / 3600:.2f} h" if s >= 600 else f"{s:.0f} s"
+    out = cfg.out_dir or os.path.join("runs", cfg.preset)
+    print(f"frontier.py --preset {cfg.preset}: {len(steps)} steps into {out}, model {sz['name']} "
+          f"({sz['params'] / 1e6:.1f}M parameters). A plan: nothing is loaded or run, times are "
+          f"estimates.")
+    print(f"{'':>3} {'step':<25}{'opt. steps':>10} {'examples':>25} {'ckpts':>7} {'each':>9} "
+          f"{'time':>8} {'+ eval':>7}")
+    for i, r in enumerate(rows, 1):
+        ex = f"{r['examples']:,} {r['unit']}" if r["examples"] else ""
+        ck = (f"{r['ckpts']}" + ("+best" if r["best"] else "")) if r["ckpts"] else ""
+        print(f"{i:>3} {r['name']:<25}{r['steps'] or '':>10} {ex:>25} {ck:>7} "
+              f"{gb(r['ckpt_bytes']) if r['ckpts'] else '':>9} {hm(r['seconds']):>8} "
+              f"{hm(r['eval_seconds']) if r['sweep'] else '':>7}")
+    d = {k: disk(rows, **kw) for k, kw in (("pruned", {}), ("no_keep_last", dict(keep_last=False)),
+                                          ("keep_checkpoints", dict(keep_checkpoints=True)))}
+    mode = ("keep_checkpoints" if cfg.keep_checkpoints else
+            "pruned" if cfg.keep_last else "no_keep_last")
+    print(f"checkpoints: {sum(r['ckpts'] + r['best'] for r in rows)} written, "
+          f"{gb(rows[0]['ckpt_bytes'])} each (fp32 safetensors, + a head for the RM and PPO); "
+          f"{sum(r['evaluated'] for r in rows)} evaluated (+ the reference); state.pt "
+          f"{gb(8 * sz['params'])} (AdamW), {gb(4 * sz['params'])} (RMSprop)")
+    print(f"disk of {out}: the peak (during the step), at the end; * these flags:")
+    for k, what in (("pruned", "default: a sweep run keeps its last checkpoint, no state.pt"),
+                    ("no_keep_last", "--no-keep_last: a sweep run keeps its rows only"),
+                    ("keep_checkpoints", "--keep_checkpoints: everything kept")):
+        peak, at, end = d[k]
+        print(f"{'*' if k == mode else ' '} {gb(peak):>10} ({at}), {gb(end)} at the end: {what}")
+    print("  not counted: the Hugging Face cache (the base model, siebert 1.4 GB, IMDb)")
+    total = sum(r["seconds"] + r["eval_seconds"] for r in rows)
+    if sz["rate"] is None:
+        basis = ("scaled from the tiny preset's stage times on an idle 2-core CPU (README: 7.1 "
+                 "min; seconds / units: " + ", ".join(
+                     f"{k} {t:g} / {u:,}" for k, (t, u) in CPU_RUN.items()) + ")")
+    else:
+        r = sz["rate"]
+        basis = (f"estimated from the README's Benchmarks (bench/gpu.py, one H100, bf16; {r['at']}"
+                 f"): SFT step {r['sft']:,.0f} tokens/s (SFT, Preferred-FT, PPO updates), DPO step "
+                 f"{r['dpo']:,.0f} pairs/s (DPO, Unlikelihood, RM), forward {r['forward']:,.0f} "
+                 f"tokens/s, sampling {r['sample']:,.0f} sequences/s, RoBERTa-large "
+                 f"{r['score']:,.0f} texts/s. Start-up, model loads, checkpoint writes and host "
+                 f"work are not counted")
+    print(f"time: {hm(total)} ({hm(sum(r['eval_seconds'] for r in rows))} of it evaluating the "
+          f"sweep runs), {basis}.")
+    return dict(rows=rows, sizes=sz, disk=d, mode=mode, seconds=total)

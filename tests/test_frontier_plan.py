@@ -1,0 +1,244 @@
+"""frontier.py --plan (budget.py) against what a sweep really writes, and the sweep's pruning:
+each sweep run evaluated as soon as it is done, then only its last checkpoint kept."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+import budget
+import frontier
+from utils import list_checkpoints, read_jsonl
+
+
+def mini_preset(ground_truth: str) -> frontier.Preset:
+    """The tiny preset cut down to seconds: one value per sweep, a few steps per run, a few
+    checkpoints each, the session pipeline's label classifier as the ground truth."""
+    t = frontier.PRESETS["tiny"]
+    return dataclasses.replace(
+        t, ground_truth=ground_truth,
+        sft=dict(t.sft, steps=20, batch_size=16, micro_batch=16, warmup=5, eval_every=10,
+                 save_every=10),
+        pairs=dict(n_prefixes=64, chunk=32),
+        # 384 pairs, 30 held out: 354 // 64 = 5 steps whatever few ties pairs.py drops
+        rm=dict(epochs=1, batch_size=64, micro_batch=32, lr=1e-3, warmup=2, eval_every=2,
+                save_every=2, eval_size=30),
+        dpo=dict(steps=6, batch_size=16, micro_batch=16, lr=5e-5, warmup=2, save_every=2,
+                 eval_every=3, eval_size=32),
+        betas=(0.1,), alphas=(1.0,),
+        pft=dict(steps=4, batch_size=16, micro_batch=16, lr=2e-4, warmup=2, save_every=2,
+                 eval_every=2, eval_size=32),
+        ppo=dict(steps=4, batch_size=16, gen_batch=16, mini_batch=16, micro_batch=16, lr=1e-4,
+                 n_prompts=200, save_every=2, normalize_score=True, horizon=32,
+                 init_kl_coef=0.1),
+        target_kls=(3.0,), eval=dict(n_prefixes=16, micro_batch=16), best_of=(2,))
+
+
+def folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+# ----------------------------------------------------------------------------- the plan alone
+
+
+@pytest.mark.parametrize("preset", list(frontier.PRESETS))
+def test_plan_prints_every_step_and_runs_nothing(preset, monkeypatch, capsys):
+    import model
+
+    def refuse(*a, **k):
+        raise AssertionError("--plan loaded or ran something")
+
+    for name in ("sft_main", "rm_train", "pairs_main", "dpo_main", "ppo_main", "optimum_main",
+                 "evaluate_main"):
+        monkeypatch.setattr(frontier, name, refuse)
+    monkeypatch.setattr(model.GPT, "from_pretrained", refuse)
+    cfg = frontier.FrontierConfig(preset=preset, plan=True)
+    got = frontier.main(cfg)
+    out = capsys.readouterr().out
+    steps = frontier.plan(cfg)
+    assert len(got["rows"]) == len(steps)
+    for name, _, _ in steps:
+        assert name in out
+    assert "peak" in out and "estimate" in out and "--keep_checkpoints" in out
+    pruned, keep_all = got["disk"]["pruned"], got["disk"]["keep_checkpoints"]
+    assert pruned[0] <= keep_all[0] and pruned[2] < keep_all[2]
+    assert got["disk"]["no_keep_last"][2] < pruned[2]
+
+
+def test_plan_on_the_command_line():
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "frontier.py", "--preset", "paper", "--plan"], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "gpt2-large (774.0M parameters)" in p.stdout and "3.10 GB each" in p.stdout
+    assert "estimated from the README's Benchmarks" in p.stdout
+
+
+def test_plan_of_the_presets_numbers():
+    def rows(preset):
+        cfg = frontier.FrontierConfig(preset=preset)
+        return {r["name"]: r for r in budget.budget(cfg, frontier.plan(cfg))[0]}, \
+            budget.sizes(cfg)
+
+    tiny, sz = rows("tiny")  # the run that the README's tables come from wrote these
+    assert [tiny[n]["ckpts"] for n in ("sft", "ground truth", "reward model", "DPO beta=0.1",
+                                       "Preferred-FT seed=0", "PPO target KL=3.0")] == \
+        [3, 4, 4, 8, 6, 10]
+    assert tiny["reward model"]["steps"] == 367 and tiny["ground truth"]["steps"] == 625
+    assert sum(r["evaluated"] for r in tiny.values()) + 1 + 2 == 81  # + SFT, 2 best-of-N
+    assert sum(r["seconds"] + r["eval_seconds"] for r in tiny.values()) == pytest.approx(425, 1)
+    paper, sz = rows("paper")
+    assert sz["params"] == 774_030_080  # gpt2-large: 3.1 GB of fp32 weights
+    assert paper["DPO beta=0.1"]["steps"] == (25000 * 6 - 258) // 64  # one epoch of the pairs
+    gpt2, sz = rows("gpt2")
+    assert sz["params"] == 124_439_808
+
+
+def test_checkpoint_bytes_are_those_save_pretrained_writes(tmp_path, compact_tok):
+    import torch
+
+    from model import GPT
+    from ppo import ValueHead
+    from reward import RewardModel
+
+    _, gcfg, _ = budget.model_config(frontier.FrontierConfig(preset="tiny"))
+    sz = budget.sizes(frontier.FrontierConfig(preset="tiny"))
+    torch.manual_seed(0)
+    gpt = GPT(gcfg)
+    gpt.save_pretrained(str(tmp_path / "lm"))
+    compact_tok.save(str(tmp_path / "lm"))
+    assert folder_bytes(tmp_path / "lm") == sz["model"]
+    ValueHead(gcfg.n_embd).save_pretrained(str(tmp_path / "lm"))
+    assert folder_bytes(tmp_path / "lm") == sz["model"] + sz["head"]
+    RewardModel(gpt, "label").save_pretrained(str(tmp_path / "rm"))
+    compact_tok.save(str(tmp_path / "rm"))
+    assert folder_bytes(tmp_path / "rm") == sz["model"] + sz["head"] + len('{"kind": "label"}')
+
+
+# ----------------------------------------------------------------------------- pruning alone
+
+
+def fake_run(root, name, steps, save_every=1, done=True):
+    """A run folder with checkpoint folders (a config.json and some weights) and state.pt."""
+    run = root / name
+    for s in steps:
+        (run / f"step_{s:06d}").mkdir(parents=True)
+        (run / f"step_{s:06d}" / "config.json").write_text("{}")
+        (run / f"step_{s:06d}" / "model.safetensors").write_bytes(b"0" * 100)
+    (run / "run_config.json").write_text(json.dumps(dict(save_every=save_every)))
+    (run / "state.pt").write_bytes(b"0")
+    if done:
+        (run / "done").write_text("")
+    return str(run)
+
+
+def rows_for(results, run, steps):
+    with open(results, "a") as f:
+        for s in steps:
+            f.write(json.dumps(dict(checkpoint=f"{os.path.basename(run)}/step_{s:06d}")) + "\n")
+
+
+def test_prune_deletes_only_evaluated_checkpoints_and_keeps_the_last(tmp_path):
+    results = str(tmp_path / "frontier.jsonl")
+    run = fake_run(tmp_path, "dpo", [1, 2, 3, 4])
+    rows_for(results, run, [1, 2, 4])  # step 3 not evaluated yet (a kill, say)
+    (tmp_path / "dpo" / "step_000002.pruned").mkdir()  # a removal a kill interrupted
+    assert frontier.prune(run, results) == 2
+    assert [s for s, _ in list_checkpoints(run)] == [3, 4]
+    assert sorted(os.listdir(run)) == ["done", "run_config.json", "step_000003", "step_000004"]
+    assert frontier.prune(run, results) == 0  # idempotent
+    rows_for(results, run, [3])
+    assert frontier.prune(run, results) == 1
+    assert [s for s, _ in list_checkpoints(run)] == [4]  # the last stays: loadable
+    assert frontier.prune(run, results, keep_last=False) == 1  # --no-keep_last
+    assert list_checkpoints(run) == [] and os.path.exists(os.path.join(run, "done"))
+    unfinished = fake_run(tmp_path, "ppo", [1, 2], done=False)
+    rows_for(results, unfinished, [1, 2])
+    assert frontier.prune(unfinished, results) == 0  # resumes from them: untouched
+    assert len(list_checkpoints(unfinished)) == 2 and os.path.exists(unfinished + "/state.pt")
+
+
+def test_evaluating_every_kth_checkpoint_survives_pruning(tmp_path, monkeypatch):
+    """With every=2, what is evaluated is what evaluate.checkpoints_of picks from the full
+    listing, however much of the run a kill left pruned."""
+    from evaluate import EvalConfig, checkpoints_of
+
+    results = str(tmp_path / "frontier.jsonl")
+    calls = []
+
+    def fake_evaluate(c):  # evaluate.main's bookkeeping, no models
+        seen = frontier.evaluated(c.out)
+        todo = [p for _, p in checkpoints_of(c.runs[0], c.every)
+                if frontier.result_path(p, c.out) not in seen]
+        calls.append(todo)
+        rows_for(c.out, c.runs[0], [int(p[-6:]) for p in todo])
+
+    monkeypatch.setattr(frontier, "evaluate_main", fake_evaluate)
+    ev = EvalConfig(out=results, every=2)
+    full = fake_run(tmp_path, "full", [10, 20, 30, 40, 50], save_every=10)
+    want = [s for s, _ in checkpoints_of(full, 2)]
+    assert want == [20, 40, 50]
+    run = fake_run(tmp_path, "dpo", [10, 20, 30, 40, 50], save_every=10)
+    assert frontier.evaluate_run(run, ev, thin=True) == 3
+    frontier.prune(run, results)
+    # a kill mid-prune, replayed: step 40 deleted, 20 not yet, then the sweep restarted
+    run2 = fake_run(tmp_path, "ul", [20, 50], save_every=10)
+    rows_for(results, run2, [20])
+    assert frontier.evaluate_run(run2, ev, thin=True) == 1  # 50 only; 20 is not picked again
+    rows = [r["checkpoint"] for r in read_jsonl(results)]
+    assert len(rows) == len(set(rows))
+    assert [s for s, _ in list_checkpoints(run)] == [50]
+    assert frontier.evaluate_run(run, ev, thin=True) == 0
+
+
+# ----------------------------------------------------------------------------- a real sweep
+
+
+@pytest.mark.slow  # ~30 s: in CI's slow run (python -m pytest -m slow)
+def test_plan_matches_what_a_reduced_sweep_writes(pipeline, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(frontier.PRESETS, "mini", mini_preset(pipeline.gt))
+    out = str(tmp_path / "mini")
+    cfg = frontier.FrontierConfig(preset="mini", out_dir=out, device="cpu")
+    steps = frontier.plan(cfg)
+    rows, sz = budget.budget(cfg, steps)
+    frontier.main(cfg)
+    results = read_jsonl(os.path.join(out, "frontier.jsonl"))
+    for (name, _, c), r in zip(steps, rows):
+        folder = getattr(c, "out_dir", None)
+        if not folder or r["kind"] == "pairs":
+            continue
+        assert not os.path.exists(os.path.join(folder, "state.pt")), name  # done: pruned
+        ckpts = list_checkpoints(folder)
+        if r["sweep"]:  # every checkpoint written was evaluated, the last one kept
+            mine = [x for x in results if x["checkpoint"].split("/")[0] == os.path.basename(folder)]
+            assert len(mine) == r["ckpts"] == r["evaluated"], name
+            assert [s for s, _ in ckpts] == [r["steps"]], name
+        else:
+            assert len(ckpts) == r["ckpts"], name
+            assert ckpts[-1][0] == r["steps"], name
+            assert os.path.isdir(os.path.join(folder, "best")) == r["best"], name
+        for _, path in ckpts:
+            assert folder_bytes(path) == pytest.approx(r["ckpt_bytes"], rel=0.01), path
+    assert len(results) == sum(r["evaluated"] for r in rows) + 1 + 1  # + SFT, best-of-2
+    assert len({x["checkpoint"] for x in results if "best_of" not in x}) == len(results) - 1
+    _, _, end = budget.disk(rows)
+    assert folder_bytes(out) == pytest.approx(end, rel=0.05)
+
+    # started again: every step done, nothing evaluated or deleted again
+    capsys.readouterr()
+    frontier.main(cfg)
+    printed = capsys.readouterr().out
+    assert printed.count("done, skipped") == len(steps) - 2  # optimum, evaluate have no folder
+    assert "evaluating" not in printed and "pruned" not in printed
+    assert len(read_jsonl(os.path.join(out, "frontier.jsonl"))) == len(results)
+
+    # --no-keep_last: the last checkpoints go too, their rows stay; the default after it copes
+    for c in (dataclasses.replace(cfg, keep_last=False), cfg):
+        frontier.main(c)
+        assert read_jsonl(os.path.join(out, "frontier.jsonl")) == results
+        for run in steps[-1][2].runs:
+            assert list_checkpoints(run) == [] and os.path.exists(os.path.join(run, "done"))
