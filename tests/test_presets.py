@@ -1,5 +1,8 @@
 """The presets of frontier.py, checked from their own numbers."""
 
+import dataclasses
+import os
+
 import pytest
 
 import frontier
@@ -42,3 +45,18 @@ def test_seeds_repeat_every_trained_method():
     assert sorted(c.seed for c in pft) == [0, 1, 2]
     shared = [c for name, _, c in three if name in ("sft", "pairs", "reward model")]
     assert len(shared) == 3  # the SFT model, pairs and RM once, for every seed
+
+
+def test_a_finished_stage_of_another_config_is_refused_not_skipped(tmp_path):
+    import json
+
+    steps = frontier.plan(frontier.FrontierConfig(preset="tiny", out_dir=str(tmp_path)))
+    sft_cfg = steps[0][2]
+    os.makedirs(sft_cfg.out_dir)
+    old = dict(json.loads(json.dumps(dataclasses.asdict(sft_cfg))), lr=123.0)
+    old.pop("overwrite")
+    with open(os.path.join(sft_cfg.out_dir, "run_config.json"), "w") as f:
+        json.dump(old, f)
+    open(os.path.join(sft_cfg.out_dir, "done"), "w").close()
+    with pytest.raises(ValueError, match="another config.*lr"):
+        frontier.main(frontier.FrontierConfig(preset="tiny", out_dir=str(tmp_path)))
