@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import winrate
+from judge import chat_completion, judge_message, parse_judgment
 from model import GPT, GPTConfig
 from reward import RewardModel
 from utils import read_jsonl, seed_for, write_jsonl
@@ -181,17 +182,17 @@ def config(tiny, out_dir, **kw):
 
 
 def test_judge_prompts_are_the_appendix_ones():
-    s = winrate.judge_message("summarization", "POST", "SA", "SB")
+    s = judge_message("summarization", "POST", "SA", "SB")
     assert s.startswith("Which of the following summaries does a better job of summarizing the "
                         "most important points in the given forum post, without including "
                         "unimportant or irrelevant details? A good summary is both precise and "
                         "concise.\n\nPost:\nPOST\n\nSummary A:\nSA\n\nSummary B:\nSB\n\nFIRST")
     assert s.endswith('Comparison: <one-sentence comparison and explanation>\n'
                       'Preferred: <"A" or "B">')
-    simple = winrate.judge_message("summarization_simple", "POST", "SA", "SB")
+    simple = judge_message("summarization_simple", "POST", "SA", "SB")
     assert simple.startswith("Which of the following summaries does a better job of summarizing "
                              "the most important points in the given forum post?\n\nPost:")
-    d = winrate.judge_message("dialogue", "Human: hi", "RA", "RB")
+    d = judge_message("dialogue", "Human: hi", "RA", "RB")
     assert d.startswith("For the following query to a chatbot, which response is more helpful?"
                         "\n\nQuery: Human: hi\n\nResponse A:\nRA\n\nResponse B:\nRB\n\nFIRST")
     assert d.endswith('More helpful: <"A" or "B">')
@@ -213,7 +214,7 @@ def test_judge_prompts_are_the_appendix_ones():
     ("summarization", "", None),
 ])
 def test_parse_judgment_is_strict(task, answer, want):
-    assert winrate.parse_judgment(task, answer) == want
+    assert parse_judgment(task, answer) == want
 
 
 def test_win_rate_and_stderr_by_hand():
@@ -281,7 +282,7 @@ def test_garbage_answers_are_counted_failures(tiny, judge, tmp_path):
 
 def test_retries_after_429_and_5xx(judge):
     srv = judge(lambda m: "Comparison: x\nPreferred: A")
-    ask = lambda retries: winrate.chat_completion(
+    ask = lambda retries: chat_completion(
         srv.url, "test-key", {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
         timeout=5, retries=retries, delay=0.001)
     srv.fail = [429, 500, 503]
@@ -483,6 +484,6 @@ def test_tldr_task_detection_and_the_judge_reads_the_post_without_the_cue():
     assert winrate.detect_task("pairs", hh) == "dialogue"
     assert winrate.detect_task("pairs", tldr) == "summarization"  # TL;DR comparisons
     assert winrate.detect_task("completions", hh) == "summarization"  # reference summaries
-    message = winrate.judge_message("summarization", tldr[0][1], "x", "y")
+    message = judge_message("summarization", tldr[0][1], "x", "y")
     assert "my cat sleeps." in message and "TL;DR:" not in message
-    assert "TL;DR:" in winrate.judge_message("dialogue", tldr[0][1], "x", "y")
+    assert "TL;DR:" in judge_message("dialogue", tldr[0][1], "x", "y")
