@@ -269,6 +269,11 @@ def pair_row(prompt_ids, chosen_ids, rejected_ids, reward_chosen, reward_rejecte
                 reward_rejected=None if reward_rejected is None else float(reward_rejected))
 
 
+def is_token_ids(v) -> bool:
+    """Whether a value read from JSON is a list of token ids (non-negative ints, not bools)."""
+    return isinstance(v, list) and all(type(i) is int and i >= 0 for i in v)
+
+
 def check_pairs(rows: list[dict], path: str, block_size: int | None = None,
                 vocab_size: int | None = None) -> list[dict]:
     """Validate rows read from a pairs file (utils.read_jsonl); a clear error names the line.
@@ -285,8 +290,7 @@ def check_pairs(rows: list[dict], path: str, block_size: int | None = None,
         for k in PAIR_KEYS:  # every field's type: ids, texts, rewards (null: no scalar reward)
             v, ok = row[k], True
             if k.endswith("_ids"):
-                ok = isinstance(v, list) and all(type(i) is int and i >= 0 for i in v)
-                want = "a list of non-negative integer token ids"
+                ok, want = is_token_ids(v), "a list of non-negative integer token ids"
             elif k.startswith("reward_"):
                 ok = v is None or (type(v) in (int, float) and math.isfinite(v))
                 want = "a finite number or null"

@@ -38,6 +38,14 @@ from winrate import main as winrate_main
 
 # name: (data steps, sft, dpo, rm, winrate). Data: {split name: PreferencesConfig overrides}; the
 # SFT step reads "sft_data" (pairs: the chosen responses; completions: prompt + reference).
+# The GPU presets train the same stages the same way; only the data, β and the lengths differ.
+GPT2_STAGES = dict(
+    sft=dict(init="gpt2", steps=2000, batch_size=64, micro_batch=8, lr=5e-5, warmup=100,
+             max_len=512, save_every=500, eval_every=500),
+    rm=dict(epochs=1, batch_size=64, micro_batch=8, lr=1e-5),
+)
+GPT2_DPO = dict(steps=2000, batch_size=64, micro_batch=8, save_every=500)
+
 PRESETS = {
     # CPU, offline: synthetic single-turn dialogues in the HH layout (preferences.py: the chosen
     # answer is the correct one), a 2-layer 64-wide GPT from scratch, the learned RM as judge.
@@ -61,11 +69,7 @@ PRESETS = {
     ("hh", "gpt2"): dict(
         data=dict(train=dict(dataset="Anthropic/hh-rlhf", split="train"),
                   test=dict(dataset="Anthropic/hh-rlhf", split="test")),
-        sft_data="train",
-        sft=dict(init="gpt2", steps=2000, batch_size=64, micro_batch=8, lr=5e-5, warmup=100,
-                 max_len=512, save_every=500, eval_every=500),
-        dpo=dict(beta=0.1, steps=2000, batch_size=64, micro_batch=8, save_every=500),
-        rm=dict(epochs=1, batch_size=64, micro_batch=8, lr=1e-5),
+        sft_data="train", **GPT2_STAGES, dpo=dict(GPT2_DPO, beta=0.1),
         winrate=dict(n=256, max_new_tokens=256, batch_size=16, best_of=16),
     ),
     # GPT-2 124M on the TL;DR comparisons (the paper: GPT-J 6B), one GPU.
@@ -73,11 +77,7 @@ PRESETS = {
         data=dict(train=dict(dataset="CarperAI/openai_summarize_comparisons", split="train"),
                   test=dict(dataset="CarperAI/openai_summarize_tldr", split="test"),
                   sft=dict(dataset="CarperAI/openai_summarize_tldr", split="train")),
-        sft_data="sft",
-        sft=dict(init="gpt2", steps=2000, batch_size=64, micro_batch=8, lr=5e-5, warmup=100,
-                 max_len=512, save_every=500, eval_every=500),
-        dpo=dict(beta=0.5, steps=2000, batch_size=64, micro_batch=8, save_every=500),
-        rm=dict(epochs=1, batch_size=64, micro_batch=8, lr=1e-5),
+        sft_data="sft", **GPT2_STAGES, dpo=dict(GPT2_DPO, beta=0.5),
         winrate=dict(n=256, max_new_tokens=64, batch_size=16, best_of=16),
     ),
 }

@@ -17,8 +17,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from cli import run_main
 from data import (
-    Tokenizer, check_pairs, collate, held_out_sample, load_reviews, load_tokenizer, sft_sequences,
-    split_pairs, stream_indices, synthetic_vocab,
+    Tokenizer, check_pairs, collate, held_out_sample, is_token_ids, load_reviews, load_tokenizer,
+    sft_sequences, split_pairs, stream_indices, synthetic_vocab,
 )
 from model import GPT, GPTConfig, gpt_folder, token_logprobs
 from runs import Run
@@ -115,8 +115,7 @@ def check_completions(rows: list[dict], path: str) -> list[dict]:
                          f"{path} holds no completions")
     for n, row in enumerate(rows, 1):
         for k in ("prompt_ids", "completion_ids"):
-            v = row.get(k) if isinstance(row, dict) else None
-            if not (isinstance(v, list) and all(type(i) is int and i >= 0 for i in v)):
+            if not is_token_ids(row.get(k) if isinstance(row, dict) else None):
                 raise ValueError(f"{path}:{n}: {k} must be a list of non-negative integer ids")
         if not row["completion_ids"]:
             raise ValueError(f"{path}:{n}: empty completion")
