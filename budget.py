@@ -28,13 +28,16 @@ PAIR_LEN = 56  # tokens of a prompt + completion (at most 8 + 48)
 PAIR_ROW = {"synthetic": 830}  # bytes of a pairs.jsonl row, measured on tiny; IMDb's ~1.3 kB
 LOG_ROW = 300  # bytes of a log.jsonl row, roughly
 STATE_EXTRA = 32_000  # bytes of state.pt besides the optimizer's tensors: RNG states, counters
-# Seconds and units of work of each stage in one run of the tiny preset on an idle 2-core CPU
-# (README: 7.1 min in all): the CPU estimate is these rates times a step's units.
+# Seconds and units of work of each stage of the tiny preset on a 2-core CPU, measured in the run
+# of `--seeds 3` (README: 36 min) from seed 0's stages; the CPU estimate is these rates times a
+# step's units. A sweep run's stage time there includes evaluating its checkpoints as they were
+# written: that share (0.81 s per checkpoint, the evaluate rate below) is taken out. The evaluate
+# rate is the previous version's measurement (7.1 min run), where evaluation was a stage of its own.
 CPU_RUN = {
-    "sft": (15, 300 * 32), "ground truth": (20, 625 * 32), "pairs": (11, 1024 * 4),
-    "reward model": (19, 367 * 32), "dpo": ((20 + 15 + 15 + 14) / 4, 200 * 32),
-    "preferred-ft": (4, 120 * 32), "ppo": ((43 + 46 + 42 + 46) / 4, 100 * 64),
-    "optimum": (35, 64 * 256), "evaluate": (80, 79 * 256 + 256 * (4 + 16)),  # sampled sequences
+    "sft": (12, 300 * 32), "ground truth": (15, 625 * 32), "pairs": (7, 1024 * 4),
+    "reward model": (17, 400 * 32), "dpo": (138 + 92 - 0.81 * (28 + 23), (1375 + 1100) * 32),
+    "preferred-ft": (37 - 0.81 * 14, 650 * 32), "ppo": (397 - 0.81 * 76, 760 * 64),
+    "optimum": (47, 64 * 256), "evaluate": (80, 79 * 256 + 256 * (4 + 16)),  # sampled sequences
 }
 # README "Benchmarks": bench/gpu.py on one H100 80GB (bf16 autocast, eager), the SFT step's
 # tokens/s, the DPO step's pairs/s, forward tokens/s, sampled 48-token sequences/s, RoBERTa-large
@@ -200,14 +203,19 @@ def budget(cfg: FrontierConfig, steps) -> tuple[list[dict], dict]:
 
 
 def disk(rows: list[dict], keep_checkpoints: bool = False, keep_last: bool = True):
-    """(peak bytes, the step at the peak, bytes at the end) of the sweep folder, step after step.
-    While a run trains: all its checkpoints at its last save, and its state.pt beside the
-    temporary copy that replaces it. After it: all of it with keep_checkpoints; else (frontier.py
-    prunes) its checkpoints without state.pt, a sweep run's last checkpoint only or none."""
+    """(peak bytes, the step at the peak, bytes at the end) of the sweep folder, step after step,
+    as frontier.py keeps it. While a sweep run trains, its checkpoints are evaluated and deleted
+    as they come: at a save it holds the one it resumes from and the new one, and state.pt beside
+    the temporary copy that replaces it; any other run holds all its checkpoints and that. After
+    a run: a sweep run keeps its last checkpoint or none (keep_last), the reward model and label
+    classifier their best/ alone, the SFT model its checkpoints; state.pt goes. keep_checkpoints:
+    every run holds all of it, during and after."""
     held, peak, at = 0, 0, ""
     for r in rows:
         folders = r["ckpts"] + r["best"]
-        now = held + r["file_bytes"] + folders * r["ckpt_bytes"] + 2 * r["state_bytes"]
+        live = r["sweep"] and not keep_checkpoints
+        now = (held + r["file_bytes"] + (min(folders, 2) if live else folders) * r["ckpt_bytes"]
+               + 2 * r["state_bytes"])
         if now > peak:
             peak, at = now, r["name"]
         if keep_checkpoints:
@@ -215,7 +223,7 @@ def disk(rows: list[dict], keep_checkpoints: bool = False, keep_last: bool = Tru
         elif r["sweep"]:
             held += r["file_bytes"] + (min(folders, 1) if keep_last else 0) * r["ckpt_bytes"]
         else:
-            held += r["file_bytes"] + folders * r["ckpt_bytes"]
+            held += r["file_bytes"] + (1 if r["best"] else folders) * r["ckpt_bytes"]
     return peak, at, held
 
 
@@ -228,6 +236,9 @@ def print_plan(cfg: FrontierConfig, steps) -> dict:
     print(f"frontier.py --preset {cfg.preset}: {len(steps)} steps into {out}, model {sz['name']} "
           f"({sz['params'] / 1e6:.1f}M parameters). A plan: nothing is loaded or run, times are "
           f"estimates.")
+    if any(getattr(c, "patience", 0) for _, _, c in steps):
+        print("Early stopping (patience) may end a run before its steps: for such runs the steps, "
+              "checkpoints, disk and time below are the most they can take.")
     print(f"{'':>3} {'step':<25}{'opt. steps':>10} {'examples':>25} {'ckpts':>7} {'each':>9} "
           f"{'time':>8} {'+ eval':>7}")
     for i, r in enumerate(rows, 1):
@@ -238,14 +249,16 @@ def print_plan(cfg: FrontierConfig, steps) -> dict:
               f"{hm(r['eval_seconds']) if r['sweep'] else '':>7}")
     d = {k: disk(rows, **kw) for k, kw in (("pruned", {}), ("no_keep_last", dict(keep_last=False)),
                                           ("keep_checkpoints", dict(keep_checkpoints=True)))}
+    from frontier import keeps_last
+
     mode = ("keep_checkpoints" if cfg.keep_checkpoints else
-            "pruned" if cfg.keep_last else "no_keep_last")
+            "pruned" if keeps_last(cfg) else "no_keep_last")
     print(f"checkpoints: {sum(r['ckpts'] + r['best'] for r in rows)} written, "
           f"{gb(rows[0]['ckpt_bytes'])} each (fp32 safetensors, + a head for the RM and PPO); "
           f"{sum(r['evaluated'] for r in rows)} evaluated (+ the reference); state.pt "
           f"{gb(8 * sz['params'])} (AdamW), {gb(4 * sz['params'])} (RMSprop)")
     print(f"disk of {out}: the peak (during the step), at the end; * these flags:")
-    for k, what in (("pruned", "default: a sweep run keeps its last checkpoint, no state.pt"),
+    for k, what in (("pruned", "--keep_last: a sweep run keeps its last checkpoint"),
                     ("no_keep_last", "--no-keep_last: a sweep run keeps its rows only"),
                     ("keep_checkpoints", "--keep_checkpoints: everything kept")):
         peak, at, end = d[k]
@@ -253,8 +266,8 @@ def print_plan(cfg: FrontierConfig, steps) -> dict:
     print("  not counted: the Hugging Face cache (the base model, siebert 1.4 GB, IMDb)")
     total = sum(r["seconds"] + r["eval_seconds"] for r in rows)
     if sz["rate"] is None:
-        basis = ("scaled from the tiny preset's stage times on an idle 2-core CPU (README: 7.1 "
-                 "min; seconds / units: " + ", ".join(
+        basis = ("scaled from the tiny preset's stage times on a 2-core CPU (README; seconds "
+                 "/ units: " + ", ".join(
                      f"{k} {t:g} / {u:,}" for k, (t, u) in CPU_RUN.items()) + ")")
     else:
         r = sz["rate"]

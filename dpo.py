@@ -122,6 +122,7 @@ class DPOConfig:
     eval_size: int = 256  # held-out pairs (whole prompts) for loss/eval; 0: none
     split_seed: int = 0  # which prompts are held out (data.split_pairs); one for a whole sweep
     eval_every: int = 100  # held-out metrics every N steps
+    patience: int = 0  # stop once the held-out loss has not improved for N evaluations; 0: off
     save_every: int = 100  # checkpoint every N steps (the frontier evaluates each)
     device: str = "auto"  # cuda > mps > cpu
     overwrite: bool = False  # delete an existing run folder with another config
@@ -244,6 +245,8 @@ def main(cfg: DPOConfig):
         opt = adamw(model.parameters(), cfg.lr, device, weight_decay=0.0)
     if not run.restore(opt) and eval_idx and run.main_process:
         run.log(evaluate())  # step 0: loss log 2, accuracy 0 (policy = reference)
+    if eval_idx:  # early stopping on the held-out loss (--patience; rank 0 evaluates)
+        run.stop_when_stalled("loss/eval", cfg.patience)
 
     for step in run.steps(steps, desc=f"{cfg.loss} {os.path.basename(cfg.out_dir)}"):
         lr = lr_at(step, cfg.lr, cfg.warmup)
@@ -270,7 +273,8 @@ def main(cfg: DPOConfig):
         opt.step()
         opt.zero_grad(set_to_none=True)
         row = {**{k: run.mean(v) * run.world / len(batch) for k, v in sums.items()}, "lr": lr,
-               "grad_norm": grad_norm.item(), "tokens_per_s": run.tokens_per_s(n_tokens)}
+               "grad_norm": grad_norm.item(), "tokens_per_s": run.tokens_per_s(n_tokens),
+               "tokens": n_tokens * run.world}  # through the policy, forward + backward
         if eval_idx and run.main_process and run.due(cfg.eval_every):
             row.update(evaluate())
         run.log(row, show=("loss/train", "rewards/accuracy"))

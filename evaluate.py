@@ -120,6 +120,7 @@ class EvalConfig:
     rm: str | None = None  # learned reward model run folder, for best-of-N
     micro_batch: int = 16  # sequences per forward
     score_batch: int = 64  # texts per ground-truth batch
+    plot: bool = True  # redraw the plot (<out>.png) after evaluating
     device: str = "auto"  # cuda > mps > cpu
 
 
@@ -156,7 +157,8 @@ def main(cfg: EvalConfig):
     todo = [t for t in todo if (rel(t[4]), None) not in done]
     todo_bon = [n for n in cfg.best_of if (rel(ref_path), n) not in done]
     if not todo and not todo_bon:
-        plot_frontier(cfg.out, title=plot_title(cfg.dataset))
+        if cfg.plot:
+            plot_frontier(cfg.out, title=plot_title(cfg.dataset))
         return read_jsonl(cfg.out)
     os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
     ref = GPT.from_pretrained(ref_path).to(device).eval()
@@ -175,7 +177,8 @@ def main(cfg: EvalConfig):
         for n in todo_bon:
             append_jsonl(cfg.out, best_of_n(ref, rm, scorer, prefixes, tok, n, cfg, device,
                                             rel(ref_path)))
-    plot_frontier(cfg.out, title=plot_title(cfg.dataset))
+    if cfg.plot:
+        plot_frontier(cfg.out, title=plot_title(cfg.dataset))
     return read_jsonl(cfg.out)
 
 
@@ -333,8 +336,10 @@ def report(sweep_dir: str) -> list[dict]:
     """What each run of a sweep folder learned, beside where it landed: one row per run with its
     method and setting, the held-out pair accuracy of its last evaluation (the learned RM's, or
     the share of held-out pairs whose implicit rewards DPO and Unlikelihood order as the ground
-    truth did: pairs.py labelled each pair by the ground truth), and from the results file the
-    KL of its last two evaluated checkpoints (has the KL settled, and where?)."""
+    truth did: pairs.py labelled each pair by the ground truth), the steps it took of the most it
+    could (fewer: early stopping ended it), its compute (tokens through the model with a backward
+    pass, summed over its steps; PPO's sampling aside), and from the results file the KL of its
+    last two evaluated checkpoints (has the KL settled, and where?)."""
     results = read_jsonl(os.path.join(sweep_dir, "frontier.jsonl"))
     out = []
     for name in sorted(os.listdir(sweep_dir)):
@@ -342,7 +347,10 @@ def report(sweep_dir: str) -> list[dict]:
         log = os.path.join(run, "log.jsonl")
         if not os.path.isfile(os.path.join(run, "run_config.json")) or not os.path.isfile(log):
             continue
-        evals = [r for r in read_jsonl(log) if "loss/eval" in r]
+        rows = read_jsonl(log)
+        with open(os.path.join(run, "run_config.json")) as f:
+            cfg = json.load(f)
+        evals = [r for r in rows if "loss/eval" in r or "eval/score" in r]
         acc = next((r.get("eval/rm/accuracy", r.get("eval/rewards/accuracy"))
                     for r in reversed(evals)), None)
         method, pname, pval = describe_run(run) if name not in ("rm", "gt") else (
@@ -353,7 +361,10 @@ def report(sweep_dir: str) -> list[dict]:
         if acc is None and not mine:
             continue  # pairs, the SFT model: nothing learned from preferences to report
         out.append(dict(run=name, method=method, param=pname, value=pval,
-                        heldout_accuracy=acc, loss_eval=evals[-1]["loss/eval"] if evals else None,
+                        heldout_accuracy=acc,
+                        loss_eval=evals[-1].get("loss/eval") if evals else None,
+                        steps=rows[-1]["step"] if rows else 0, max_steps=cfg.get("steps"),
+                        tokens=sum(r.get("tokens", 0) for r in rows) or None,
                         kl_last=mine[-1]["kl"] if mine else None,
                         kl_before=mine[-2]["kl"] if len(mine) > 1 else None))
     return out
@@ -361,11 +372,14 @@ def report(sweep_dir: str) -> list[dict]:
 
 def print_report(rows: list[dict]):
     fmt = lambda v: "" if v is None else f"{v:.3f}"
-    print(f"{'run':<24} {'held-out acc':>12} {'loss/eval':>10} {'KL (last two ckpts)':>20}")
+    print(f"{'run':<24} {'held-out acc':>12} {'loss/eval':>10} {'steps (of)':>11} "
+          f"{'tokens':>8} {'KL (last two ckpts)':>20}")
     for r in rows:
         kl = f"{fmt(r['kl_before'])} -> {fmt(r['kl_last'])}" if r["kl_last"] is not None else ""
+        steps = f"{r['steps']} ({r['max_steps']})" if r["max_steps"] else str(r["steps"])
+        tokens = f"{r['tokens'] / 1e6:.2f}M" if r["tokens"] else ""
         print(f"{r['run']:<24} {fmt(r['heldout_accuracy']):>12} {fmt(r['loss_eval']):>10} "
-              f"{kl:>20}")
+              f"{steps:>11} {tokens:>8} {kl:>20}")
 
 
 if __name__ == "__main__":

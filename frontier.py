@@ -10,11 +10,15 @@ interrupted sweep continues where it stopped.
     python frontier.py --preset paper    # gpt2-large on IMDb, the paper's sweep
     python frontier.py --preset paper --plan   # steps, checkpoints, disk, time: runs nothing
 
-Each sweep run (DPO, Unlikelihood, Preferred-FT, PPO, PPO-GT) is evaluated into frontier.jsonl as
-soon as it is done; then its checkpoints but the last are deleted (--no-keep_last: the last too),
-and the state.pt of every finished run (a finished run never resumes), unless --keep_checkpoints.
-A checkpoint is deleted only once its row is in frontier.jsonl, so a kill at any moment resumes
-with nothing evaluated twice and nothing lost.
+Each checkpoint of a sweep run (DPO, Unlikelihood, Preferred-FT, PPO, PPO-GT) is evaluated into
+frontier.jsonl as soon as it is written, in the training process (runs.Run.after_save), and the
+evaluated ones before it are deleted: a run in training holds the one it resumes from. When a run
+is done, its last checkpoint stays (--keep_last, the tiny preset's default) or goes too
+(--no-keep_last, the GPU presets' default: their rows stay). The state.pt of every finished run
+goes (a finished run never resumes), and so do the step checkpoints of the finished reward model
+and label classifier (later stages read their best/). --keep_checkpoints keeps everything and
+evaluates each run when it is done. A checkpoint is deleted only once its row is in
+frontier.jsonl, so a kill at any moment resumes with nothing evaluated twice and nothing lost.
 """
 
 import dataclasses
@@ -39,7 +43,7 @@ from reward import train as rm_train
 from sft import SFTConfig
 from sft import main as sft_main
 from cli import check_fields, run_main
-from runs import is_done, open_run
+from runs import Run, is_done, open_run
 from utils import list_checkpoints, read_jsonl
 
 
@@ -62,6 +66,7 @@ class Preset:
     target_kls: tuple  # PPO and PPO-GT sweeps
     eval: dict
     best_of: tuple = ()
+    keep_last: bool = True  # keep each sweep run's last checkpoint (the default of --keep_last)
     notes: list = field(default_factory=list)
 
 
@@ -75,7 +80,11 @@ class Preset:
 # during those stages loses up to that many steps, the frontier loses no point.
 PRESETS = {
     # CPU only, offline: the synthetic corpus, a 2-layer 64-wide GPT trained from scratch as the
-    # base (compact vocabulary), the label classifier as ground truth, two values per sweep.
+    # base (compact vocabulary), the label classifier as ground truth. Its settings follow one
+    # rule for every method (README, "The rule"): the paper's four sweep values; one learning rate,
+    # 1e-4, for everything that trains the policy, each with its own optimizer; each run trains
+    # until its own validation signal has not improved for 2 evaluations (patience), capped at
+    # about 3 passes over its data.
     "tiny": Preset(
         dataset="synthetic", ground_truth=None,
         sft=dict(init="scratch", steps=300, batch_size=32, micro_batch=32, lr=3e-3, warmup=20,
@@ -83,18 +92,20 @@ PRESETS = {
         gt=dict(epochs=1, batch_size=32, micro_batch=32, lr=1e-3, warmup=20,
                 eval_every=100, save_every=200, eval_size=512),
         pairs=dict(n_prefixes=1024, chunk=128),
-        rm=dict(epochs=2, batch_size=32, micro_batch=32, lr=1e-3, warmup=20, eval_every=50,
-                save_every=100, eval_size=256),
-        dpo=dict(steps=200, batch_size=32, micro_batch=32, lr=5e-5, warmup=10, save_every=25,
-                 eval_every=25, eval_size=256),
-        betas=(0.1, 1.0), alphas=(0.1, 1.0),
-        pft=dict(steps=120, batch_size=32, micro_batch=32, lr=2e-4, warmup=10, save_every=20,
-                 eval_every=20, eval_size=256),
-        pft_seeds=(0,),
+        rm=dict(epochs=3, batch_size=32, micro_batch=32, lr=1e-3, warmup=20, eval_every=50,
+                patience=2, save_every=100, eval_size=256),
+        # 550 steps of 32: 3 passes over the ~5,900 training pairs
+        dpo=dict(steps=550, batch_size=32, micro_batch=32, lr=1e-4, warmup=10, eval_every=25,
+                 patience=2, save_every=50, eval_size=256),
+        betas=(0.05, 0.1, 1.0, 5.0), alphas=(0.05, 0.1, 0.5, 1.0),
+        pft=dict(steps=550, batch_size=32, micro_batch=32, lr=1e-4, warmup=10, eval_every=25,
+                 patience=2, save_every=50, eval_size=256),
+        pft_seeds=(0, 1, 2, 3),
+        # 100 iterations of 64 rollouts: 3 passes over the 2,000 prompts
         ppo=dict(steps=100, batch_size=64, gen_batch=64, mini_batch=32, micro_batch=32,
-                 lr=1e-4, n_prompts=2000, save_every=10, normalize_score=True, horizon=800,
-                 init_kl_coef=0.1),
-        target_kls=(3.0, 6.0),
+                 lr=1e-4, n_prompts=2000, eval_every=10, patience=2, save_every=10,
+                 normalize_score=True, horizon=800, init_kl_coef=0.1),
+        target_kls=(3.0, 6.0, 9.0, 12.0),
         eval=dict(n_prefixes=256, micro_batch=64),
         best_of=(4, 16),
     ),
@@ -115,6 +126,7 @@ PRESETS = {
         target_kls=(3.0, 6.0, 9.0, 12.0),
         eval=dict(n_prefixes=512, micro_batch=64),
         best_of=(4, 16, 64),
+        keep_last=False,  # 19 last checkpoints would be 9.5 GB: the rows are kept
     ),
     # The paper (§6.1, App. C.1): gpt2-large, siebert, 25k prefixes x 6 pairs, the full sweeps.
     "paper": Preset(
@@ -133,6 +145,7 @@ PRESETS = {
         target_kls=(3.0, 6.0, 9.0, 12.0),
         eval=dict(n_prefixes=512, micro_batch=32),
         best_of=(4, 16, 64, 128),
+        keep_last=False,  # 19 last checkpoints would be 59 GB: the rows are kept
     ),
 }
 
@@ -156,7 +169,8 @@ class FrontierConfig:
     dataset: str | None = None  # override the preset's dataset (e.g. a local IMDb folder)
     ground_truth: str | None = None  # override the preset's ground truth (e.g. a local siebert)
     keep_checkpoints: bool = False  # keep every checkpoint and state.pt of every run
-    keep_last: bool = True  # keep each sweep run's last checkpoint (--no-keep_last: its rows only)
+    keep_last: bool | None = None  # keep each sweep run's last checkpoint; None: the preset's
+    # choice (tiny: keep; gpt2, paper: its rows only, for disk)
     plan: bool = False  # print each step's counts, checkpoints, disk and time estimate; run nothing
     seeds: int = 1  # every trained method repeated with seeds 0 .. K-1 (the plot: mean and band)
 
@@ -222,6 +236,11 @@ def plan(cfg: FrontierConfig):
     return steps
 
 
+def keeps_last(cfg: FrontierConfig) -> bool:
+    """Whether a finished sweep run keeps its last checkpoint: --keep_last, else the preset's."""
+    return PRESETS[cfg.preset].keep_last if cfg.keep_last is None else cfg.keep_last
+
+
 def main(cfg: FrontierConfig):
     steps = plan(cfg)
     for _, _, c in steps:  # every stage's settings in range before the first one starts
@@ -236,20 +255,30 @@ def main(cfg: FrontierConfig):
         folder, t0 = getattr(c, "out_dir", None), time.time()
         if c is final:  # a run pruned to nothing (--no-keep_last) has all its rows already
             c = dataclasses.replace(c, runs=tuple(r for r in c.runs if list_checkpoints(r)))
+        sweep_run = folder in final.runs
         if folder and open_run(c) and is_done(folder):  # open_run: refuses another config
             print(f"[{i}/{len(steps)}] {name}: done, skipped ({folder})")
         else:
             print(f"[{i}/{len(steps)}] {name} -> {folder or c.out}")
-            fn(c)
+            # a sweep run's checkpoints are evaluated as they are written (evaluate.main's
+            # every-k thinning aside), and the ones before them deleted
+            live = sweep_run and not cfg.keep_checkpoints and final.every == 1
+            Run.after_save = (lambda r: evaluate_live(r.dir, final)) if live else None
+            try:
+                fn(c)
+            finally:
+                Run.after_save = None
             timings[name] = time.time() - t0
-        if folder in final.runs:  # a sweep run: its points now, then only what is still needed
+        if sweep_run:  # a sweep run: its points (those not evaluated live), then what's needed
             t0 = time.time()
             if evaluate_run(folder, final, thin=not cfg.keep_checkpoints):
                 timings[f"{name}, evaluation"] = time.time() - t0
-            if not cfg.keep_checkpoints and (n := prune(folder, final.out, cfg.keep_last)):
+            if not cfg.keep_checkpoints and (n := prune(folder, final.out, keeps_last(cfg))):
                 print(f"  pruned {folder}: {n} evaluated checkpoint{'s' * (n > 1)} deleted")
         elif folder and not cfg.keep_checkpoints and is_done(folder):
-            prune(folder, final.out, keep_last=True, checkpoints=False)  # sft, gt, rm: state.pt
+            # sft: its last checkpoint is what later stages read; gt, rm: their best/
+            best = os.path.isdir(os.path.join(folder, "best"))
+            prune(folder, final.out, keep_last=True, checkpoints=False, all_steps=best)
     results = read_jsonl(final.out)
     png = os.path.splitext(final.out)[0] + ".png"
     print(f"frontier: {len(results)} points in {final.out}, plot {png}")
@@ -309,18 +338,31 @@ def evaluate_run(run: str, ev: EvalConfig, thin: bool) -> int:
     return len(todo)
 
 
-def prune(run: str, results: str, keep_last: bool = True, checkpoints: bool = True) -> int:
+def evaluate_live(run: str, ev: EvalConfig):
+    """While a sweep run trains (Run.after_save, just after a checkpoint and its state.pt are
+    written): evaluate its checkpoints that have no row yet, then delete every evaluated one
+    but the newest, the one the run resumes from. The plot waits for the sweep's end."""
+    evaluate_run(run, dataclasses.replace(ev, plot=False), thin=False)
+    seen = evaluated(ev.out)
+    for _, path in list_checkpoints(run)[:-1]:
+        if result_path(path, ev.out) in seen:
+            remove_checkpoint(path)
+
+
+def prune(run: str, results: str, keep_last: bool = True, checkpoints: bool = True,
+          all_steps: bool = False) -> int:
     """Delete what a finished run no longer needs: its state.pt (read only to resume an unfinished
     run) and, with `checkpoints`, each checkpoint whose row is in `results`, but the last one if
-    keep_last (then the run stays loadable). Idempotent; returns how many checkpoints went."""
+    keep_last (then the run stays loadable); all_steps: every step checkpoint, evaluated or not
+    (the reward model's: its best/ is what is read). Idempotent; returns how many went."""
     if not is_done(run):
         return 0
     for name in os.listdir(run):  # a removal a kill interrupted
         if name.endswith(".pruned"):
             shutil.rmtree(os.path.join(run, name))
     seen = evaluated(results) if checkpoints else set()
-    ckpts = list_checkpoints(run)[:-1] if keep_last else list_checkpoints(run)
-    old = [p for _, p in ckpts if result_path(p, results) in seen]
+    ckpts = list_checkpoints(run)[:-1] if keep_last and not all_steps else list_checkpoints(run)
+    old = [p for _, p in ckpts if all_steps or result_path(p, results) in seen]
     for path in old:
         remove_checkpoint(path)
     if os.path.exists(os.path.join(run, "state.pt")):

@@ -154,6 +154,8 @@ class PPOConfig:
     normalize_score: bool = False  # standardise scores by their running mean and std (our choice)
     whiten_advantages: bool = True  # standardise advantages over each iteration's batch
     score_batch: int = 64  # texts per scoring batch
+    eval_every: int = 10  # validation reward: the mean score of the last N iterations' rollouts
+    patience: int = 0  # stop once that reward has not improved for N evaluations; 0: off
     save_every: int = 10  # checkpoint every N iterations
     device: str = "auto"  # cuda > mps > cpu
     overwrite: bool = False  # delete an existing run folder with another config
@@ -288,6 +290,10 @@ def main(cfg: PPOConfig):
     state = run.restore(opt)
     kl_coef, moments = state.get("kl_coef", cfg.init_kl_coef), RunningMoments()
     moments.__dict__.update(state.get("moments", {}))
+    # PPO's validation signal: every eval_every iterations, the mean reward of those iterations'
+    # rollouts (fresh samples, scored before the policy trains on them). The KL controller holds
+    # the KL near its target, so this is the reward at the target KL once the KL is there.
+    run.stop_when_stalled("eval/score", cfg.patience, mode="max")
 
     for step in run.steps(cfg.steps, desc=f"ppo {os.path.basename(cfg.out_dir)}"):
         # ---- rollout: sample, score, and value the batch with the current policy
@@ -321,8 +327,14 @@ def main(cfg: PPOConfig):
 
         row = {"score/mean": raw_scores.mean().item(), "kl/seq": kl_seq, "kl/coef": kl_coef,
                "lr": cfg.lr, "time/rollout": t_rollout, "time/update": t_update,
-               "tokens_per_s": run.tokens_per_s(sum(map(len, prompts)) + sum(map(len, comps)))}
+               "tokens_per_s": run.tokens_per_s(sum(map(len, prompts)) + sum(map(len, comps))),
+               # through the policy with a backward pass (ppo_epochs passes); sampling aside
+               "tokens": cfg.ppo_epochs * (sum(map(len, prompts)) + sum(map(len, comps)))}
         row.update(stats)
+        if run.due(cfg.eval_every):
+            window = [r["score/mean"] for r in run.history
+                      if r["step"] > run.step - cfg.eval_every] + [row["score/mean"]]
+            row["eval/score"] = sum(window) / len(window)
         kl_coef = update_kl_coef(kl_coef, kl_seq, cfg.target_kl, cfg.horizon, cfg.batch_size)
         run.log(row, show=("score/mean", "kl/seq"))
         if run.due(cfg.save_every):

@@ -177,6 +177,7 @@ class RMConfig:
     eval_size: int = 512  # held-out pairs (whole prompts) or test reviews
     split_seed: int = 0  # bt: which prompts are held out (data.split_pairs); unlike seed, fixed
     eval_every: int = 100  # validation accuracy every N steps (and at the end)
+    patience: int = 0  # stop once validation accuracy has not improved for N evaluations; 0: off
     save_every: int = 100  # resumable checkpoint every N steps
     device: str = "auto"  # cuda > mps > cpu
     overwrite: bool = False  # delete an existing run folder with another config
@@ -241,6 +242,7 @@ def train(cfg: RMConfig):
     opt = adamw(model.parameters(), cfg.lr, run.device, weight_decay=0.0)
     best = run.restore(opt).get("best", -1.0)
     accum = cfg.batch_size // cfg.micro_batch
+    run.stop_when_stalled("eval/rm/accuracy", cfg.patience, mode="max")  # early stopping
     for step in run.steps(steps, desc=f"rm {cfg.objective}"):
         lr = lr_at(step, cfg.lr, cfg.warmup, steps)
         for g in opt.param_groups:
@@ -258,7 +260,8 @@ def train(cfg: RMConfig):
         opt.step()
         opt.zero_grad(set_to_none=True)
         row = {"loss/train": loss_sum, "rm/accuracy": correct / cfg.batch_size, "lr": lr,
-               "grad_norm": grad_norm.item(), "tokens_per_s": run.tokens_per_s(n_tokens)}
+               "grad_norm": grad_norm.item(), "tokens_per_s": run.tokens_per_s(n_tokens),
+               "tokens": n_tokens}  # forward + backward
         if run.due(cfg.eval_every):
             row["loss/eval"], row["eval/rm/accuracy"] = rm_accuracy(cfg, model, held_ex,
                                                                     tok.eos_id)

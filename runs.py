@@ -10,12 +10,13 @@ its loop straight down the page:
     run.start()                        # now the folder (run_config.json), the log cut to the step
     opt = ...
     run.restore(opt)                   # resuming: optimizer, RNG and step from state.pt
+    run.stop_when_stalled("loss/eval", cfg.patience)  # optional early stopping (0: off)
     for step in run.steps(total):      # step 0, 1, ... from where the run stands; a progress bar
         ...
         run.check(loss)                # a NaN or inf loss stops before the update
         ...
         run.log({"loss/train": ...})   # one row of log.jsonl, with this step's number
-        if run.due(cfg.save_every):
+        if run.due(cfg.save_every):    # (also true at the step early stopping ends the run)
             run.save(opt, model, tok)  # step_XXXXXX/ and state.pt, each written atomically
     return run.finish()                # `done`
 
@@ -30,6 +31,10 @@ A run folder:
 Killed at any moment, the same command resumes from the last checkpoint and ends bit-identical to
 a run that was never interrupted (CPU): batches are a pure function of the step, the RNG state is
 saved with the optimizer, and log rows after the checkpoint are cut and logged again.
+
+Early stopping (`stop_when_stalled`) ends a run once its validation signal has gone `patience`
+evaluations without beating its best. The decision is read from log.jsonl alone, so a resumed run
+stops at the very step an uninterrupted one does; the run's last checkpoint is at that step.
 """
 
 import contextlib
@@ -61,6 +66,11 @@ class Run:
     """
 
     current = None  # the Run of this process, for cli.run_main's Ctrl-C message
+    # called as after_save(run) once a checkpoint and its state.pt are written (rank 0): how
+    # frontier.py evaluates each checkpoint of a sweep run as soon as it exists, then deletes
+    # the evaluated ones before it. The RNG state is restored after it, so the run trains on as
+    # it would without it.
+    after_save = None
 
     def __init__(self, cfg, distributed: bool = False):
         check_fields(cfg)  # every field in its range, the input files there: else one error
@@ -79,6 +89,7 @@ class Run:
                                     f"{folder} is missing; pass --overwrite to start over")
         self.saved = self.step  # the step of the last state.pt: where the same command resumes
         self.total, self._bar, self._t0 = None, None, time.time()
+        self._stop, self.stalled = None, False  # early stopping: (key, patience, mode); stopped?
         Run.current = self
         if self.done:
             self.say(f"{self.dir} is already done; its outputs are there (log.jsonl, checkpoints)")
@@ -109,14 +120,41 @@ class Run:
         set_rng_state(self.state["rng"])
         return self.state
 
+    def stop_when_stalled(self, key: str, patience: int, mode: str = "min"):
+        """Early stopping: end the run once the logged validation signal `key` ("min": lower is
+        better, "max": higher) has gone `patience` evaluations without beating its best; the
+        step that decides it saves a checkpoint (`due` is true there). patience 0: off. Call it
+        before `steps`; resuming, the decision is re-read from the log kept so far."""
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be min or max, not {mode!r}")
+        self._stop = (key, patience, mode) if patience else None
+        self._update_stalled()
+
+    def _update_stalled(self):
+        """Recompute `stalled` from the log (rank 0 holds it; under torchrun, broadcast)."""
+        flag = False
+        if self._stop and self.main_process:
+            key, patience, mode = self._stop
+            values = [r[key] for r in self.history if key in r]
+            if values:
+                best = (min if mode == "min" else max)(values)
+                flag = len(values) - 1 - values.index(best) >= patience  # first time it was hit
+                if flag and not self.stalled:
+                    self.say(f"{self.dir}: stopping at step {self.step}: {key} has not beaten "
+                             f"its best ({best:.4g}) for {patience} evaluations")
+        if self._stop and self.world > 1:  # every process stops at the same step
+            flag = ddp_mean(float(flag) * self.world, self.world, self.device) > 0.5
+        self.stalled = flag
+
     def steps(self, total: int, desc: str | None = None, unit: str = "step"):
         """Yield the 0-based index of each step still to take, under a progress bar. While the
-        body runs, `run.step` is the step's 1-based number: the one log, check and save use."""
+        body runs, `run.step` is the step's 1-based number: the one log, check and save use.
+        Early stopping (stop_when_stalled) may end it before `total`."""
         self.total = total
         self._bar = tqdm(total=total, initial=min(self.step, total), unit=unit,
                          desc=desc or os.path.basename(os.path.normpath(self.dir)),
                          mininterval=1.0, disable=not self.main_process)
-        while self.step < total:
+        while self.step < total and not self.stalled:
             self._t0 = time.time()
             self.step += 1
             yield self.step - 1
@@ -124,8 +162,9 @@ class Run:
         self._bar.close()
 
     def due(self, every: int) -> bool:
-        """True every `every` steps and at the last one (when to evaluate, when to save)."""
-        return self.step % every == 0 or self.step == self.total
+        """True every `every` steps, at the last one and at the step early stopping ends the run
+        (when to evaluate, when to save)."""
+        return self.step % every == 0 or self.step == self.total or self.stalled
 
     def check(self, loss: torch.Tensor):
         """Stop on a NaN or inf loss before this step's update (see check_finite)."""
@@ -169,6 +208,8 @@ class Run:
             log_row(self.dir, row, self.history)
             if self._bar is not None and show:
                 self._bar.set_postfix({k: f"{row[k]:.3f}" for k in show}, refresh=False)
+        if self._stop:
+            self._update_stalled()
         return row
 
     def save(self, opt=None, *parts, **counters):
@@ -187,6 +228,10 @@ class Run:
                     save = getattr(part, "save_pretrained", None) or part.save
                     save(folder)
             save_checkpoint(self.dir, self.step, write, state)
+            if Run.after_save is not None:
+                kept = rng_state()
+                Run.after_save(self)
+                set_rng_state(kept)
         self.saved = self.step
 
     def say(self, message: str):

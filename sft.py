@@ -44,6 +44,7 @@ class SFTConfig:
     grad_clip: float = 1.0  # max global gradient norm
     dropout: float = 0.0  # dropout while fine-tuning (0: as in every later stage)
     eval_every: int = 100  # held-out loss every N steps
+    patience: int = 0  # stop once the held-out loss has not improved for N evaluations; 0: off
     eval_size: int = 256  # held-out sequences (--pairs: pairs, whole prompts)
     split_seed: int = 0  # --pairs: which prompts are held out; unlike seed, one for a whole sweep
     save_every: int = 100  # checkpoint every N steps
@@ -160,6 +161,8 @@ def main(cfg: SFTConfig):
                 betas=(0.9, 0.95))
     if not run.restore(opt) and held_p and run.main_process:
         run.log({"loss/eval": evaluate()})
+    if held_p:  # early stopping on the held-out loss (--patience; rank 0 evaluates)
+        run.stop_when_stalled("loss/eval", cfg.patience)
 
     for step in run.steps(cfg.steps, desc=f"sft {os.path.basename(cfg.out_dir)}"):
         lr = lr_at(step, cfg.lr, cfg.warmup, cfg.steps)
@@ -183,7 +186,8 @@ def main(cfg: SFTConfig):
         opt.step()
         opt.zero_grad(set_to_none=True)
         row = {"loss/train": run.mean(loss_sum.item()), "lr": lr, "grad_norm": grad_norm.item(),
-               "tokens_per_s": run.tokens_per_s(n_tokens)}
+               "tokens_per_s": run.tokens_per_s(n_tokens),
+               "tokens": n_tokens * run.world}  # through the model, forward + backward
         if held_p and run.main_process and run.due(cfg.eval_every):
             row["loss/eval"] = evaluate()
         run.log(row, show=("loss/train",))

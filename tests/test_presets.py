@@ -42,7 +42,7 @@ def test_seeds_repeat_every_trained_method():
                 and c.out_dir.split("/")[-1].startswith(kind)]
         assert sorted(c.seed for c in cfgs) == sorted([0, 1, 2] * n), kind
     pft = [c for _, _, c in three if "preferred_ft" in getattr(c, "out_dir", "")]
-    assert sorted(c.seed for c in pft) == [0, 1, 2]
+    assert sorted(c.seed for c in pft) == sorted(set(p.pft_seeds) | {0, 1, 2})
     shared = [c for name, _, c in three if name in ("sft", "pairs", "reward model")]
     assert len(shared) == 3  # the SFT model, pairs and RM once, for every seed
 
@@ -60,3 +60,20 @@ def test_a_finished_stage_of_another_config_is_refused_not_skipped(tmp_path):
     open(os.path.join(sft_cfg.out_dir, "done"), "w").close()
     with pytest.raises(ValueError, match="another config.*lr"):
         frontier.main(frontier.FrontierConfig(preset="tiny", out_dir=str(tmp_path)))
+
+
+def test_the_tiny_preset_follows_one_rule():
+    """README "The rule": four values per sweep (Preferred-FT: four seeds); one learning rate
+    for every stage that trains the policy; every trained stage (the RM too) stops on its own
+    validation signal (patience), within a cap of about 3 passes over its data."""
+    p = frontier.PRESETS["tiny"]
+    assert len(p.betas) == len(p.alphas) == len(p.target_kls) == len(p.pft_seeds) == 4
+    assert p.betas == (0.05, 0.1, 1.0, 5.0) and p.alphas == (0.05, 0.1, 0.5, 1.0)
+    assert p.target_kls == (3.0, 6.0, 9.0, 12.0)  # the paper's grids (its section 6.1 sweep)
+    assert p.dpo["lr"] == p.pft["lr"] == p.ppo["lr"]
+    assert p.dpo["patience"] == p.pft["patience"] == p.ppo["patience"] == p.rm["patience"] == 2
+    n_pairs = p.pairs["n_prefixes"] * 6 - p.dpo["eval_size"]
+    for s in (p.dpo, p.pft):
+        assert 2.5 < s["steps"] * s["batch_size"] / n_pairs < 3.5
+    assert 2.5 < p.ppo["steps"] * p.ppo["batch_size"] / p.ppo["n_prompts"] < 3.5
+    assert p.rm["epochs"] == 3

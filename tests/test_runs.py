@@ -561,3 +561,103 @@ def test_ctrl_c_says_where_it_stopped_and_the_same_command_resumes(toy, tmp_path
     assert f"resuming {out} from step {saved}" in again.stderr.read()
     done = toy(*argv)
     assert done.wait(timeout=60) == 0 and "is already done" in done.stderr.read()
+
+
+def _stalling_loop(run, values, every=2, save_every=4, stop_at=None):
+    """Log values[k] as "val" at steps 2, 4, ... (every `every`), save at run.due(save_every);
+    stop_at: leave the loop (as a kill would) at that step, before its log. Returns the steps
+    saved at."""
+    saved = []
+    for _ in run.steps(len(values) * every):
+        if run.step == stop_at:
+            return saved
+        row = {"val": values[run.step // every - 1]} if run.due(every) else {}
+        run.log(row)
+        if run.due(save_every):
+            run.save(None)
+            saved.append(run.step)
+    run.finish()
+    return saved
+
+
+@pytest.mark.parametrize("mode,values", [
+    ("min", [5.0, 4.0, 3.0, 3.5, 3.0, 2.0, 1.0, 0.5]),  # best 3.0 at step 6; 3.5, 3.0 don't beat it
+    ("max", [0.5, 0.6, 0.7, 0.65, 0.7, 0.8, 0.9, 1.0]),
+])
+def test_early_stopping_stops_saves_and_resumes_at_the_same_step(tmp_path, mode, values):
+    cfg = Cfg(out_dir=str(tmp_path / "r"), steps=16)
+    run = runs.Run(cfg)
+    run.start()
+    run.stop_when_stalled("val", patience=2, mode=mode)
+    assert _stalling_loop(run, values) == [4, 8, 10]  # evaluations at 8 and 10 did not improve
+    assert run.stalled and run.step == 10 and runs.is_done(cfg.out_dir)
+    assert read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))[-1]["step"] == 10
+    # the same run killed at step 9 (last save: step 8) resumes and stops at 10 again
+    cfg2 = Cfg(out_dir=str(tmp_path / "k"), steps=16)
+    run = runs.Run(cfg2)
+    run.start()
+    run.stop_when_stalled("val", patience=2, mode=mode)
+    assert _stalling_loop(run, values, stop_at=9) == [4, 8]
+    again = runs.Run(cfg2)
+    assert again.step == 8
+    again.start()
+    again.stop_when_stalled("val", patience=2, mode=mode)
+    assert not again.stalled  # one evaluation past the best so far (step 8)
+    assert _stalling_loop(again, values) == [10]
+    assert [r["step"] for r in read_jsonl(os.path.join(cfg2.out_dir, "log.jsonl"))] == \
+        list(range(1, 11))
+    # killed after the stopping step's checkpoint, before `done`: nothing more is trained
+    cfg3 = Cfg(out_dir=str(tmp_path / "d"), steps=16)
+    run = runs.Run(cfg3)
+    run.start()
+    run.stop_when_stalled("val", patience=2, mode=mode)
+    _stalling_loop(run, values)
+    os.remove(os.path.join(cfg3.out_dir, "done"))
+    again = runs.Run(cfg3)
+    again.start()
+    again.stop_when_stalled("val", patience=2, mode=mode)
+    assert again.stalled and list(again.steps(16)) == []
+
+
+def test_early_stopping_off_and_bad_mode(tmp_path):
+    cfg = Cfg(out_dir=str(tmp_path / "r"), steps=16)
+    run = runs.Run(cfg)
+    run.start()
+    run.stop_when_stalled("val", patience=0)  # off: runs every step
+    assert _stalling_loop(run, [5.0, 6.0, 7.0, 8.0, 9.0, 9.0, 9.0, 9.0]) == [4, 8, 12, 16]
+    with pytest.raises(ValueError, match="mode must be min or max"):
+        run.stop_when_stalled("val", 2, mode="up")
+
+
+def test_after_save_hook_runs_after_each_checkpoint_and_leaves_the_rng_alone(tmp_path,
+                                                                              monkeypatch):
+    """Run.after_save (frontier.py's live evaluation) is called once per checkpoint, after its
+    state.pt is written, and the training that follows draws the same random numbers as
+    without it."""
+    class Part:
+        def save_pretrained(self, folder):
+            with open(os.path.join(folder, "config.json"), "w") as f:
+                f.write("{}")
+
+    def loop(name, hook):
+        monkeypatch.setattr(runs.Run, "after_save", hook)
+        run = runs.Run(Cfg(out_dir=str(tmp_path / name), steps=6))
+        run.start()
+        draws = []
+        for _ in run.steps(6):
+            draws.append(torch.rand(1).item())
+            run.log({})
+            if run.due(2):
+                run.save(None, Part())
+        run.finish()
+        return draws
+
+    calls = []
+
+    def hook(run):  # what an evaluation does to the global RNG: draws from it
+        calls.append((run.step, load_state(run.dir)["step"]))
+        torch.rand(100)
+        random.random()
+
+    assert loop("hooked", hook) == loop("plain", None)
+    assert calls == [(2, 2), (4, 4), (6, 6)]  # state.pt is already this step's
