@@ -343,10 +343,18 @@ def evaluate_live(run: str, ev: EvalConfig):
     written): evaluate its checkpoints that have no row yet, then delete every evaluated one
     but the newest, the one the run resumes from. The plot waits for the sweep's end."""
     evaluate_run(run, dataclasses.replace(ev, plot=False), thin=False)
-    seen = evaluated(ev.out)
-    for _, path in list_checkpoints(run)[:-1]:
-        if result_path(path, ev.out) in seen:
-            remove_checkpoint(path)
+    remove_evaluated(run, ev.out, keep_last=True)
+
+
+def remove_evaluated(run: str, results: str, keep_last: bool) -> int:
+    """Delete each checkpoint of `run` whose row is in `results` (but the newest if keep_last);
+    returns how many went."""
+    seen = evaluated(results)
+    ckpts = list_checkpoints(run)[:-1] if keep_last else list_checkpoints(run)
+    old = [p for _, p in ckpts if result_path(p, results) in seen]
+    for path in old:
+        remove_checkpoint(path)
+    return len(old)
 
 
 def prune(run: str, results: str, keep_last: bool = True, checkpoints: bool = True,
@@ -360,14 +368,16 @@ def prune(run: str, results: str, keep_last: bool = True, checkpoints: bool = Tr
     for name in os.listdir(run):  # a removal a kill interrupted
         if name.endswith(".pruned"):
             shutil.rmtree(os.path.join(run, name))
-    seen = evaluated(results) if checkpoints else set()
-    ckpts = list_checkpoints(run)[:-1] if keep_last and not all_steps else list_checkpoints(run)
-    old = [p for _, p in ckpts if all_steps or result_path(p, results) in seen]
-    for path in old:
-        remove_checkpoint(path)
+    if all_steps:
+        old = [p for _, p in list_checkpoints(run)]
+        for path in old:
+            remove_checkpoint(path)
+        n = len(old)
+    else:
+        n = remove_evaluated(run, results, keep_last) if checkpoints else 0
     if os.path.exists(os.path.join(run, "state.pt")):
         os.remove(os.path.join(run, "state.pt"))
-    return len(old)
+    return n
 
 
 if __name__ == "__main__":

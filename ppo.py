@@ -325,11 +325,12 @@ def main(cfg: PPOConfig):
                            advantages, returns, seed_for(cfg.seed, step))
         t_update = time.time() - t0
 
+        n_tokens = sum(map(len, prompts)) + sum(map(len, comps))
         row = {"score/mean": raw_scores.mean().item(), "kl/seq": kl_seq, "kl/coef": kl_coef,
                "lr": cfg.lr, "time/rollout": t_rollout, "time/update": t_update,
-               "tokens_per_s": run.tokens_per_s(sum(map(len, prompts)) + sum(map(len, comps))),
+               "tokens_per_s": run.tokens_per_s(n_tokens),
                # through the policy with a backward pass (ppo_epochs passes); sampling aside
-               "tokens": cfg.ppo_epochs * (sum(map(len, prompts)) + sum(map(len, comps)))}
+               "tokens": cfg.ppo_epochs * n_tokens}
         row.update(stats)
         if run.due(cfg.eval_every):
             window = [r["score/mean"] for r in run.history

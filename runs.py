@@ -208,8 +208,8 @@ class Run:
             log_row(self.dir, row, self.history)
             if self._bar is not None and show:
                 self._bar.set_postfix({k: f"{row[k]:.3f}" for k in show}, refresh=False)
-        if self._stop:
-            self._update_stalled()
+        if self._stop and (self._stop[0] in row or self.world > 1):  # torchrun: every step,
+            self._update_stalled()  # since only rank 0's row holds the evaluation
         return row
 
     def save(self, opt=None, *parts, **counters):
