@@ -14,27 +14,34 @@ The steps, each a script's main(cfg) in this process, each skipped once done (a 
      Best-of-N;
   5. win rates (winrate.py) of SFT, DPO and Best-of-N against the test references at each
      sampling temperature: <out_dir>/winrate/winrate.jsonl and winrate.png.
+With --seeds K, steps 2-5 again for seeds 1 .. K-1 (<out_dir>/sft_seed1, ...), then the win
+rates' mean ± standard error over seeds: <out_dir>/winrate_seeds.jsonl and winrate_seeds.png. On
+the synthetic dialogues, each winrate folder also gets correct.jsonl (the dataset's own rule).
 """
 
 import json
+import math
 import os
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 
 from cli import check_fields, run_main
 from dpo import DPOConfig
 from dpo import main as dpo_main
 from preferences import PreferencesConfig
+from preferences import dialogue_reward
 from preferences import main as preferences_main
 from reward import RMConfig
 from reward import train as rm_train
 from runs import config_dict, is_done, open_run
 from sft import SFTConfig
 from sft import main as sft_main
-from utils import atomic_write_json
+from utils import atomic_write_json, read_jsonl, write_jsonl
 from winrate import WinRateConfig
 from winrate import check_config as check_judge
 from winrate import main as winrate_main
+from winrate import plot_winrate
 
 # name: (data steps, sft, dpo, rm, winrate). Data: {split name: PreferencesConfig overrides}; the
 # SFT step reads "sft_data" (pairs: the chosen responses; completions: prompt + reference).
@@ -47,21 +54,25 @@ GPT2_STAGES = dict(
 GPT2_DPO = dict(steps=2000, batch_size=64, micro_batch=8, save_every=500)
 
 PRESETS = {
-    # CPU, offline: synthetic single-turn dialogues in the HH layout (preferences.py: the chosen
-    # answer is the correct one), a 2-layer 64-wide GPT from scratch, the learned RM as judge.
+    # CPU, offline: synthetic single-turn dialogues in the HH layout (preferences.py: of two replies
+    # drawn alike, the chosen one is the better by the rule), a 2-layer 64-wide GPT from scratch,
+    # the learned RM as judge.
     ("hh", "tiny"): dict(
         data=dict(train=dict(dataset="synthetic", split="train", max_length=64,
                              max_prompt_length=40),
                   test=dict(dataset="synthetic", split="test", max_length=64,
                             max_prompt_length=40)),
         sft_data="train",
-        sft=dict(init="scratch", vocab="dialogue", steps=300, batch_size=32, micro_batch=32,
-                 lr=3e-3, warmup=20, eval_every=100, save_every=100, n_layer=2, n_head=2,
-                 n_embd=64, block_size=64, eval_size=256),
-        dpo=dict(beta=0.1, steps=200, batch_size=32, micro_batch=32, lr=1e-4, warmup=10,
-                 save_every=50, eval_every=50, eval_size=256),
-        rm=dict(epochs=1, batch_size=32, micro_batch=32, lr=1e-3, warmup=20, eval_every=50,
-                save_every=100, eval_size=256),
+        # the IMDb tiny preset's rule: each trained stage stops once its own held-out signal has
+        # not improved for 2 evaluations (SFT and DPO: loss, RM: accuracy), capped at 3 passes
+        # over the ~17,700 training pairs (1,650 steps of 32)
+        sft=dict(init="scratch", vocab="dialogue", steps=1650, batch_size=32, micro_batch=32,
+                 lr=3e-3, warmup=20, eval_every=50, patience=2, save_every=100, n_layer=2,
+                 n_head=2, n_embd=64, block_size=64, eval_size=256),
+        dpo=dict(beta=0.1, steps=1650, batch_size=32, micro_batch=32, lr=1e-4, warmup=10,
+                 save_every=100, eval_every=50, patience=2, eval_size=256),
+        rm=dict(epochs=3, batch_size=32, micro_batch=32, lr=1e-3, warmup=20, eval_every=50,
+                patience=2, save_every=100, eval_size=256),
         winrate=dict(n=200, max_new_tokens=24, batch_size=50, best_of=4),
     ),
     # GPT-2 124M on Anthropic/hh-rlhf (the paper: Pythia-2.8B), one GPU. Best-of-16 (the paper's
@@ -91,6 +102,7 @@ class ExperimentConfig:
     base_model: str | None = None  # override the preset's base model (e.g. a local GPT-2 folder)
     judge: str | None = None  # openai:<model> or rm:<folder> (default: the learned reward model)
     device: str = "auto"  # cuda > mps > cpu
+    seeds: int = 1  # SFT, DPO, RM and win rates repeated with seeds 0 .. K-1 (the data is one)
 
 
 def plan(cfg: ExperimentConfig):
@@ -107,21 +119,26 @@ def plan(cfg: ExperimentConfig):
     steps = [(f"data: {name}", preferences_main, PreferencesConfig(out=data[name],
                                                                    **{**kw, **tokenizer}))
              for name, kw in p["data"].items()]
-    sft, common = run("sft"), dict(device=cfg.device)
+    common = dict(device=cfg.device)
     source = ({"completions": data["sft"]} if p["sft_data"] == "sft"
               else {"pairs": data[p["sft_data"]]})
     sft_kw = dict(p["sft"], init=cfg.base_model or p["sft"]["init"])
-    steps += [
-        ("SFT", sft_main, SFTConfig(out_dir=sft, **source, **common, **sft_kw)),
-        (f"DPO beta={p['dpo']['beta']}", dpo_main, DPOConfig(
-            out_dir=run("dpo"), init=sft, pairs=data["train"], **common, **p["dpo"])),
-        ("reward model", rm_train, RMConfig(out_dir=run("rm"), init=sft, objective="bt",
-                                            pairs=data["train"], **common, **p["rm"])),
-        ("win rates", winrate_main, WinRateConfig(
-            policies=(f"SFT={sft}", f"DPO={run('dpo')}"), test=data["test"],
-            judge=cfg.judge or f"rm:{run('rm')}", best_of_rm=run("rm"), out_dir=run("winrate"),
-            **common, **p["winrate"])),
-    ]
+    for seed in range(cfg.seeds):  # seed 0 in <out>/sft ..., seed k in <out>/sft_seed{k} ...
+        tag, at = (f"_seed{seed}", f" seed={seed}") if seed else ("", "")
+        sft, dpo, rm = run(f"sft{tag}"), run(f"dpo{tag}"), run(f"rm{tag}")
+        steps += [
+            (f"SFT{at}", sft_main, SFTConfig(out_dir=sft, seed=seed, **source, **common,
+                                             **sft_kw)),
+            (f"DPO beta={p['dpo']['beta']}{at}", dpo_main, DPOConfig(
+                out_dir=dpo, init=sft, pairs=data["train"], seed=seed, **common, **p["dpo"])),
+            (f"reward model{at}", rm_train, RMConfig(out_dir=rm, init=sft, objective="bt",
+                                                     pairs=data["train"], seed=seed, **common,
+                                                     **p["rm"])),
+            (f"win rates{at}", winrate_main, WinRateConfig(
+                policies=(f"SFT={sft}", f"DPO={dpo}"), test=data["test"],
+                judge=cfg.judge or f"rm:{rm}", best_of_rm=rm, out_dir=run(f"winrate{tag}"),
+                seed=seed, **common, **p["winrate"])),
+        ]
     return steps
 
 
@@ -143,12 +160,49 @@ def finished(c) -> bool:
     return open_run(c) and is_done(c.out_dir)  # open_run refuses another config
 
 
+def correct_shares(winrate_dir: str) -> list[dict]:
+    """The synthetic dialogues' own rule as a second measure: per policy and temperature, the share
+    of the judged responses that state the correct answer (preferences.dialogue_reward), ± its
+    standard error, from the win rates' comparisons.jsonl."""
+    by = defaultdict(list)
+    for c in read_jsonl(os.path.join(winrate_dir, "comparisons.jsonl")):
+        by[c["policy"], c["temperature"]].append(dialogue_reward(c["prompt"], c["response"]))
+    return [dict(policy=policy, temperature=t, correct=sum(v) / len(v), n=len(v),
+                 stderr=math.sqrt(sum(v) / len(v) * (1 - sum(v) / len(v)) / len(v)))
+            for (policy, t), v in by.items()]
+
+
+def mean_over_seeds(per_seed: list[list[dict]], correct: list[list[dict]]) -> list[dict]:
+    """One row per (policy, temperature): the win rate (and, when measured, the correct share) as
+    mean ± standard error over the seeds, each seed's value one sample."""
+    def stats(xs):  # a seed with no judged comparison (all failures) is left out
+        xs = [x for x in xs if x is not None]
+        if len(xs) < 2:
+            return (xs[0] if xs else None), None
+        m = sum(xs) / len(xs)
+        return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
+    shares = [{(c["policy"], c["temperature"]): c["correct"] for c in seed} for seed in correct]
+    rows = []
+    for k, r in enumerate(per_seed[0]):
+        judges = list(dict.fromkeys(seed[k]["judge"] for seed in per_seed))
+        judge = judges[0] if len(judges) == 1 else judges[0].split(":")[0] + ": each seed's own"
+        row = dict(policy=r["policy"], temperature=r["temperature"], judge=judge,
+                   task=r["task"], expected=r["expected"], seeds=len(per_seed))
+        row["win_rate"], row["stderr"] = stats([seed[k]["win_rate"] for seed in per_seed])
+        if shares:
+            key = (r["policy"], r["temperature"])
+            row["correct"], row["correct_stderr"] = stats([s[key] for s in shares])
+        rows.append(row)
+    return rows
+
+
 def main(cfg: ExperimentConfig):
     steps = plan(cfg)
     for _, _, c in steps:  # every stage's settings, and the judge, before the first one starts
         check_fields(c, paths=False)
     check_judge(steps[-1][2])
-    timings = {}
+    synthetic = PRESETS[cfg.experiment, cfg.preset]["data"]["test"]["dataset"] == "synthetic"
+    timings, per_seed, correct = {}, [], []
     for i, (name, fn, c) in enumerate(steps, 1):
         where = getattr(c, "out", None) or c.out_dir
         if finished(c):
@@ -159,10 +213,31 @@ def main(cfg: ExperimentConfig):
         results = fn(c)
         if isinstance(c, PreferencesConfig):
             atomic_write_json(c.out + ".config.json", config_dict(c))
+        if isinstance(c, WinRateConfig):
+            per_seed.append(results)
+            if synthetic:  # the dataset's rule: how often each policy is right
+                correct.append(correct_shares(c.out_dir))
+                write_jsonl(os.path.join(c.out_dir, "correct.jsonl"), correct[-1])
+                for r in correct[-1]:
+                    print(f"{r['policy']:>16}  T={r['temperature']:<5}  correct "
+                          f"{r['correct']:.3f} ± {r['stderr']:.3f}  (the dataset's rule)")
         timings[name] = time.time() - t0
     for name, t in timings.items():
         print(f"  {name}: {t:.0f} s")
-    return results
+    if cfg.seeds == 1:
+        return per_seed[0]
+    rows = mean_over_seeds(per_seed, correct)
+    out = cfg.out_dir or os.path.join("runs", f"{cfg.experiment}_{cfg.preset}")
+    path = os.path.join(out, "winrate_seeds.jsonl")
+    write_jsonl(path, rows)
+    print(f"{cfg.seeds} seeds: mean ± standard error over seeds -> {path}, "
+          f"{plot_winrate(path)}")
+    show = lambda m, se: "n/a" if m is None else f"{m:.3f}" + (f" ± {se:.3f}" if se else "")
+    for r in rows:
+        share = f", correct {show(r['correct'], r['correct_stderr'])}" if correct else ""
+        print(f"{r['policy']:>16}  T={r['temperature']:<5}  win rate "
+              f"{show(r['win_rate'], r['stderr'])}{share}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -334,9 +334,14 @@ def main(cfg: PreferencesConfig) -> dict:
 
 # ----------------------------------------------------------------------------- synthetic dialogues
 # Single-turn HH transcripts from a small fixed grammar, for the offline tiny preset. A question
-# asks one fact of a table; the rule: the chosen reply states the correct fact, the rejected one a
-# wrong value from the same table (half the rows) or declines to answer. Both replies draw their
-# opening words ("Sure! ") independently, so only correctness tells them apart.
+# asks one fact of a table. As in HH, where both replies are samples of one model and the chosen one
+# is only the better of the two, each reply here is drawn alike: the correct fact with probability
+# P_RIGHT, else a wrong value from the same table, in the same sentence, after opening words drawn
+# independently ("Sure! "). The rule prefers the correct reply; of two correct or two wrong replies
+# either is "chosen" (a coin flip: a pair without signal, as annotators' ties in HH). So the chosen
+# side is right only 3/4 of the time and SFT on it learns that share; only the contrast between
+# the two sides says which answer is right. (An earlier version made every chosen reply correct:
+# SFT on the chosen side was then the optimum itself, and no method could improve on it.)
 
 NUMBERS = "zero one two three four five six seven eight nine ten".split()
 FACTS = [  # (question phrasings, answer sentence, {subject: correct value})
@@ -354,13 +359,20 @@ FACTS = [  # (question phrasings, answer sentence, {subject: correct value})
 ]
 OPENERS = ["", "Hi! ", "Hello. ", "Quick question. "]
 PREFIXES = ["", "Sure! ", "Good question. "]
-REFUSALS = ["I do not know.", "I am not sure, sorry.", "I can not help with that."]
-SYNTHETIC_SIZES = {"train": 4000, "test": 400}  # rows of --dataset synthetic
+P_RIGHT = 0.5  # the chance that a reply states the correct value
+SYNTHETIC_SIZES = {"train": 20000, "test": 400}  # rows of --dataset synthetic
 
 
 def _sentence(template: str, subject: str, value: str) -> str:
     s = template.format(subject, value)
     return s[0].upper() + s[1:]
+
+
+def _reply(rng, answer: str, subject: str, table: dict) -> tuple[str, bool]:
+    """One reply of the imperfect "model": (its text, whether it states the correct value)."""
+    right = rng.random() < P_RIGHT
+    value = table[subject] if right else rng.choice(sorted(set(table.values()) - {table[subject]}))
+    return rng.choice(PREFIXES) + _sentence(answer, subject, value), right
 
 
 def synthetic_dialogues(n: int, seed: int) -> list[dict]:
@@ -372,12 +384,11 @@ def synthetic_dialogues(n: int, seed: int) -> list[dict]:
         subject = rng.choice(sorted(table))
         question = rng.choice(OPENERS) + rng.choice(questions).format(subject)
         prompt = f"\n\nHuman: {question}{ASSISTANT}"
-        chosen = rng.choice(PREFIXES) + _sentence(answer, subject, table[subject])
-        if rng.random() < 0.5:
-            wrong = rng.choice(sorted(set(table.values()) - {table[subject]}))
-            rejected = rng.choice(PREFIXES) + _sentence(answer, subject, wrong)
-        else:
-            rejected = rng.choice(REFUSALS)
+        (chosen, chosen_right), (rejected, rejected_right) = (
+            _reply(rng, answer, subject, table) for _ in range(2))
+        if rejected_right > chosen_right or (chosen_right == rejected_right and
+                                             rng.random() < 0.5):
+            chosen, rejected = rejected, chosen
         rows.append({"chosen": f"{prompt} {chosen}", "rejected": f"{prompt} {rejected}"})
     return rows
 
@@ -417,7 +428,7 @@ def dialogue_vocab() -> list[int]:
     """Every GPT-2 id of every prompt and response the grammar can write (encoded apart, as
     convert does), plus EOS: the synthetic dialogues' compact vocabulary."""
     enc = gpt2_encoding()
-    replies = list(REFUSALS)
+    replies = []
     for _, answer, table in FACTS:
         replies += [p + _sentence(answer, s, v) for s in table for v in set(table.values())
                     for p in PREFIXES]

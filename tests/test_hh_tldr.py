@@ -132,3 +132,55 @@ def test_tldr_layout_trains_sft_then_dpo(tmp_path):
                                      out_dir=str(tmp_path / "dpo_run"), **small))
     assert abs(history[0]["loss/eval"] - 0.6931) < 1e-3  # policy = reference at step 0: log 2
     assert os.path.exists(tmp_path / "dpo_run" / "done")
+
+
+def test_mean_over_seeds_by_hand():
+    row = dict(policy="SFT", temperature=0.0, judge="rm:x", task="dialogue", expected=True)
+    per_seed = [[dict(row, win_rate=w)] for w in (0.4, 0.6)]
+    correct = [[dict(policy="SFT", temperature=0.0, correct=c)] for c in (0.5, 1.0)]
+    [r] = hh_tldr.mean_over_seeds(per_seed, correct)
+    # mean 0.5, sample sd sqrt(0.02) = 0.1414, / sqrt(2 seeds) = 0.1; correct: 0.75, 0.25
+    assert r["seeds"] == 2 and r["win_rate"] == pytest.approx(0.5)
+    assert r["stderr"] == pytest.approx(0.1)
+    assert (r["correct"], r["correct_stderr"]) == (pytest.approx(0.75), pytest.approx(0.25))
+    assert r["judge"] == "rm:x"  # one judge for every seed: named; one per seed: said so
+    per_seed[1][0]["judge"] = "rm:y"
+    assert hh_tldr.mean_over_seeds(per_seed, correct)[0]["judge"] == "rm: each seed's own"
+    # a seed whose comparisons all failed (win rate None) is left out; one seed left: no stderr
+    [r] = hh_tldr.mean_over_seeds([[dict(row, win_rate=0.7)], [dict(row, win_rate=None)]], [])
+    assert r["win_rate"] == pytest.approx(0.7) and r["stderr"] is None and "correct" not in r
+
+
+def test_correct_shares_apply_the_dialogues_rule(tmp_path):
+    q = "Human: What is two plus two?\n\nAssistant:"
+    rows = [dict(policy="DPO", temperature=0.0, prompt=q, response=r)
+            for r in ("Two plus two is four.", "Sure! Two plus two is four.",
+                      "Two plus two is five.", "A. A. A.")]
+    rows.append(dict(policy="SFT", temperature=1.0, prompt=q, response="Two plus two is four."))
+    with open(tmp_path / "comparisons.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    shares = {(r["policy"], r["temperature"]): r for r in hh_tldr.correct_shares(str(tmp_path))}
+    assert shares["DPO", 0.0]["correct"] == 0.5 and shares["DPO", 0.0]["n"] == 4
+    assert shares["DPO", 0.0]["stderr"] == pytest.approx((0.5 * 0.5 / 4) ** 0.5)
+    assert shares["SFT", 1.0]["correct"] == 1.0 and shares["SFT", 1.0]["stderr"] == 0.0
+
+
+def test_tiny_hh_seeds(tmp_path, monkeypatch):
+    monkeypatch.setitem(hh_tldr.PRESETS, ("hh", "tiny"), small(hh_tldr.PRESETS["hh", "tiny"]))
+    out = tmp_path / "hh"
+    rows = hh_tldr.main(hh_tldr.ExperimentConfig(out_dir=str(out), device="cpu", seeds=2))
+    for name in ("sft", "dpo", "rm", "winrate"):  # seed 0 where one seed puts it, seed 1 beside
+        assert (out / name).is_dir() and (out / f"{name}_seed1").is_dir()
+    assert json.loads((out / "dpo_seed1" / "run_config.json").read_text())["seed"] == 1
+    seeds = [read_jsonl(str(out / w / "winrate.jsonl")) for w in ("winrate", "winrate_seed1")]
+    shares = [read_jsonl(str(out / w / "correct.jsonl")) for w in ("winrate", "winrate_seed1")]
+    assert read_jsonl(str(out / "winrate_seeds.jsonl")) == rows
+    assert (out / "winrate_seeds.png").stat().st_size > 0
+    assert len(rows) == len(seeds[0]) == 6  # SFT, DPO, Best of 2 at T = 0 and 1
+    share = [{(c["policy"], c["temperature"]): c["correct"] for c in s} for s in shares]
+    for k, r in enumerate(rows):
+        key = (r["policy"], r["temperature"])
+        assert r["seeds"] == 2 and key == (seeds[0][k]["policy"], seeds[0][k]["temperature"])
+        assert r["win_rate"] == pytest.approx((seeds[0][k]["win_rate"] +
+                                               seeds[1][k]["win_rate"]) / 2)
+        assert r["correct"] == pytest.approx((share[0][key] + share[1][key]) / 2)

@@ -269,22 +269,30 @@ def test_detect_format():
 
 
 def test_synthetic_dialogues_deterministic_and_follow_the_rule():
-    rows = P.synthetic_dialogues(300, 0)
-    assert rows == P.synthetic_dialogues(300, 0) and rows != P.synthetic_dialogues(300, 1)
+    rows = P.synthetic_dialogues(2000, 0)
+    assert rows == P.synthetic_dialogues(2000, 0) and rows != P.synthetic_dialogues(2000, 1)
     assert P.synthetic_dialogues(10, 0) == rows[:10]
-    refusals = 0
+    right = {"chosen": 0, "rejected": 0}
     for row in rows:
         prompt, chosen, rejected = P.split_hh(row["chosen"], row["rejected"])
         assert prompt.startswith(f"{H} ") and prompt.count(A) == 1
-        assert P.dialogue_reward(prompt, chosen) == 1.0
-        assert P.dialogue_reward(prompt, rejected) == 0.0
-        refusals += rejected.strip() in P.REFUSALS
+        c, r = P.dialogue_reward(prompt, chosen), P.dialogue_reward(prompt, rejected)
+        assert c >= r  # the rule never prefers the rejected reply
+        right["chosen"] += c
+        right["rejected"] += r
+        # both replies are one sentence of the same table: only the opening words and the value
+        # may differ
+        words = lambda x: x.removeprefix(" Sure!").removeprefix(" Good question.").split(" ")
+        assert words(rejected)[1:-1] == words(chosen)[1:-1]
         q = prompt.removesuffix(A).split(". ")[-1].split("! ")[-1]
         if " plus " in q:  # arithmetic, checked here rather than by the module's own table
             a, b = (P.NUMBERS.index(w) for w in q.rstrip("?").split()[-3::2])
-            assert chosen.endswith(f" is {P.NUMBERS[a + b]}.")
-            assert rejected.strip() in P.REFUSALS or not rejected.endswith(f" {P.NUMBERS[a + b]}.")
-    assert 100 < refusals < 200  # half the rejected replies decline, half are wrong
+            assert chosen.endswith(f" is {P.NUMBERS[a + b]}.") == bool(c)
+            assert rejected.endswith(f" is {P.NUMBERS[a + b]}.") == bool(r)
+    # each reply is right with probability 1/2: the better of two is right 3/4 of the time, the
+    # worse 1/4 (2,000 rows: standard error about 0.01)
+    assert abs(right["chosen"] / len(rows) - 0.75) < 0.04
+    assert abs(right["rejected"] / len(rows) - 0.25) < 0.04
     assert P.dialogue_reward(f"{H} Hi! What is two plus two?{A}", " Well: Two plus two is four.")
 
 
@@ -295,8 +303,12 @@ def test_synthetic_parquet_equals_in_memory_and_fits_the_compact_vocab(tmp_path)
                                           "train-00000-of-00001.parquet"]
     kw = dict(tokenizer="dialogue", max_length=64, max_prompt_length=32, seed=3)
     _, from_folder = run(tmp_path, folder, split="test", **kw)
-    _, in_memory = run(tmp_path, "synthetic", split="test", n=20, **kw)
-    assert from_folder == in_memory and len(in_memory) == 20
+    stats, in_memory = run(tmp_path, "synthetic", split="test", n=20, **kw)
+    # two replies drawn alike can be the same text: no preference, dropped and counted
+    rows = P.synthetic_dialogues(20, P.seed_for(3, 1))  # the test split of seed 3
+    identical = sum(r["chosen"] == r["rejected"] for r in rows)
+    assert from_folder == in_memory and stats["dropped/identical"] == identical
+    assert len(in_memory) == 20 - identical > 0
     tok = Tokenizer(P.dialogue_vocab())
     assert tok.vocab_size < 200
     ids = [i for r in from_folder for k in PAIR_KEYS[:3] for i in r[k]]
