@@ -26,7 +26,8 @@ from cli import check_fields, run_main
 from data import PROTOCOL, collate, load_prefixes, load_tokenizer
 from model import GPT, gpt_folder, sample_completions, token_logprobs
 from reward import load_ground_truth, load_reward_model
-from utils import append_jsonl, atomic_write, autocast, get_device, list_checkpoints, read_jsonl
+from utils import (append_jsonl, atomic_write, autocast, get_device, list_checkpoints,
+                   mean_stderr, read_jsonl)
 
 # ----------------------------------------------------------------------------- the measures
 
@@ -244,10 +245,7 @@ def seed_envelopes(rows: list[dict], budgets) -> dict:
         for b in budgets:
             vals = [v for s in seeds
                     if (v := envelope([r for r in mine if r.get("seed") == s], b)) is not None]
-            n = len(vals)
-            mean = sum(vals) / n if n else None
-            se = (math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1) / n) if n > 1 else None)
-            out[method][b] = (mean, se, n)
+            out[method][b] = (*mean_stderr(vals), len(vals))
     return out
 
 

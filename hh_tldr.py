@@ -37,7 +37,7 @@ from reward import train as rm_train
 from runs import config_dict, is_done, open_run
 from sft import SFTConfig
 from sft import main as sft_main
-from utils import atomic_write_json, read_jsonl, write_jsonl
+from utils import atomic_write_json, mean_stderr, read_jsonl, write_jsonl
 from winrate import WinRateConfig
 from winrate import check_config as check_judge
 from winrate import main as winrate_main
@@ -175,12 +175,8 @@ def correct_shares(winrate_dir: str) -> list[dict]:
 def mean_over_seeds(per_seed: list[list[dict]], correct: list[list[dict]]) -> list[dict]:
     """One row per (policy, temperature): the win rate (and, when measured, the correct share) as
     mean ± standard error over the seeds, each seed's value one sample."""
-    def stats(xs):  # a seed with no judged comparison (all failures) is left out
-        xs = [x for x in xs if x is not None]
-        if len(xs) < 2:
-            return (xs[0] if xs else None), None
-        m = sum(xs) / len(xs)
-        return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
+    # a seed with no judged comparison (all failures, win rate None) is left out
+    stats = lambda xs: mean_stderr([x for x in xs if x is not None])
     shares = [{(c["policy"], c["temperature"]): c["correct"] for c in seed} for seed in correct]
     rows = []
     for k, r in enumerate(per_seed[0]):
@@ -227,8 +223,7 @@ def main(cfg: ExperimentConfig):
     if cfg.seeds == 1:
         return per_seed[0]
     rows = mean_over_seeds(per_seed, correct)
-    out = cfg.out_dir or os.path.join("runs", f"{cfg.experiment}_{cfg.preset}")
-    path = os.path.join(out, "winrate_seeds.jsonl")
+    path = os.path.join(os.path.dirname(steps[-1][2].out_dir), "winrate_seeds.jsonl")  # <out>/
     write_jsonl(path, rows)
     print(f"{cfg.seeds} seeds: mean ± standard error over seeds -> {path}, "
           f"{plot_winrate(path)}")

@@ -326,6 +326,18 @@ def lr_at(step: int, lr: float, warmup: int, total: int | None = None, final_fra
     return lr * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def mean_stderr(values: list[float]) -> tuple[float | None, float | None]:
+    """(mean, standard error = sample standard deviation / sqrt(n)); (None, None) for no values,
+    (mean, None) for one."""
+    n = len(values)
+    if n == 0:
+        return None, None
+    mean = sum(values) / n
+    if n == 1:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) / math.sqrt(n)
+
+
 def seed_for(seed: int, i: int) -> int:
     """The seed of the i-th step (batch, chunk, epoch) of a run seeded `seed`: every step draws
     from its own generator, so a resumed run needs nothing but the step to draw the same."""

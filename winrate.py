@@ -23,7 +23,6 @@ winrate.png, and the two resume files samples.jsonl and judge_cache.jsonl.
 """
 
 import json
-import math
 import os
 import random
 import sys
@@ -37,8 +36,8 @@ from judge import PROMPTS, openai_judge
 from model import GPT, gpt_folder, sample_completions
 from reward import RewardModel, reward_folder, rm_tokens
 from utils import (
-    append_jsonl, atomic_write, atomic_write_json, file_stamp, get_device, read_jsonl, seed_for,
-    write_jsonl,
+    append_jsonl, atomic_write, atomic_write_json, file_stamp, get_device, mean_stderr,
+    read_jsonl, seed_for, write_jsonl,
 )
 
 # ----------------------------------------------------------------------------- the reward judge
@@ -75,11 +74,9 @@ def summarize(comparisons) -> dict:
     openai judge; sigmoid of the reward difference for the rm judge), failures left out; stderr =
     sample standard deviation / sqrt(n)."""
     p = [c["p_win"] for c in comparisons if c["outcome"] != "failure"]
-    n = len(p)
-    mean = sum(p) / n if n else None
-    sd = math.sqrt(sum((x - mean) ** 2 for x in p) / (n - 1)) if n > 1 else None
+    mean, se = mean_stderr(p)
     count = lambda o: sum(c["outcome"] == o for c in comparisons)
-    return dict(win_rate=mean, stderr=sd / math.sqrt(n) if sd is not None else None, n=n,
+    return dict(win_rate=mean, stderr=se, n=len(p),
                 wins=count("win"), ties=count("tie"), losses=count("loss"),
                 failures=count("failure"))
 
