@@ -44,7 +44,7 @@ from sft import SFTConfig
 from sft import main as sft_main
 from cli import check_fields, run_main
 from runs import Run, is_done, open_run
-from utils import list_checkpoints, read_jsonl
+from utils import get_device, list_checkpoints, read_jsonl
 
 
 @dataclass
@@ -67,6 +67,7 @@ class Preset:
     eval: dict
     best_of: tuple = ()
     keep_last: bool = True  # keep each sweep run's last checkpoint (the default of --keep_last)
+    parallel: bool = False  # on the CPU, train the sweep runs side by side (n_jobs)
     notes: list = field(default_factory=list)
 
 
@@ -108,6 +109,7 @@ PRESETS = {
         target_kls=(3.0, 6.0, 9.0, 12.0),
         eval=dict(n_prefixes=256, micro_batch=64),
         best_of=(4, 16),
+        parallel=True,
     ),
     # GPT-2 124M on IMDb with siebert, sized for one consumer GPU (see README for the estimate).
     "gpt2": Preset(
@@ -173,6 +175,7 @@ class FrontierConfig:
     # choice (tiny: keep; gpt2, paper: its rows only, for disk)
     plan: bool = False  # print each step's counts, checkpoints, disk and time estimate; run nothing
     seeds: int = 1  # every trained method repeated with seeds 0 .. K-1 (the plot: mean and band)
+    jobs: int = 0  # sweep runs trained at once, a process each; 0: the preset's rule (n_jobs)
 
 
 def plan(cfg: FrontierConfig):
@@ -249,42 +252,156 @@ def main(cfg: FrontierConfig):
         from budget import print_plan
 
         return print_plan(cfg, steps)
-    final = steps[-1][2]
+    final, n = steps[-1][2], len(steps)
+    jobs = n_jobs(cfg)
+    # the chain sft -> ground truth -> pairs -> reward model, in order; then the sweep runs and the
+    # optimum, which need only those, `jobs` at a time; the evaluation (best-of-N, plot) last
+    first = next(i for i, (_, _, c) in enumerate(steps) if getattr(c, "out_dir", None) in
+                 final.runs)
     timings = {}
-    for i, (name, fn, c) in enumerate(steps, 1):
-        folder, t0 = getattr(c, "out_dir", None), time.time()
-        if c is final:  # a run pruned to nothing (--no-keep_last) has all its rows already
-            c = dataclasses.replace(c, runs=tuple(r for r in c.runs if list_checkpoints(r)))
-        sweep_run = folder in final.runs
-        if folder and open_run(c) and is_done(folder):  # open_run: refuses another config
-            print(f"[{i}/{len(steps)}] {name}: done, skipped ({folder})")
-        else:
-            print(f"[{i}/{len(steps)}] {name} -> {folder or c.out}")
-            # a sweep run's checkpoints are evaluated as they are written (evaluate.main's
-            # every-k thinning aside), and the ones before them deleted
-            live = sweep_run and not cfg.keep_checkpoints and final.every == 1
-            Run.after_save = (lambda r: evaluate_live(r.dir, final)) if live else None
-            try:
-                fn(c)
-            finally:
-                Run.after_save = None
-            timings[name] = time.time() - t0
-        if sweep_run:  # a sweep run: its points (those not evaluated live), then what's needed
-            t0 = time.time()
-            if evaluate_run(folder, final, thin=not cfg.keep_checkpoints):
-                timings[f"{name}, evaluation"] = time.time() - t0
-            if not cfg.keep_checkpoints and (n := prune(folder, final.out, keeps_last(cfg))):
-                print(f"  pruned {folder}: {n} evaluated checkpoint{'s' * (n > 1)} deleted")
-        elif folder and not cfg.keep_checkpoints and is_done(folder):
-            # sft: its last checkpoint is what later stages read; gt, rm: their best/
-            best = os.path.isdir(os.path.join(folder, "best"))
-            prune(folder, final.out, keep_last=True, checkpoints=False, all_steps=best)
+    for i, (name, fn, c) in enumerate(steps[:first], 1):
+        timings.update(run_step(i, n, name, fn, c, final, cfg))
+    middle = [(i, *s) for i, s in enumerate(steps[first:-1], first + 1)]
+    if jobs == 1:
+        for i, name, fn, c in middle:
+            timings.update(run_step(i, n, name, fn, c, final, cfg))
+    else:
+        timings.update(run_parallel(middle, n, final, cfg, jobs))
+    timings.update(run_step(n, n, *steps[-1], final, cfg))
     results = read_jsonl(final.out)
     png = os.path.splitext(final.out)[0] + ".png"
     print(f"frontier: {len(results)} points in {final.out}, plot {png}")
     for name, t in timings.items():
         print(f"  {name}: {t:.0f} s")
     return results
+
+
+def run_step(i: int, n: int, name: str, fn, c, final: EvalConfig, cfg: FrontierConfig) -> dict:
+    """Step i of n: skipped if its folder is done, else run (resuming what a kill left); a sweep
+    run's checkpoints are evaluated into frontier.jsonl and pruned. Returns {what: seconds}."""
+    folder, t0, timings = getattr(c, "out_dir", None), time.time(), {}
+    if c is final:  # a run pruned to nothing (--no-keep_last) has all its rows already
+        c = dataclasses.replace(c, runs=tuple(r for r in c.runs if list_checkpoints(r)))
+    sweep_run = folder in final.runs
+    if folder and open_run(c) and is_done(folder):  # open_run: refuses another config
+        print(f"[{i}/{n}] {name}: done, skipped ({folder})", flush=True)
+    else:
+        print(f"[{i}/{n}] {name} -> {folder or c.out}", flush=True)
+        # a sweep run's checkpoints are evaluated as they are written (evaluate.main's every-k
+        # thinning aside), and the ones before them deleted
+        live = sweep_run and not cfg.keep_checkpoints and final.every == 1
+        Run.after_save = (lambda r: evaluate_live(r.dir, final)) if live else None
+        try:
+            fn(c)
+        finally:
+            Run.after_save = None
+        timings[name] = time.time() - t0
+    if sweep_run:  # a sweep run: its points (those not evaluated live), then what's needed
+        t0 = time.time()
+        if evaluate_run(folder, final, thin=not cfg.keep_checkpoints):
+            timings[f"{name}, evaluation"] = time.time() - t0
+        if not cfg.keep_checkpoints and (k := prune(folder, final.out, keeps_last(cfg))):
+            print(f"  pruned {folder}: {k} evaluated checkpoint{'s' * (k > 1)} deleted")
+    elif folder and not cfg.keep_checkpoints and is_done(folder):
+        # sft: its last checkpoint is what later stages read; gt, rm: their best/
+        best = os.path.isdir(os.path.join(folder, "best"))
+        prune(folder, final.out, keep_last=True, checkpoints=False, all_steps=best)
+    return timings
+
+
+# ----------------------------------------------------------------------------- steps in parallel
+# The tiny model's time goes to small kernels that two cores do not share well (one DPO run is
+# only 1.3x faster on 2 threads than on 1), so on the CPU the tiny preset trains its independent
+# sweep runs side by side, one process and one thread each. Each process writes only its own run
+# folder; their rows meet in frontier.jsonl through whole-line appends under a lock
+# (utils.append_jsonl). A run's results depend only on its config and seed, not on which process
+# ran it or when; its floats may differ in the last bits from a one-process run (thread count).
+
+
+def n_jobs(cfg: FrontierConfig) -> int:
+    """How many sweep runs train at once: --jobs, else the preset's rule (`parallel` presets on
+    the CPU: one per core, at most 4; otherwise 1, the one GPU's)."""
+    if cfg.jobs:
+        return cfg.jobs
+    cpu = get_device(cfg.device) == "cpu"
+    return min(4, os.cpu_count() or 1) if PRESETS[cfg.preset].parallel and cpu else 1
+
+
+def run_parallel(steps: list, n: int, final: EvalConfig, cfg: FrontierConfig, jobs: int) -> dict:
+    """Run (i, name, fn, config) steps in `jobs` worker processes; their progress bars and
+    messages go to <out>/logs/<folder>.log, the console gets one line per step started and
+    done. A step's error stops the others (each resumes from its last checkpoint) and is raised
+    here; so is Ctrl-C."""
+    import multiprocessing as mp
+
+    from tqdm import tqdm
+
+    logs = os.path.join(os.path.dirname(final.out) or ".", "logs")
+    os.makedirs(logs, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    print(f"{len(steps)} steps, {jobs} at a time ({threads} thread{'s' * (threads > 1)} each); "
+          f"their output: {logs}/", flush=True)
+    cfg = dataclasses.replace(cfg, keep_last=keeps_last(cfg))  # (a worker reads no PRESETS)
+    ctx = mp.get_context("spawn")  # a fresh interpreter: no forked OpenMP or CUDA state
+    pool = ctx.Pool(jobs, initializer=_worker_init, initargs=(os.getpid(), threads),
+                    maxtasksperchild=None)
+    # the reference's row first, here: two workers would each add it; the plot waits for the end
+    evaluate_main(dataclasses.replace(final, runs=(), best_of=(), plot=False))
+    final = dataclasses.replace(final, include_ref=False, plot=False)
+    timings, bar = {}, tqdm(total=len(steps), desc="sweep", unit="step")
+    try:
+        pending = {}
+        for i, name, fn, c in steps:
+            log = os.path.join(logs, os.path.basename(getattr(c, "out_dir", None) or c.out) +
+                               ".log")
+            pending[i] = (name, pool.apply_async(_worker_step, (log, i, n, name, fn, c, final,
+                                                               cfg)))
+        while pending:
+            for i in [i for i, (_, r) in pending.items() if r.ready()]:
+                name, r = pending.pop(i)
+                timings.update(r.get())  # a step's exception is raised here
+                bar.write(f"[{i}/{n}] {name}: done")
+                bar.update()
+            time.sleep(0.2)
+        pool.close()
+    finally:  # an error or Ctrl-C: the other workers are stopped (their runs resume)
+        bar.close()
+        pool.terminate()
+        pool.join()
+    return {k: timings[k] for k in sorted(timings, key=list(timings).index)}
+
+
+def _worker_init(parent: int, threads: int):
+    """A worker process: `threads` threads for torch; Ctrl-C is left to the parent (which stops
+    the workers); and it ends if the parent dies (a SIGKILLed sweep leaves no process behind to
+    write into the folders the next run resumes)."""
+    import signal
+    import threading
+
+    import torch
+
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _worker_step(log: str, *args) -> dict:
+    """run_step in a worker, its stdout and stderr appended to `log`."""
+    import contextlib
+    import sys
+
+    with open(log, "a", buffering=1) as f, contextlib.redirect_stdout(f), \
+            contextlib.redirect_stderr(f):
+        try:
+            return run_step(*args)
+        finally:
+            sys.stdout.flush()
 
 
 # ----------------------------------------------------------------------------- evaluate, prune

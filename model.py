@@ -325,8 +325,22 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         drop = probs.cumsum(-1) - probs >= top_p
         drop[:, 0] = False
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return sample_index(logits.softmax(-1), generator)
+
+
+def sample_index(probs, generator=None):
+    """One index per row of (B, V) probabilities, drawn by inverting the cumulative sum at one
+    uniform number per row. torch.multinomial draws an exponential per entry (B x V numbers), 20x
+    slower on the CPU for the tiny preset's 686 tokens and 6x for GPT-2's 50,257. The sum is
+    taken in float64, so every token keeps its probability to ~1e-16 and a token of probability
+    0 (cut by top-k or top-p) is never drawn; MPS has no float64 and keeps torch.multinomial."""
+    if probs.device.type == "mps":
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(probs.size(0), 1, dtype=torch.float64, device=probs.device,
+                   generator=generator) * cdf[:, -1:]  # in [0, total): below the last entry
+    # the first index whose cumulative sum exceeds u: cdf[i - 1] <= u < cdf[i], so p_i > 0
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.size(-1) - 1)
 
 
 # ----------------------------------------------------------------------------- log-probs

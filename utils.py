@@ -13,6 +13,11 @@ import shutil
 
 import torch
 
+try:
+    import fcntl  # file locks (POSIX); append_jsonl
+except ImportError:  # Windows: one process per file
+    fcntl = None
+
 # ----------------------------------------------------------------------------- device
 
 
@@ -107,10 +112,14 @@ def atomic_torch_save(obj, path: str):
 
 def append_jsonl(path: str, *rows: dict):
     """Append whole lines, one per row, in one write. A torn last line (a kill mid-write) is cut
-    off first, so a new line never glues onto half of an old one."""
+    off first, so a new line never glues onto half of an old one. The file is locked meanwhile,
+    so processes appending to one file (frontier.py's parallel sweep) never cut each other's
+    line in progress."""
     line = "".join(json.dumps(row) + "\n" for row in rows).encode()
     with open(path, "ab+") as f:
-        if f.tell() > 0:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        if f.seek(0, os.SEEK_END) > 0:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":
                 f.seek(0)

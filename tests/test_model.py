@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from model import GPT, KVCache, sample_next, token_logprobs
+from model import GPT, KVCache, sample_index, sample_next, token_logprobs
 from speed import Linear
 
 # Different depth, width, heads, vocabulary, context and LayerNorm epsilon.
@@ -415,13 +415,34 @@ def test_sample_next_greedy_and_plain():
     assert draws(LOGITS) == set(range(6))  # no filter: every token can come out
 
 
+def test_sample_index_draws_each_token_with_its_probability():
+    """The inverse-CDF draw against the probabilities: 200,000 rows of a row with a zero entry
+    (never drawn), a tiny one and a large one; every frequency within 5 standard errors, and
+    the same frequencies torch.multinomial gives."""
+    p = torch.tensor([0.5, 0.0, 0.3, 1e-3, 0.199])
+    n = 200_000
+    g = torch.Generator().manual_seed(0)
+    got = torch.bincount(sample_index(p.expand(n, -1), g), minlength=5).double() / n
+    assert got[1] == 0
+    se = (p.double() * (1 - p.double()) / n).sqrt()
+    assert ((got - p.double()).abs() <= 5 * se + 1e-12).all(), (got, p)
+    ref = torch.bincount(torch.multinomial(p, n, replacement=True, generator=g),
+                         minlength=5).double() / n
+    assert ((got - ref).abs() <= 7 * se + 1e-12).all(), (got, ref)
+    # a row of one certain token, and rows that are not normalised (cut by top-k / top-p)
+    assert sample_index(torch.tensor([[0.0, 0.0, 1.0]]), g).tolist() == [2]
+    q = torch.tensor([[0.0, 2.0, 0.0, 2.0]]).expand(10_000, -1)
+    assert set(sample_index(q, g).tolist()) == {1, 3}
+
+
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
 def test_sample_next_filters(temperature):
     assert draws(LOGITS, temperature=temperature, top_p=1e-6) == {1}
     assert draws(LOGITS, temperature=temperature, top_k=1) == {1}
     assert draws(LOGITS, temperature=temperature, top_k=2) == {1, 4}
     assert draws(LOGITS, temperature=temperature, top_k=3) == {1, 4, 2}
-    assert draws(LOGITS, temperature=temperature, top_k=100) == set(range(6))
+    # token 5 has p = 1.7e-4 at T = 0.5: 100,000 draws miss it with probability 4e-8
+    assert draws(LOGITS, temperature=temperature, top_k=100, n=100_000) == set(range(6))
     assert draws(LOGITS, temperature=temperature, top_k=3, top_p=1e-6) == {1}
 
 

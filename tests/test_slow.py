@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from utils import read_jsonl
+from utils import list_checkpoints, read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,12 +135,11 @@ def test_frontier_killed_while_evaluating_or_pruning_loses_and_repeats_nothing(p
 
     import frontier
     from test_frontier_plan import mini_preset
-    from utils import list_checkpoints
 
     wrapper = tmp_path / "mini_frontier.py"
     wrapper.write_text(KILLING_WRAPPER.format(root=ROOT, tests=os.path.join(ROOT, "tests"),
                                               gt=pipeline.gt))
-    args = [str(wrapper), "--preset", "mini", "--device", "cpu"]
+    args = [str(wrapper), "--preset", "mini", "--device", "cpu", "--jobs", "1"]
     p = run([*args, "--out_dir", str(tmp_path / "ref")], timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
 
@@ -179,3 +178,67 @@ def test_frontier_killed_while_evaluating_or_pruning_loses_and_repeats_nothing(p
         assert len(list_checkpoints(run_dir)) == 1, run_dir
         assert sorted(os.listdir(run_dir)) == sorted(os.listdir(ref_dir)), run_dir
     print(f"kills: {kills}")
+
+
+@pytest.mark.slow
+def test_parallel_sweep_killed_at_random_loses_and_repeats_nothing(pipeline, tmp_path):
+    """--jobs 2, the parent SIGKILLed at random moments of the sweep and restarted until it
+    finishes: the rows of an uninterrupted one-process sweep, none twice, each run holding its
+    last checkpoint; and no worker outlives a killed parent (they would write into the folders
+    the restarted sweep resumes)."""
+    import random
+    import signal
+    import uuid
+
+    wrapper = tmp_path / "mini_frontier.py"
+    wrapper.write_text(KILLING_WRAPPER.format(root=ROOT, tests=os.path.join(ROOT, "tests"),
+                                              gt=pipeline.gt))
+    args = [str(wrapper), "--preset", "mini", "--device", "cpu"]
+    p = run([*args, "--jobs", "1", "--out_dir", str(tmp_path / "ref")], timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    out, rng, kills, mark = tmp_path / "killed", random.Random(1), 0, uuid.uuid4().hex
+    env = dict(os.environ, PYTHONUNBUFFERED="1", DPO_TEST_MARK=mark)
+    for _ in range(40):
+        proc = subprocess.Popen([sys.executable, *args, "--jobs", "2", "--out_dir", str(out)],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        for line in proc.stdout:  # once the workers run: at a random moment
+            if "at a time" in line and rng.random() < 0.7:
+                time.sleep(rng.uniform(0.5, 6.0))
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait(timeout=900)
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.returncode
+        kills += 1
+        time.sleep(1.0)  # the workers' watch sees the parent gone within 0.1 s
+        assert not marked_processes(mark), "a worker outlived its killed parent"
+    assert proc.returncode == 0 and kills >= 2, (proc.returncode, kills)
+
+    def rows(folder):
+        return [(r["checkpoint"], r.get("best_of")) for r in read_jsonl(str(folder /
+                                                                           "frontier.jsonl"))]
+
+    assert len(rows(out)) == len(set(rows(out)))  # nothing evaluated twice
+    assert set(rows(out)) == set(rows(tmp_path / "ref"))  # nothing lost
+    for name in os.listdir(tmp_path / "ref"):
+        run_dir = out / name
+        if (run_dir / "done").exists() and name.startswith(("dpo", "ppo", "unlikelihood",
+                                                            "preferred")):
+            assert len(list_checkpoints(str(run_dir))) == 1, name
+    print(f"kills: {kills}")
+
+
+def marked_processes(mark: str) -> list[int]:
+    """Live processes whose environment holds DPO_TEST_MARK=mark (Linux /proc)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"DPO_TEST_MARK={mark}".encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
