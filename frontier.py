@@ -329,10 +329,12 @@ def n_jobs(cfg: FrontierConfig) -> int:
 
 def run_parallel(steps: list, n: int, final: EvalConfig, cfg: FrontierConfig, jobs: int) -> dict:
     """Run (i, name, fn, config) steps in `jobs` worker processes; their progress bars and
-    messages go to <out>/logs/<folder>.log, the console gets one line per step started and
-    done. A step's error stops the others (each resumes from its last checkpoint) and is raised
-    here; so is Ctrl-C."""
+    messages go to <out>/logs/<folder>.log, the console gets one line per step done. A step's
+    error (or Ctrl-C) stops the other workers, whose runs resume from their last checkpoints,
+    and is raised here; a worker that dies (killed, out of memory) is a ChildProcessError."""
     import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     from tqdm import tqdm
 
@@ -341,54 +343,62 @@ def run_parallel(steps: list, n: int, final: EvalConfig, cfg: FrontierConfig, jo
     threads = max(1, (os.cpu_count() or 1) // jobs)
     print(f"{len(steps)} steps, {jobs} at a time ({threads} thread{'s' * (threads > 1)} each); "
           f"their output: {logs}/", flush=True)
-    cfg = dataclasses.replace(cfg, keep_last=keeps_last(cfg))  # (a worker reads no PRESETS)
-    ctx = mp.get_context("spawn")  # a fresh interpreter: no forked OpenMP or CUDA state
-    pool = ctx.Pool(jobs, initializer=_worker_init, initargs=(os.getpid(), threads),
-                    maxtasksperchild=None)
     # the reference's row first, here: two workers would each add it; the plot waits for the end
     evaluate_main(dataclasses.replace(final, runs=(), best_of=(), plot=False))
     final = dataclasses.replace(final, include_ref=False, plot=False)
+    cfg = dataclasses.replace(cfg, keep_last=keeps_last(cfg))  # (a worker reads no PRESETS)
+    ctx = mp.get_context("spawn")  # a fresh interpreter: no forked OpenMP or CUDA state
+    stop = ctx.Event()
+    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                               initargs=(os.getpid(), threads, stop))
     timings, bar = {}, tqdm(total=len(steps), desc="sweep", unit="step")
     try:
-        pending = {}
+        todo = {}
         for i, name, fn, c in steps:
-            log = os.path.join(logs, os.path.basename(getattr(c, "out_dir", None) or c.out) +
-                               ".log")
-            pending[i] = (name, pool.apply_async(_worker_step, (log, i, n, name, fn, c, final,
-                                                               cfg)))
+            log = os.path.join(logs, f"{os.path.basename(getattr(c, 'out_dir', None) or c.out)}"
+                                     ".log")
+            todo[pool.submit(_worker_step, log, i, n, name, fn, c, final, cfg)] = (i, name)
+        pending = set(todo)
         while pending:
-            for i in [i for i, (_, r) in pending.items() if r.ready()]:
-                name, r = pending.pop(i)
-                timings.update(r.get())  # a step's exception is raised here
+            done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            for f in done:
+                i, name = todo[f]
+                try:
+                    timings[i] = f.result()  # a step's exception is raised here
+                except BrokenProcessPool:
+                    raise ChildProcessError(
+                        "a worker process of the sweep died: killed, or out of memory, or a "
+                        "script that calls frontier.main without `if __name__ == '__main__':`; "
+                        "the same command resumes (--jobs 1: one process)"
+                    ) from None
                 bar.write(f"[{i}/{n}] {name}: done")
                 bar.update()
-            time.sleep(0.2)
-        pool.close()
-    finally:  # an error or Ctrl-C: the other workers are stopped (their runs resume)
+    except BaseException:
+        stop.set()  # the workers end at once (their runs resume from their last checkpoints)
+        raise
+    finally:
         bar.close()
-        pool.terminate()
-        pool.join()
-    return {k: timings[k] for k in sorted(timings, key=list(timings).index)}
+        pool.shutdown(wait=True, cancel_futures=True)
+    return {k: t for i in sorted(timings) for k, t in timings[i].items()}
 
 
-def _worker_init(parent: int, threads: int):
-    """A worker process: `threads` threads for torch; Ctrl-C is left to the parent (which stops
-    the workers); and it ends if the parent dies (a SIGKILLed sweep leaves no process behind to
+def _worker_init(parent: int, threads: int, stop):
+    """A worker process: `threads` threads for torch; Ctrl-C is left to the parent; and it ends
+    at once when the parent sets `stop` or dies (a SIGKILLed sweep leaves no process behind to
     write into the folders the next run resumes)."""
     import signal
     import threading
 
     import torch
 
-    torch.set_num_threads(threads)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
     def watch():
-        while os.getppid() == parent:
+        while os.getppid() == parent and not stop.is_set():
             time.sleep(0.1)
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _worker_step(log: str, *args) -> dict:

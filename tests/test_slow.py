@@ -120,7 +120,8 @@ if "KILL_SEED" in os.environ:  # SIGKILL itself in the middle of pruning, now an
             os.kill(os.getpid(), signal.SIGKILL)
 
     frontier.remove_checkpoint = remove_checkpoint
-run_main(frontier.main, frontier.FrontierConfig)
+if __name__ == "__main__":  # (--jobs 2's worker processes import this file too)
+    run_main(frontier.main, frontier.FrontierConfig)
 """
 
 
@@ -199,12 +200,13 @@ def test_parallel_sweep_killed_at_random_loses_and_repeats_nothing(pipeline, tmp
 
     out, rng, kills, mark = tmp_path / "killed", random.Random(1), 0, uuid.uuid4().hex
     env = dict(os.environ, PYTHONUNBUFFERED="1", DPO_TEST_MARK=mark)
-    for _ in range(40):
+    for attempt in range(40):
         proc = subprocess.Popen([sys.executable, *args, "--jobs", "2", "--out_dir", str(out)],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True)
-        for line in proc.stdout:  # once the workers run: at a random moment
-            if "at a time" in line and rng.random() < 0.7:
+        for line in proc.stdout:  # once the workers start: at a random moment (the first 3 times
+            # surely, while the workers start up or train; then half the time)
+            if "at a time" in line and (attempt < 3 or rng.random() < 0.5):
                 time.sleep(rng.uniform(0.5, 6.0))
                 proc.send_signal(signal.SIGKILL)
                 break
@@ -213,7 +215,12 @@ def test_parallel_sweep_killed_at_random_loses_and_repeats_nothing(pipeline, tmp
             break
         assert proc.returncode == -signal.SIGKILL, proc.returncode
         kills += 1
-        time.sleep(1.0)  # the workers' watch sees the parent gone within 0.1 s
+        # a worker's watch sees the parent gone within 0.1 s once it runs (a worker still
+        # importing torch has not started one, nor any step); without it a worker would finish
+        # its step, writing into the folders the restarted sweep resumes, then wait forever
+        deadline = time.time() + 20
+        while marked_processes(mark) and time.time() < deadline:
+            time.sleep(0.2)
         assert not marked_processes(mark), "a worker outlived its killed parent"
     assert proc.returncode == 0 and kills >= 2, (proc.returncode, kills)
 
