@@ -39,9 +39,11 @@ CPU_RUN = {
     "preferred-ft": (37 - 0.81 * 14, 650 * 32), "ppo": (397 - 0.81 * 76, 760 * 64),
     "optimum": (47, 64 * 256), "evaluate": (80, 79 * 256 + 256 * (4 + 16)),  # sampled sequences
 }
-# frontier.py --jobs 2 against one process, the same tiny sweep on the same 2-core machine: the
-# sweep runs and the optimum took PARALLEL_SPEEDUP times less wall time side by side (each run
-# alone on 1 thread is slower than on 2, hence not 2x)
+# frontier.py --jobs 2 against one process, the same tiny sweep on the same 2-core machine (with
+# the torch.multinomial sampler of the time): the sweep runs and the optimum took
+# PARALLEL_SPEEDUP times less wall time side by side (each run was slower side by side on one
+# thread than alone on two, hence not 2x). The peak disk above assumes one run at a time: with
+# jobs, add up to jobs - 1 runs' checkpoint in training.
 PARALLEL_SPEEDUP = 1.39
 # README "Benchmarks": bench/gpu.py on one H100 80GB (bf16 autocast, eager), the SFT step's
 # tokens/s, the DPO step's pairs/s, forward tokens/s, sampled 48-token sequences/s, RoBERTa-large
@@ -289,7 +291,7 @@ def print_plan(cfg: FrontierConfig, steps) -> dict:
         side = sum(r["seconds"] + r["eval_seconds"] for r in rows
                    if r["sweep"] or r["kind"] == "optimum")
         total = total - side + side / PARALLEL_SPEEDUP
-        print(f"  with {jobs} jobs (--jobs; this preset's default here): {hm(total)}, the sweep "
+        print(f"  with {jobs} jobs (--jobs): {hm(total)}, the sweep "
               f"runs and the optimum {PARALLEL_SPEEDUP:g}x faster, as measured with 2 jobs on 2 "
               f"CPU cores (more jobs on more cores: not measured, not scaled)")
     return dict(rows=rows, sizes=sz, disk=d, mode=mode, seconds=total, jobs=jobs)

@@ -90,9 +90,9 @@ POSITIVE = {  # > 0
     "save_every", "score_batch", "seeds", "steps", "target_kl", "M", "beta_min", "beta_max",
     "n_betas",
 }
-NON_NEGATIVE = {  # best_of: 0 = none (winrate.py); patience: 0 = no early stopping
-    "best_of", "eval_size", "init_kl_coef", "patience", "seed", "split_seed", "vf_coef", "warmup",
-    "weight_decay", "temperatures"}
+NON_NEGATIVE = {  # best_of: 0 = none (winrate.py); patience: 0 = no early stopping; jobs: 0 = auto
+    "best_of", "eval_size", "init_kl_coef", "jobs", "patience", "seed", "split_seed", "vf_coef",
+    "warmup", "weight_decay", "temperatures"}
 INTERVALS = {  # name: (low, high, high included)
     "dropout": (0.0, 1.0, False), "label_smoothing": (0.0, 0.5, False),
     "gamma": (0.0, 1.0, True), "lam": (0.0, 1.0, True),

@@ -1,9 +1,10 @@
 """The whole IMDb experiment in one command: SFT -> ground truth -> pairs -> reward model -> DPO,
 Unlikelihood, Preferred-FT, PPO and PPO-GT sweeps -> best-of-N -> evaluation -> frontier.png.
 
-Every step calls a script's main(cfg) in this process and writes its own run folder under
-runs/<preset>/; a folder with its `done` marker is skipped, and an unfinished one resumes, so an
-interrupted sweep continues where it stopped.
+Every step calls a script's main(cfg) and writes its own run folder under runs/<preset>/; a
+folder with its `done` marker is skipped, and an unfinished one resumes, so an interrupted sweep
+continues where it stopped. On the CPU the tiny preset trains its sweep runs side by side, a
+worker process each (--jobs, below); otherwise every step runs in this process.
 
     python frontier.py --preset tiny     # CPU, offline: the synthetic corpus, minutes
     python frontier.py --preset gpt2     # GPT-2 124M on IMDb, one GPU
@@ -44,7 +45,7 @@ from sft import SFTConfig
 from sft import main as sft_main
 from cli import check_fields, run_main
 from runs import Run, is_done, open_run
-from utils import get_device, list_checkpoints, read_jsonl
+from utils import fcntl, get_device, list_checkpoints, read_jsonl
 
 
 @dataclass
@@ -312,19 +313,30 @@ def run_step(i: int, n: int, name: str, fn, c, final: EvalConfig, cfg: FrontierC
 # ----------------------------------------------------------------------------- steps in parallel
 # The tiny model's time goes to small kernels that two cores do not share well (one DPO run is
 # only 1.3x faster on 2 threads than on 1), so on the CPU the tiny preset trains its independent
-# sweep runs side by side, one process and one thread each. Each process writes only its own run
-# folder; their rows meet in frontier.jsonl through whole-line appends under a lock
-# (utils.append_jsonl). A run's results depend only on its config and seed, not on which process
-# ran it or when; its floats may differ in the last bits from a one-process run (thread count).
+# sweep runs side by side, one process and one thread each. A process writes its own run folder;
+# their rows meet in frontier.jsonl through whole-line appends under a lock (utils.append_jsonl);
+# files several may write (the pairs' reference log-prob cache, by the first DPO-family runs) are
+# written atomically, with the same content. A run's results depend only on its config and seed,
+# not on which process ran it or when; its floats may differ in the last bits from a one-process
+# run (1 thread against 2).
 
 
 def n_jobs(cfg: FrontierConfig) -> int:
     """How many sweep runs train at once: --jobs, else the preset's rule (`parallel` presets on
-    the CPU: one per core, at most 4; otherwise 1, the one GPU's)."""
+    the CPU: one per core, at most 4; otherwise 1, the one GPU's; 1 where files cannot be locked,
+    see utils.append_jsonl)."""
     if cfg.jobs:
         return cfg.jobs
     cpu = get_device(cfg.device) == "cpu"
-    return min(4, os.cpu_count() or 1) if PRESETS[cfg.preset].parallel and cpu else 1
+    return min(4, cpu_cores()) if PRESETS[cfg.preset].parallel and cpu and fcntl else 1
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (a container's or taskset's share, where the OS says)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def run_parallel(steps: list, n: int, final: EvalConfig, cfg: FrontierConfig, jobs: int) -> dict:
@@ -333,6 +345,7 @@ def run_parallel(steps: list, n: int, final: EvalConfig, cfg: FrontierConfig, jo
     error (or Ctrl-C) stops the other workers, whose runs resume from their last checkpoints,
     and is raised here; a worker that dies (killed, out of memory) is a ChildProcessError."""
     import multiprocessing as mp
+    import signal
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
@@ -340,7 +353,7 @@ def run_parallel(steps: list, n: int, final: EvalConfig, cfg: FrontierConfig, jo
 
     logs = os.path.join(os.path.dirname(final.out) or ".", "logs")
     os.makedirs(logs, exist_ok=True)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, cpu_cores() // jobs)
     print(f"{len(steps)} steps, {jobs} at a time ({threads} thread{'s' * (threads > 1)} each); "
           f"their output: {logs}/", flush=True)
     # the reference's row first, here: two workers would each add it; the plot waits for the end
@@ -348,57 +361,63 @@ def run_parallel(steps: list, n: int, final: EvalConfig, cfg: FrontierConfig, jo
     final = dataclasses.replace(final, include_ref=False, plot=False)
     cfg = dataclasses.replace(cfg, keep_last=keeps_last(cfg))  # (a worker reads no PRESETS)
     ctx = mp.get_context("spawn")  # a fresh interpreter: no forked OpenMP or CUDA state
-    stop = ctx.Event()
-    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                               initargs=(os.getpid(), threads, stop))
-    timings, bar = {}, tqdm(total=len(steps), desc="sweep", unit="step")
+    stop = ctx.RawValue("b", 0)  # set to 1: the workers end (read without a lock, see below)
+    timings, pool, bar = {}, None, tqdm(total=len(steps), desc="sweep", unit="step")
     try:
-        todo = {}
-        for i, name, fn, c in steps:
-            log = os.path.join(logs, f"{os.path.basename(getattr(c, 'out_dir', None) or c.out)}"
-                                     ".log")
-            todo[pool.submit(_worker_step, log, i, n, name, fn, c, final, cfg)] = (i, name)
+        # workers start with Ctrl-C ignored (the parent's to handle), even while importing
+        sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                                       initargs=(os.getpid(), threads, stop))
+            todo = {}
+            for i, name, fn, c in steps:
+                folder = getattr(c, "out_dir", None)
+                log = os.path.join(logs, f"{os.path.basename(folder or c.out)}.log")
+                todo[pool.submit(_worker_step, log, i, n, name, fn, c, final, cfg)] = (i, name,
+                                                                                       folder)
+        finally:
+            signal.signal(signal.SIGINT, sigint)
         pending = set(todo)
         while pending:
             done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
             for f in done:
-                i, name = todo[f]
-                try:
-                    timings[i] = f.result()  # a step's exception is raised here
-                except BrokenProcessPool:
-                    raise ChildProcessError(
-                        "a worker process of the sweep died: killed, or out of memory, or a "
-                        "script that calls frontier.main without `if __name__ == '__main__':`; "
-                        "the same command resumes (--jobs 1: one process)"
-                    ) from None
-                bar.write(f"[{i}/{n}] {name}: done")
+                i, name, folder = todo[f]
+                timings[i] = f.result()  # a step's exception is raised here
+                bar.write(f"[{i}/{n}] {name}: done" if name in timings[i] else
+                          f"[{i}/{n}] {name}: done, skipped ({folder})")
                 bar.update()
+    except BrokenProcessPool:
+        stop.value = 1
+        raise ChildProcessError(
+            "a worker process of the sweep died: killed, or out of memory, or a script that "
+            "calls frontier.main without `if __name__ == '__main__':`; the same command resumes "
+            "(--jobs 1: one process)") from None
     except BaseException:
-        stop.set()  # the workers end at once (their runs resume from their last checkpoints)
+        stop.value = 1  # the workers end at once (their runs resume from their last checkpoints)
         raise
     finally:
         bar.close()
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return {k: t for i in sorted(timings) for k, t in timings[i].items()}
 
 
 def _worker_init(parent: int, threads: int, stop):
-    """A worker process: `threads` threads for torch; Ctrl-C is left to the parent; and it ends
-    at once when the parent sets `stop` or dies (a SIGKILLed sweep leaves no process behind to
-    write into the folders the next run resumes)."""
-    import signal
+    """A worker process: `threads` threads for torch; and it ends at once when the parent sets
+    `stop` or dies (a SIGKILLed sweep leaves no process behind to write into the folders the next
+    run resumes). `stop` is a shared byte read without a lock: a worker killed while holding a
+    lock (a multiprocessing.Event's) would leave the parent waiting on it forever."""
     import threading
 
     import torch
 
     def watch():
-        while os.getppid() == parent and not stop.is_set():
+        while os.getppid() == parent and not stop.value:
             time.sleep(0.1)
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
     torch.set_num_threads(threads)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _worker_step(log: str, *args) -> dict:

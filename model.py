@@ -337,6 +337,8 @@ def sample_index(probs, generator=None):
     if probs.device.type == "mps":
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     cdf = probs.double().cumsum(-1)
+    if cdf.device.type == "cpu" and not torch.isfinite(cdf[:, -1]).all():  # (no sync on the CPU)
+        raise FloatingPointError("sampling from NaN or infinite probabilities (a diverged model?)")
     u = torch.rand(probs.size(0), 1, dtype=torch.float64, device=probs.device,
                    generator=generator) * cdf[:, -1:]  # in [0, total): below the last entry
     # the first index whose cumulative sum exceeds u: cdf[i - 1] <= u < cdf[i], so p_i > 0

@@ -263,18 +263,26 @@ def test_plan_matches_what_a_reduced_sweep_writes(pipeline, tmp_path, monkeypatc
 
 
 @pytest.mark.slow  # ~40 s
-def test_sweep_in_parallel_gives_the_rows_of_one_process(pipeline, tmp_path, monkeypatch):
+def test_sweep_in_parallel_gives_the_rows_of_one_process(pipeline, tmp_path, monkeypatch,
+                                                          capsys):
     """--jobs 2: the sweep runs train in two worker processes (one thread each), their rows meet
-    in one frontier.jsonl. The same rows as one process (the floats up to the thread count),
-    none twice, the reference once, every run pruned to its last checkpoint, each step's output
-    in logs/; started again, everything is skipped."""
+    in one frontier.jsonl. Exactly the rows of one process on one thread, none twice, the
+    reference once, every run pruned to its last checkpoint, each step's output in logs/;
+    started again, everything is skipped."""
+    import torch
+
     monkeypatch.setitem(frontier.PRESETS, "mini", mini_preset(pipeline.gt))
     one = frontier.FrontierConfig(preset="mini", out_dir=str(tmp_path / "one"), device="cpu",
                                   jobs=1)
     two = dataclasses.replace(one, out_dir=str(tmp_path / "two"), jobs=2)
     assert frontier.n_jobs(one) == 1 and frontier.n_jobs(two) == 2
-    frontier.main(one)
-    frontier.main(two)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in each worker: then the floats agree to the last bit
+    try:
+        frontier.main(one)
+        frontier.main(two)
+    finally:
+        torch.set_num_threads(threads)
     a, b = (read_jsonl(os.path.join(c.out_dir, "frontier.jsonl")) for c in (one, two))
     key = lambda r: (r["checkpoint"], r.get("best_of"))
     assert len({key(r) for r in b}) == len(b) == len(a)  # nothing twice, nothing missing
@@ -284,24 +292,28 @@ def test_sweep_in_parallel_gives_the_rows_of_one_process(pipeline, tmp_path, mon
         s = by_key[key(r)]
         assert (r["method"], r["param"], r["value"], r["step"]) == (s["method"], s["param"],
                                                                    s["value"], s["step"])
-        assert r["reward"] == pytest.approx(s["reward"], abs=0.02), r
-        assert r["kl"] == pytest.approx(s["kl"], abs=0.05), r
+        assert (r["reward"], r["kl"], r["kl_k1"]) == (s["reward"], s["kl"], s["kl_k1"]), (r, s)
     steps = frontier.plan(two)
     for run in steps[-1][2].runs:
         assert len(list_checkpoints(run)) == 1, run
         assert os.path.getsize(os.path.join(two.out_dir, "logs",
                                             os.path.basename(run) + ".log")) > 0
     assert os.path.getsize(os.path.join(two.out_dir, "frontier.png")) > 10_000
+    capsys.readouterr()
     frontier.main(two)
     assert read_jsonl(os.path.join(two.out_dir, "frontier.jsonl")) == b
+    assert capsys.readouterr().out.count("done, skipped") == len(steps) - 2  # all but optimum,
+    # evaluate (no folder)
 
 
 def test_the_tiny_preset_runs_its_sweep_in_parallel_on_the_cpu(monkeypatch):
-    monkeypatch.setattr(frontier.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(frontier, "cpu_cores", lambda: 2)
     tiny = frontier.FrontierConfig(preset="tiny", device="cpu")
     assert frontier.n_jobs(tiny) == 2
     assert frontier.n_jobs(dataclasses.replace(tiny, jobs=1)) == 1
     assert frontier.n_jobs(dataclasses.replace(tiny, preset="gpt2")) == 1  # one GPU
     assert frontier.n_jobs(dataclasses.replace(tiny, device="cuda")) == 1
-    monkeypatch.setattr(frontier.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(frontier, "cpu_cores", lambda: 16)
     assert frontier.n_jobs(tiny) == 4
+    monkeypatch.setattr(frontier, "fcntl", None)  # no file locks (Windows): one process
+    assert frontier.n_jobs(tiny) == 1

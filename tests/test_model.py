@@ -433,6 +433,8 @@ def test_sample_index_draws_each_token_with_its_probability():
     assert sample_index(torch.tensor([[0.0, 0.0, 1.0]]), g).tolist() == [2]
     q = torch.tensor([[0.0, 2.0, 0.0, 2.0]]).expand(10_000, -1)
     assert set(sample_index(q, g).tolist()) == {1, 3}
+    with pytest.raises(FloatingPointError, match="NaN"):  # torch.multinomial raised too
+        sample_index(torch.tensor([[0.5, float("nan")]]), g)
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])

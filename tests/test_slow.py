@@ -39,7 +39,9 @@ def test_tiny_preset_end_to_end(tmp_path):
     best_dpo = max(r["reward"] for r in rows if r["method"] == "DPO")
     assert best_dpo > sft["reward"] + 0.2  # DPO clearly raises the ground-truth reward
     print(f"tiny preset: {minutes:.1f} min, {len(rows)} frontier points")
-    assert minutes < 20  # the tiny preset is meant to run within 20 minutes on 2 CPU cores
+    # meant for 8 minutes on 2 CPU cores (measured: 6.6 on a 2-core x86-64 machine); the margin
+    # is for slower CI machines (a 2-core AMD EPYC ran the stages 1.5-1.9x slower)
+    assert minutes < 15
 
     # a second call finds every step done and only redraws
     t0 = time.time()
