@@ -332,8 +332,9 @@ def sample_index(probs, generator=None):
     """One index per row of (B, V) probabilities, drawn by inverting the cumulative sum at one
     uniform number per row. torch.multinomial draws an exponential per entry (B x V numbers), 20x
     slower on the CPU for the tiny preset's 686 tokens and 6x for GPT-2's 50,257. The sum is
-    taken in float64, so every token keeps its probability to ~1e-16 and a token of probability
-    0 (cut by top-k or top-p) is never drawn; MPS has no float64 and keeps torch.multinomial."""
+    taken in float64, so every token keeps its probability to ~1e-16, and on the CPU (whose sum
+    runs in order) a token of probability 0 (cut by top-k or top-p) is never drawn; on a GPU the
+    parallel sum may give it ~1e-16. MPS has no float64 and keeps torch.multinomial."""
     if probs.device.type == "mps":
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     cdf = probs.double().cumsum(-1)
