@@ -14,7 +14,7 @@ import math
 import os
 
 from dpo import DPOConfig
-from frontier import PRESETS, FrontierConfig, saved_steps
+from frontier import PRESETS, FrontierConfig, n_jobs, saved_steps
 from optimum import OptimumConfig
 from pairs import PairsConfig
 from ppo import PPOConfig
@@ -285,8 +285,6 @@ def print_plan(cfg: FrontierConfig, steps) -> dict:
                  f"work are not counted")
     print(f"time: {hm(total)} ({hm(sum(r['eval_seconds'] for r in rows))} of it evaluating the "
           f"sweep runs) one step at a time, {basis}.")
-    from frontier import n_jobs
-
     if (jobs := n_jobs(cfg)) > 1:  # the sweep runs and the optimum side by side
         side = sum(r["seconds"] + r["eval_seconds"] for r in rows
                    if r["sweep"] or r["kind"] == "optimum")
@@ -294,4 +292,4 @@ def print_plan(cfg: FrontierConfig, steps) -> dict:
         print(f"  with {jobs} jobs (--jobs): {hm(total)}, the sweep "
               f"runs and the optimum {PARALLEL_SPEEDUP:g}x faster, as measured with 2 jobs on 2 "
               f"CPU cores (more jobs on more cores: not measured, not scaled)")
-    return dict(rows=rows, sizes=sz, disk=d, mode=mode, seconds=total, jobs=jobs)
+    return dict(rows=rows, sizes=sz, disk=d, mode=mode, seconds=total)

@@ -46,6 +46,7 @@ from sft import main as sft_main
 from cli import check_fields, run_main
 from runs import Run, is_done, open_run
 from utils import fcntl, get_device, list_checkpoints, read_jsonl
+from workers import cpu_cores, run_in_workers
 
 
 @dataclass
@@ -313,12 +314,12 @@ def run_step(i: int, n: int, name: str, fn, c, final: EvalConfig, cfg: FrontierC
 # ----------------------------------------------------------------------------- steps in parallel
 # The tiny model's time goes to small kernels that two cores do not share well (one DPO run is
 # only 1.3x faster on 2 threads than on 1), so on the CPU the tiny preset trains its independent
-# sweep runs side by side, one process and one thread each. A process writes its own run folder;
-# their rows meet in frontier.jsonl through whole-line appends under a lock (utils.append_jsonl);
-# files several may write (the pairs' reference log-prob cache, by the first DPO-family runs) are
-# written atomically, with the same content. A run's results depend only on its config and seed,
-# not on which process ran it or when; its floats may differ in the last bits from a one-process
-# run (1 thread against 2).
+# sweep runs side by side, one process and one thread each (workers.py). A process writes its own
+# run folder; their rows meet in frontier.jsonl through whole-line appends under a lock
+# (utils.append_jsonl); files several may write (the pairs' reference log-prob cache, by the
+# first DPO-family runs) are written atomically, with the same content. A run's results depend
+# only on its config and seed, not on which process ran it or when; its floats may differ in the
+# last bits from a one-process run (1 thread against 2).
 
 
 def n_jobs(cfg: FrontierConfig) -> int:
@@ -331,24 +332,11 @@ def n_jobs(cfg: FrontierConfig) -> int:
     return min(4, cpu_cores()) if PRESETS[cfg.preset].parallel and cpu and fcntl else 1
 
 
-def cpu_cores() -> int:
-    """The cores this process may run on (a container's or taskset's share, where the OS says)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def run_parallel(steps: list, n: int, final: EvalConfig, cfg: FrontierConfig, jobs: int) -> dict:
-    """Run (i, name, fn, config) steps in `jobs` worker processes; their progress bars and
-    messages go to <out>/logs/<folder>.log, the console gets one line per step done. A step's
-    error (or Ctrl-C) stops the other workers, whose runs resume from their last checkpoints,
-    and is raised here; a worker that dies (killed, out of memory) is a ChildProcessError."""
-    import multiprocessing as mp
-    import signal
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
-
+    """Run (i, name, fn, config) steps `jobs` at a time (workers.run_in_workers); each step's
+    progress bars and messages go to <out>/logs/<folder>.log, the console gets one line per step
+    done. A step's error (or Ctrl-C) stops the others, whose runs resume from their last
+    checkpoints, and is raised here."""
     from tqdm import tqdm
 
     logs = os.path.join(os.path.dirname(final.out) or ".", "logs")
@@ -360,77 +348,23 @@ def run_parallel(steps: list, n: int, final: EvalConfig, cfg: FrontierConfig, jo
     evaluate_main(dataclasses.replace(final, runs=(), best_of=(), plot=False))
     final = dataclasses.replace(final, include_ref=False, plot=False)
     cfg = dataclasses.replace(cfg, keep_last=keeps_last(cfg))  # (a worker reads no PRESETS)
-    ctx = mp.get_context("spawn")  # a fresh interpreter: no forked OpenMP or CUDA state
-    stop = ctx.RawValue("b", 0)  # set to 1: the workers end (read without a lock, see below)
-    timings, pool, bar = {}, None, tqdm(total=len(steps), desc="sweep", unit="step")
+    names = {i: (name, getattr(c, "out_dir", None)) for i, name, _, c in steps}
+    tasks = [(i, os.path.join(logs, f"{os.path.basename(names[i][1] or c.out)}.log"), run_step,
+              (i, n, name, fn, c, final, cfg)) for i, name, fn, c in steps]
+    timings, bar = {}, tqdm(total=len(steps), desc="sweep", unit="step")
+
+    def done(i, t):
+        name, folder = names[i]
+        timings[i] = t
+        bar.write(f"[{i}/{n}] {name}: done" if name in t else
+                  f"[{i}/{n}] {name}: done, skipped ({folder})")
+        bar.update()
+
     try:
-        # workers start with Ctrl-C ignored (the parent's to handle), even while importing
-        sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                                       initargs=(os.getpid(), threads, stop))
-            todo = {}
-            for i, name, fn, c in steps:
-                folder = getattr(c, "out_dir", None)
-                log = os.path.join(logs, f"{os.path.basename(folder or c.out)}.log")
-                todo[pool.submit(_worker_step, log, i, n, name, fn, c, final, cfg)] = (i, name,
-                                                                                       folder)
-        finally:
-            signal.signal(signal.SIGINT, sigint)
-        pending = set(todo)
-        while pending:
-            done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-            for f in done:
-                i, name, folder = todo[f]
-                timings[i] = f.result()  # a step's exception is raised here
-                bar.write(f"[{i}/{n}] {name}: done" if name in timings[i] else
-                          f"[{i}/{n}] {name}: done, skipped ({folder})")
-                bar.update()
-    except BrokenProcessPool:
-        stop.value = 1
-        raise ChildProcessError(
-            "a worker process of the sweep died: killed, or out of memory, or a script that "
-            "calls frontier.main without `if __name__ == '__main__':`; the same command resumes "
-            "(--jobs 1: one process)") from None
-    except BaseException:
-        stop.value = 1  # the workers end at once (their runs resume from their last checkpoints)
-        raise
+        run_in_workers(tasks, jobs, threads, done)
     finally:
         bar.close()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
     return {k: t for i in sorted(timings) for k, t in timings[i].items()}
-
-
-def _worker_init(parent: int, threads: int, stop):
-    """A worker process: `threads` threads for torch; and it ends at once when the parent sets
-    `stop` or dies (a SIGKILLed sweep leaves no process behind to write into the folders the next
-    run resumes). `stop` is a shared byte read without a lock: a worker killed while holding a
-    lock (a multiprocessing.Event's) would leave the parent waiting on it forever."""
-    import threading
-
-    import torch
-
-    def watch():
-        while os.getppid() == parent and not stop.value:
-            time.sleep(0.1)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-    torch.set_num_threads(threads)
-
-
-def _worker_step(log: str, *args) -> dict:
-    """run_step in a worker, its stdout and stderr appended to `log`."""
-    import contextlib
-    import sys
-
-    with open(log, "a", buffering=1) as f, contextlib.redirect_stdout(f), \
-            contextlib.redirect_stderr(f):
-        try:
-            return run_step(*args)
-        finally:
-            sys.stdout.flush()
 
 
 # ----------------------------------------------------------------------------- evaluate, prune
