@@ -6,10 +6,13 @@ TL;DR summarization, each judged by its win rate against the test set's referenc
     python hh_tldr.py --experiment tldr --preset gpt2   # judge: the learned reward model (offline)
 
 The steps, each a script's main(cfg) in this process, each skipped once done (a rerun resumes):
-  1. the preference data as pairs files (preferences.py): train and test splits;
+  1. the preference data as pairs files (preferences.py): train and test splits (and the
+     tiny preset's validation split);
   2. SFT: HH on the chosen responses of the train pairs (the paper's HH SFT), TL;DR on the
      reference summaries of its SFT set (sft.py --completions);
-  3. DPO from the SFT model (β = 0.1 for HH, 0.5 for TL;DR, the paper's);
+  3. DPO from the SFT model (β = 0.1 for HH, 0.5 for TL;DR, the paper's); the tiny preset
+     takes SFT, then DPO, at the checkpoint whose answers to validation prompts are right most
+     often (select_checkpoint, <run>/best/);
   4. a Bradley-Terry reward model on the same train pairs: the offline judge (rm:) and the picker of
      Best-of-N;
   5. win rates (winrate.py) of SFT, DPO and Best-of-N against the test references at each
@@ -22,13 +25,18 @@ the synthetic dialogues, each winrate folder also gets correct.jsonl (the datase
 import json
 import math
 import os
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 
+import torch
+
 from cli import check_fields, run_main
+from data import load_tokenizer
 from dpo import DPOConfig
 from dpo import main as dpo_main
+from model import GPT, sample_completions
 from preferences import PreferencesConfig
 from preferences import dialogue_reward
 from preferences import main as preferences_main
@@ -37,9 +45,11 @@ from reward import train as rm_train
 from runs import config_dict, is_done, open_run
 from sft import SFTConfig
 from sft import main as sft_main
-from utils import atomic_write_json, mean_stderr, read_jsonl, write_jsonl
+from utils import (atomic_write_json, get_device, list_checkpoints, mean_stderr, read_jsonl,
+                   seed_for, write_folder, write_jsonl)
 from winrate import WinRateConfig
 from winrate import check_config as check_judge
+from winrate import choose_prompts, load_test
 from winrate import main as winrate_main
 from winrate import plot_winrate
 
@@ -61,18 +71,24 @@ PRESETS = {
         data=dict(train=dict(dataset="synthetic", split="train", max_length=64,
                              max_prompt_length=40),
                   test=dict(dataset="synthetic", split="test", max_length=64,
-                            max_prompt_length=40)),
+                            max_prompt_length=40),
+                  validation=dict(dataset="synthetic", split="validation", max_length=64,
+                                  max_prompt_length=40)),
         sft_data="train",
         # the IMDb tiny preset's rule: each trained stage stops once its own held-out signal has
         # not improved for 2 evaluations (SFT and DPO: loss, RM: accuracy), capped at 3 passes
-        # over the ~17,700 training pairs (1,650 steps of 32)
+        # over the ~17,700 training pairs (1,650 steps of 32). Then SFT and DPO are each taken at
+        # the checkpoint (every 100 steps) whose answers to 200 validation prompts are right most
+        # often, at T = 0 and 1 (select_checkpoint). DPO warms up over App. B's 150 steps:
+        # RMSprop's square average starts at 0, so its first steps are several times the lr.
         sft=dict(init="scratch", vocab="dialogue", steps=1650, batch_size=32, micro_batch=32,
                  lr=3e-3, warmup=20, eval_every=50, patience=2, save_every=100, n_layer=2,
                  n_head=2, n_embd=64, block_size=64, eval_size=256),
-        dpo=dict(beta=0.1, steps=1650, batch_size=32, micro_batch=32, lr=1e-4, warmup=10,
+        dpo=dict(beta=0.1, steps=1650, batch_size=32, micro_batch=32, lr=1e-4, warmup=150,
                  save_every=100, eval_every=50, patience=2, eval_size=256),
         rm=dict(epochs=3, batch_size=32, micro_batch=32, lr=1e-3, warmup=20, eval_every=50,
                 patience=2, save_every=100, eval_size=256),
+        select=dict(n=200, max_new_tokens=24, batch_size=50),
         winrate=dict(n=200, max_new_tokens=24, batch_size=50, best_of=4),
     ),
     # GPT-2 124M on Anthropic/hh-rlhf (the paper: Pythia-2.8B), one GPU. Best-of-16 (the paper's
@@ -105,6 +121,62 @@ class ExperimentConfig:
     seeds: int = 1  # SFT, DPO, RM and win rates repeated with seeds 0 .. K-1 (the data is one)
 
 
+# ----------------------------------------------------------------------------- checkpoint choice
+# On the synthetic dialogues DPO's own held-out signal, the pair loss, keeps improving while its
+# samples get worse (the README shows it), so the tiny preset takes each trained policy (SFT and
+# DPO alike) at the checkpoint whose samples are right most often on validation prompts: a third
+# split of the grammar, never the test one. The checkpoint is copied to <run>/best/, which every
+# later step loads for the run folder (utils.resolve_checkpoint), as the reward model's best/.
+
+
+@dataclass
+class SelectConfig:
+    out_dir: str  # a finished run folder: its step_XXXXXX/ checkpoints are the candidates
+    validation: str  # pairs JSONL of the validation split (its prompts; the rule judges)
+    n: int = 200  # distinct validation prompts, a seeded choice
+    temperatures: tuple[float, ...] = (0.0, 1.0)  # the score: mean correct share over these
+    max_new_tokens: int = 24
+    batch_size: int = 50
+    seed: int = 0  # which prompts, and the sampling
+    device: str = "auto"
+
+
+def select_checkpoint(cfg: SelectConfig) -> dict:
+    """Score every checkpoint of cfg.out_dir by the share of its responses to the validation
+    prompts that state the correct answer (preferences.dialogue_reward), averaged over the
+    temperatures; copy the best (the earliest of equals) to <out_dir>/best/ and write
+    <out_dir>/selected.json (the config, every checkpoint's score, the choice), that file last."""
+    _, rows = load_test(cfg.validation)
+    rows = choose_prompts(rows, cfg.n, cfg.seed)
+    device = get_device(cfg.device)
+    scores = []
+    for step, folder in list_checkpoints(cfg.out_dir):
+        model, tok = GPT.from_pretrained(folder).to(device).eval(), load_tokenizer(folder)
+        keep = model.config.block_size - cfg.max_new_tokens  # prompts cut from the left to fit
+        shares = {}
+        for t_index, t in enumerate(cfg.temperatures):
+            g = torch.Generator(device=device).manual_seed(seed_for(cfg.seed, t_index))
+            comps = sample_completions(model, [p[-keep:] for p, *_ in rows], cfg.batch_size, g,
+                                       tok.eos_id, max_new_tokens=cfg.max_new_tokens,
+                                       temperature=t)
+            right = [dialogue_reward(r[1], tok.decode(c)) for r, c in zip(rows, comps)]
+            shares[str(t)] = sum(right) / len(right)
+        scores.append(dict(step=step, score=sum(shares.values()) / len(shares), correct=shares))
+        print(f"  step {step}: correct " + ", ".join(f"T={t} {v:.3f}" for t, v in
+                                                      shares.items()))
+    if not scores:
+        raise ValueError(f"{cfg.out_dir} holds no checkpoint to choose from")
+    best = max(scores, key=lambda r: (r["score"], -r["step"]))
+    source = os.path.join(cfg.out_dir, f"step_{best['step']:06d}")
+    write_folder(os.path.join(cfg.out_dir, "best"), lambda f: [
+        shutil.copy2(os.path.join(source, name), f) for name in os.listdir(source)])
+    result = dict(config=config_dict(cfg), scores=scores, step=best["step"])
+    atomic_write_json(os.path.join(cfg.out_dir, "selected.json"), result)
+    print(f"  chose step {best['step']} (mean correct {best['score']:.3f}) -> "
+          f"{os.path.join(cfg.out_dir, 'best')}")
+    return result
+
+
 def plan(cfg: ExperimentConfig):
     """The ordered steps: (name, main function, config)."""
     if (cfg.experiment, cfg.preset) not in PRESETS:
@@ -126,11 +198,18 @@ def plan(cfg: ExperimentConfig):
     for seed in range(cfg.seeds):  # seed 0 in <out>/sft ..., seed k in <out>/sft_seed{k} ...
         tag, at = (f"_seed{seed}", f" seed={seed}") if seed else ("", "")
         sft, dpo, rm = run(f"sft{tag}"), run(f"dpo{tag}"), run(f"rm{tag}")
+        choose = {name: (f"choose {name} checkpoint{at}", select_checkpoint, SelectConfig(
+            out_dir=folder, validation=data.get("validation", ""), seed=seed, **common,
+            **p.get("select", {}))) for name, folder in (("SFT", sft), ("DPO", dpo))}
+        steps.append((f"SFT{at}", sft_main, SFTConfig(out_dir=sft, seed=seed, **source,
+                                                      **common, **sft_kw)))
+        if "select" in p:  # SFT's checkpoint is chosen before DPO starts from it
+            steps.append(choose["SFT"])
+        steps.append((f"DPO beta={p['dpo']['beta']}{at}", dpo_main, DPOConfig(
+            out_dir=dpo, init=sft, pairs=data["train"], seed=seed, **common, **p["dpo"])))
+        if "select" in p:
+            steps.append(choose["DPO"])
         steps += [
-            (f"SFT{at}", sft_main, SFTConfig(out_dir=sft, seed=seed, **source, **common,
-                                             **sft_kw)),
-            (f"DPO beta={p['dpo']['beta']}{at}", dpo_main, DPOConfig(
-                out_dir=dpo, init=sft, pairs=data["train"], seed=seed, **common, **p["dpo"])),
             (f"reward model{at}", rm_train, RMConfig(out_dir=rm, init=sft, objective="bt",
                                                      pairs=data["train"], seed=seed, **common,
                                                      **p["rm"])),
@@ -148,6 +227,15 @@ def finished(c) -> bool:
     silently reused. The win rates always run (winrate.py resumes on its own)."""
     if isinstance(c, WinRateConfig):
         return False
+    if isinstance(c, SelectConfig):  # the choice, its config and the chosen copy
+        path = os.path.join(c.out_dir, "selected.json")
+        if not (os.path.isfile(path) and os.path.isdir(os.path.join(c.out_dir, "best"))):
+            return False  # not chosen yet, or killed before selected.json: choose (again)
+        with open(path) as f:
+            if json.load(f)["config"] != config_dict(c):
+                raise ValueError(f"{path} was chosen with another config; delete it or choose "
+                                 f"another --out_dir")
+        return True
     if isinstance(c, PreferencesConfig):  # the data file, and the config that wrote it beside it
         sidecar = c.out + ".config.json"
         if not (os.path.isfile(c.out) and os.path.isfile(sidecar)):

@@ -90,7 +90,8 @@ def load_split(source: str, split: str, seed: int = 0):
 
     if source == "synthetic":
         if split not in SYNTHETIC_SIZES:
-            raise ValueError(f"the synthetic dialogues have splits train and test, not {split!r}")
+            raise ValueError(f"the synthetic dialogues have splits "
+                             f"{', '.join(SYNTHETIC_SIZES)}, not {split!r}")
         seed = seed_for(seed, list(SYNTHETIC_SIZES).index(split))
         return datasets.Dataset.from_list(synthetic_dialogues(SYNTHETIC_SIZES[split], seed))
     files = [source] if os.path.isfile(source) and re.search(r"\.jsonl?(\.gz)?$", source) else []
@@ -360,7 +361,7 @@ FACTS = [  # (question phrasings, answer sentence, {subject: correct value})
 OPENERS = ["", "Hi! ", "Hello. ", "Quick question. "]
 PREFIXES = ["", "Sure! ", "Good question. "]
 P_RIGHT = 0.5  # the chance that a reply states the correct value
-SYNTHETIC_SIZES = {"train": 20000, "test": 400}  # rows of --dataset synthetic
+SYNTHETIC_SIZES = {"train": 20000, "test": 400, "validation": 400}  # rows of --dataset synthetic
 
 
 def _sentence(template: str, subject: str, value: str) -> str:

@@ -19,6 +19,8 @@ def small(preset: dict) -> dict:
     p["dpo"].update(steps=10, eval_every=5, save_every=5, eval_size=32)
     p["rm"].update(eval_every=5, save_every=5, eval_size=32)
     p["winrate"].update(n=16, temperatures=(0.0, 1.0), best_of=2)
+    if "select" in p:
+        p["select"] = dict(p["select"], n=16)
     return p
 
 
@@ -26,9 +28,18 @@ def test_plans_of_every_preset(tmp_path):
     for experiment, preset in hh_tldr.PRESETS:
         steps = hh_tldr.plan(hh_tldr.ExperimentConfig(experiment=experiment, preset=preset,
                                                       out_dir=str(tmp_path)))
-        names = [n for n, _, _ in steps]
-        assert names[-4] == "SFT" and names[-3].startswith("DPO beta=")
-        assert names[-2:] == ["reward model", "win rates"] and names[0].startswith("data: ")
+        names = [n for n, _, _ in steps if not n.startswith("data: ")]
+        assert steps[0][0].startswith("data: ")
+        chosen = "select" in hh_tldr.PRESETS[experiment, preset]  # the tiny preset only
+        assert chosen == (preset == "tiny")
+        expected = (["SFT", "choose SFT checkpoint", "DPO", "choose DPO checkpoint"] if chosen
+                    else ["SFT", "DPO"]) + ["reward model", "win rates"]
+        assert [n.split(" beta=")[0] for n in names] == expected
+        if chosen:  # each chooses among its own run's checkpoints, on the validation split
+            by = {n: c for n, _, c in steps}
+            assert by["choose SFT checkpoint"].out_dir == by["SFT"].out_dir
+            assert by["choose DPO checkpoint"].out_dir == by[names[2]].out_dir
+            assert by["choose SFT checkpoint"].validation == by["data: validation"].out
         sft_cfg = dict((n, c) for n, _, c in steps)["SFT"]
         if experiment == "tldr":  # TL;DR's SFT: post + reference summary
             assert sft_cfg.completions and not sft_cfg.pairs
@@ -46,6 +57,12 @@ def test_tiny_hh_end_to_end_and_rerun(tmp_path, monkeypatch):
     assert {r["temperature"] for r in results} == {0.0, 1.0}
     for r in results:
         assert r["n"] == 16 and 0 <= r["win_rate"] <= 1 and r["expected"]
+        # SFT and DPO (and Best-of-N, SFT's samples) at their chosen checkpoints
+        assert r["checkpoint"].endswith(os.path.join("dpo" if r["policy"] == "DPO" else "sft",
+                                                     "best"))
+    for name in ("sft", "dpo"):
+        chosen = json.loads((tmp_path / "hh" / name / "selected.json").read_text())
+        assert (tmp_path / "hh" / name / f"step_{chosen['step']:06d}").is_dir()
     out = tmp_path / "hh" / "winrate"
     assert read_jsonl(str(out / "winrate.jsonl")) == results
     assert (out / "winrate.png").stat().st_size > 0
@@ -184,3 +201,77 @@ def test_tiny_hh_seeds(tmp_path, monkeypatch):
         assert r["win_rate"] == pytest.approx((seeds[0][k]["win_rate"] +
                                                seeds[1][k]["win_rate"]) / 2)
         assert r["correct"] == pytest.approx((share[0][key] + share[1][key]) / 2)
+
+
+def test_select_checkpoint_takes_the_most_often_right(tmp_path, monkeypatch):
+    """The choice among a run's checkpoints, with the sampling stubbed so that each checkpoint's
+    answers are known: the mean correct share over the temperatures decides, the earliest of
+    equals wins, the winner is copied whole to best/, which the run folder then stands for."""
+    from data import Tokenizer
+    from preferences import ASSISTANT
+    from utils import resolve_checkpoint
+
+    tok = Tokenizer(dialogue_vocab())
+    run = tmp_path / "dpo"
+    # per step: (right at T=0, right at T=1), every prompt alike
+    plan = {100: (False, False), 200: (True, False), 300: (True, True), 400: (True, True)}
+    for step in plan:
+        folder = run / f"step_{step:06d}"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"step": step}))
+        (folder / "model.safetensors").write_text(f"weights {step}")
+        tok.save(str(folder))
+    questions = {"What is two plus two?": ("Two plus two is four.", "Two plus two is five."),
+                 "What color is grass?": ("Grass is green.", "Grass is red.")}
+    val = tmp_path / "validation.jsonl"
+    ids = lambda text: tok.encode(text)
+    with open(val, "w") as f:
+        for q, (right, wrong) in questions.items():
+            prompt = f"\n\nHuman: {q}{ASSISTANT}"
+            f.write(json.dumps(dict(prompt=prompt, prompt_ids=ids(prompt), chosen=" " + right,
+                                    chosen_ids=ids(" " + right), rejected=" " + wrong,
+                                    rejected_ids=ids(" " + wrong))) + "\n")
+
+    class Stub:  # stands for a loaded checkpoint: which step it is
+        def __init__(self, folder):
+            self.step = json.loads(open(os.path.join(folder, "config.json")).read())["step"]
+            self.config = type("C", (), {"block_size": 64})
+
+        def to(self, device):
+            return self
+
+        def eval(self):
+            return self
+
+    monkeypatch.setattr(hh_tldr.GPT, "from_pretrained", staticmethod(Stub))
+    seen = []
+
+    def sample(model, prompts, batch_size, g, eos, max_new_tokens, temperature):
+        seen.append((model.step, temperature, len(prompts)))
+        right = plan[model.step][0 if temperature == 0.0 else 1]
+        texts = [tok.decode(p) for p in prompts]
+        answer = lambda t: next(v for q, v in questions.items() if q in t)[0 if right else 1]
+        return [ids(" " + answer(t)) for t in texts]
+
+    monkeypatch.setattr(hh_tldr, "sample_completions", sample)
+    cfg = hh_tldr.SelectConfig(out_dir=str(run), validation=str(val), n=0, device="cpu")
+    assert not hh_tldr.finished(cfg)
+    result = hh_tldr.select_checkpoint(cfg)
+    assert [(r["step"], r["score"]) for r in result["scores"]] == [
+        (100, 0.0), (200, 0.5), (300, 1.0), (400, 1.0)]
+    assert result["step"] == 300  # 300 and 400 are equal: the earlier one
+    assert sorted(seen) == [(s, t, 2) for s in plan for t in (0.0, 1.0)]
+    best = run / "best"
+    assert (best / "model.safetensors").read_text() == "weights 300"
+    assert sorted(os.listdir(best)) == sorted(os.listdir(run / "step_000300"))
+    assert resolve_checkpoint(str(run)) == str(best)  # what DPO, the RM and win rates load
+    saved = json.loads((run / "selected.json").read_text())
+    assert saved["step"] == 300 and saved["config"]["validation"] == str(val)
+    assert hh_tldr.finished(cfg)  # a rerun skips it
+    with pytest.raises(ValueError, match="another config"):
+        hh_tldr.finished(hh_tldr.SelectConfig(out_dir=str(run), validation=str(val), n=1))
+    (run / "selected.json").unlink()  # killed after the copy, before its record: chosen again
+    assert not hh_tldr.finished(cfg)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        hh_tldr.select_checkpoint(hh_tldr.SelectConfig(out_dir=str(tmp_path / "none"),
+                                                       validation=str(val)))

@@ -316,6 +316,23 @@ def test_synthetic_parquet_equals_in_memory_and_fits_the_compact_vocab(tmp_path)
     check_pairs(from_folder, "d.jsonl", block_size=64, vocab_size=tok.vocab_size)
 
 
+def test_synthetic_validation_split_is_a_third_stream(tmp_path):
+    """The tiny preset chooses checkpoints on a validation split: drawn from the grammar like the
+    other two, by its own seed, so it repeats neither the train nor the test rows; adding it left
+    the train and test streams as they were (their seeds are their positions 0 and 1)."""
+    kw = dict(tokenizer="dialogue", max_length=64, max_prompt_length=40)
+    _, val = run(tmp_path, "synthetic", split="validation", **kw)
+    _, test = run(tmp_path, "synthetic", split="test", **kw)
+    assert len(val) > 300 and val != test
+    assert [r["chosen"] for r in test[:5]] == [
+        P.split_hh(r["chosen"], r["rejected"])[1]
+        for r in P.synthetic_dialogues(400, P.seed_for(0, 1)) if r["chosen"] != r["rejected"]][:5]
+    pairs = lambda rows: {(r["prompt"], r["chosen"], r["rejected"]) for r in rows}
+    assert len(pairs(val) & pairs(test)) < len(val) // 4  # a few repeats: the grammar is small
+    with pytest.raises(ValueError, match="splits train, test, validation, not 'dev'"):
+        run(tmp_path, "synthetic", split="dev", **kw)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
