@@ -75,19 +75,21 @@ PRESETS = {
                   validation=dict(dataset="synthetic", split="validation", max_length=64,
                                   max_prompt_length=40)),
         sft_data="train",
-        # the IMDb tiny preset's rule: each trained stage stops once its own held-out signal has
-        # not improved for 2 evaluations (SFT and DPO: loss, RM: accuracy), capped at 3 passes
-        # over the ~17,700 training pairs (1,650 steps of 32). Then SFT and DPO are each taken at
-        # the checkpoint (every 100 steps) whose answers to 200 validation prompts are right most
-        # often, at T = 0 and 1 (select_checkpoint). DPO warms up over App. B's 150 steps:
-        # RMSprop's square average starts at 0, so its first steps are several times the lr.
+        # SFT and DPO each run to a cap of 3 passes over the ~17,700 training pairs (1,650 steps
+        # of 32), saving every 50 steps, and are taken at the checkpoint whose answers to 200
+        # validation prompts are right most often, at T = 0 and 1 (select_checkpoint): their own
+        # held-out losses are logged but stop nothing, since DPO's keeps improving while its
+        # answers get worse (README). The judge RM trains 3 epochs and keeps its checkpoint of
+        # best held-out accuracy (the paper's RM protocol). DPO warms up over App. B's 150
+        # steps: RMSprop's square average starts at 0, so its first steps are several times the
+        # lr.
         sft=dict(init="scratch", vocab="dialogue", steps=1650, batch_size=32, micro_batch=32,
-                 lr=3e-3, warmup=20, eval_every=50, patience=2, save_every=100, n_layer=2,
-                 n_head=2, n_embd=64, block_size=64, eval_size=256),
+                 lr=3e-3, warmup=20, eval_every=50, save_every=50, n_layer=2, n_head=2,
+                 n_embd=64, block_size=64, eval_size=256),
         dpo=dict(beta=0.1, steps=1650, batch_size=32, micro_batch=32, lr=1e-4, warmup=150,
-                 save_every=100, eval_every=50, patience=2, eval_size=256),
+                 save_every=50, eval_every=50, eval_size=256),
         rm=dict(epochs=3, batch_size=32, micro_batch=32, lr=1e-3, warmup=20, eval_every=50,
-                patience=2, save_every=100, eval_size=256),
+                save_every=100, eval_size=256),
         select=dict(n=200, max_new_tokens=24, batch_size=50),
         winrate=dict(n=200, max_new_tokens=24, batch_size=50, best_of=4),
     ),
