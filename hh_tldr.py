@@ -30,13 +30,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-import torch
-
 from cli import check_fields, run_main
 from data import load_tokenizer
 from dpo import DPOConfig
 from dpo import main as dpo_main
-from model import GPT, sample_completions
+from model import GPT
 from preferences import PreferencesConfig
 from preferences import dialogue_reward
 from preferences import main as preferences_main
@@ -46,10 +44,10 @@ from runs import config_dict, is_done, open_run
 from sft import SFTConfig
 from sft import main as sft_main
 from utils import (atomic_write_json, get_device, list_checkpoints, mean_stderr, read_jsonl,
-                   seed_for, write_folder, write_jsonl)
+                   write_folder, write_jsonl)
 from winrate import WinRateConfig
 from winrate import check_config as check_judge
-from winrate import choose_prompts, load_test
+from winrate import choose_prompts, load_test, sample_block
 from winrate import main as winrate_main
 from winrate import plot_winrate
 
@@ -154,13 +152,9 @@ def select_checkpoint(cfg: SelectConfig) -> dict:
     scores = []
     for step, folder in list_checkpoints(cfg.out_dir):
         model, tok = GPT.from_pretrained(folder).to(device).eval(), load_tokenizer(folder)
-        keep = model.config.block_size - cfg.max_new_tokens  # prompts cut from the left to fit
         shares = {}
-        for t_index, t in enumerate(cfg.temperatures):
-            g = torch.Generator(device=device).manual_seed(seed_for(cfg.seed, t_index))
-            comps = sample_completions(model, [p[-keep:] for p, *_ in rows], cfg.batch_size, g,
-                                       tok.eos_id, max_new_tokens=cfg.max_new_tokens,
-                                       temperature=t)
+        for t_index, t in enumerate(cfg.temperatures):  # sampled as the win rates sample
+            comps = sample_block(cfg, model, tok, [p for p, *_ in rows], t, t_index)
             right = [dialogue_reward(r[1], tok.decode(c)) for r, c in zip(rows, comps)]
             shares[str(t)] = sum(right) / len(right)
         scores.append(dict(step=step, score=sum(shares.values()) / len(shares), correct=shares))

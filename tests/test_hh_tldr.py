@@ -207,6 +207,10 @@ def test_select_checkpoint_takes_the_most_often_right(tmp_path, monkeypatch):
     """The choice among a run's checkpoints, with the sampling stubbed so that each checkpoint's
     answers are known: the mean correct share over the temperatures decides, the earliest of
     equals wins, the winner is copied whole to best/, which the run folder then stands for."""
+    from types import SimpleNamespace
+
+    import torch
+
     from data import Tokenizer
     from preferences import ASSISTANT
     from utils import resolve_checkpoint
@@ -236,6 +240,7 @@ def test_select_checkpoint_takes_the_most_often_right(tmp_path, monkeypatch):
         def __init__(self, folder):
             self.step = json.loads(open(os.path.join(folder, "config.json")).read())["step"]
             self.config = type("C", (), {"block_size": 64})
+            self.transformer = SimpleNamespace(wte=SimpleNamespace(weight=torch.zeros(1)))
 
         def to(self, device):
             return self
@@ -253,7 +258,8 @@ def test_select_checkpoint_takes_the_most_often_right(tmp_path, monkeypatch):
         answer = lambda t: next(v for q, v in questions.items() if q in t)[0 if right else 1]
         return [ids(" " + answer(t)) for t in texts]
 
-    monkeypatch.setattr(hh_tldr, "sample_completions", sample)
+    import winrate
+    monkeypatch.setattr(winrate, "sample_completions", sample)  # the win rates' sampler
     cfg = hh_tldr.SelectConfig(out_dir=str(run), validation=str(val), n=0, device="cpu")
     assert not hh_tldr.finished(cfg)
     result = hh_tldr.select_checkpoint(cfg)
