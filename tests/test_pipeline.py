@@ -18,6 +18,7 @@ import types
 
 import pytest
 import torch
+from forkrun import run_all
 
 import dpo
 import evaluate
@@ -595,11 +596,33 @@ CONFIG_SCRIPTS = ("sft", "reward", "pairs", "dpo", "ppo", "evaluate", "frontier"
 
 @pytest.fixture(scope="module")
 def help_runs():
-    """`python <script> --help` of every script, started at once (each pays torch's import)."""
-    procs = {name: subprocess.Popen([sys.executable, *argv, "--help"], cwd=REPO, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for name, argv in HELP.items()}
-    return {name: (p.communicate(timeout=120), p.returncode) for name, p in procs.items()}
+    """`python <script> --help` of every script, each a fork of one interpreter (forkrun.py)."""
+    done = run_all([[*argv, "--help"] for argv in HELP.values()], cwd=REPO, timeout=120)
+    return {name: ((r.stdout, r.stderr), r.returncode) for name, r in zip(HELP, done)}
+
+
+def test_forkrun_gives_what_a_fresh_interpreter_gives(tmp_path):
+    """The runner behind help_runs and the bad-input cases: exit codes, an uncaught exception's
+    traceback, sys.exit with a message, each command line's own output and argv, __main__."""
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import sys\n"
+        "if __name__ == '__main__':\n"
+        "    print('out', *sys.argv[1:]); print('err', file=sys.stderr)\n"
+        "    what = sys.argv[1]\n"
+        "    if what == 'raise': raise ValueError('boom')\n"
+        "    if what == 'message': sys.exit('error: bad flag')\n"
+        "    if what == 'code': sys.exit(3)\n")
+    cases = [[str(script), w] for w in ("ok", "raise", "message", "code")]
+    ok, raised, message, code = run_all(cases, cwd=REPO)
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "out ok\n", "err\n")
+    assert raised.returncode == 1 and "Traceback" in raised.stderr
+    assert raised.stderr.rstrip().endswith("ValueError: boom")
+    assert message.returncode == 1 and message.stderr.endswith("error: bad flag\n")
+    assert (code.returncode, code.stdout) == (3, "out code\n")
+    for argv, r in zip(cases, (ok, raised, message, code)):  # the same as a real interpreter's
+        real = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True)
+        assert (r.returncode, r.stdout, r.stderr) == (real.returncode, real.stdout, real.stderr)
 
 
 @pytest.mark.parametrize("script", sorted(HELP))

@@ -32,7 +32,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -45,6 +44,7 @@ from data import synthetic_reviews
 from model import GPT
 
 from conftest import without_timing
+from forkrun import run_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TMP_PATTERNS = ("*.tmp", "*.tmp[0-9]*")  # write_folder's step_XXXXXX.tmp, atomic_write's x.tmp<pid>
@@ -661,15 +661,17 @@ def make_bad_inputs(tiny, root: str) -> dict:
 
 @pytest.fixture(scope="module")
 def bad_runs(tiny, tmp_path_factory):
-    """All bad-input cases, run concurrently (each is mostly interpreter start-up)."""
+    """All bad-input cases, two at a time."""
     root = str(tmp_path_factory.mktemp("bad"))
     cases, inputs = make_bad_inputs(tiny, root)
     hub = os.path.join(root, "empty_hf_home")  # nothing cached: the hub cases must go online
     os.makedirs(hub)
     before = {w: snapshot(w) if os.path.isdir(w) else file_bytes(w) for w in inputs}
-    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-        results = dict(zip(cases, pool.map(lambda c: run_cli(c.argv, timeout=180, HF_HOME=hub),
-                                           cases.values())))
+    # each case a fork of one interpreter that has imported the scripts (forkrun.py): what these
+    # cases cost is mostly Python's and torch's start-up
+    done = run_all([c.argv for c in cases.values()], cwd=ROOT, env=child_env(HF_HOME=hub),
+                   timeout=180)
+    results = dict(zip(cases, done))
     changed = [w for w in inputs
                if (snapshot(w) if os.path.isdir(w) else file_bytes(w)) != before[w]]
     return SimpleNamespace(cases=cases, results=results, changed_inputs=changed)
