@@ -14,10 +14,11 @@ import math
 import os
 
 from dpo import DPOConfig
-from frontier import PRESETS, FrontierConfig, n_jobs, saved_steps
+from frontier import PRESETS, FrontierConfig, n_jobs
 from optimum import OptimumConfig
 from pairs import PairsConfig
 from ppo import PPOConfig
+from prune import saved_steps
 from reward import RMConfig
 from sft import SFTConfig
 

@@ -1,5 +1,5 @@
-"""frontier.py --plan (budget.py) against what a sweep really writes, and the sweep's pruning:
-each sweep run evaluated as soon as it is done, then only its last checkpoint kept."""
+"""frontier.py --plan (budget.py) against what a sweep really writes, and the sweep's pruning
+(prune.py): each sweep run evaluated as soon as it is done, then only its last checkpoint kept."""
 
 import dataclasses
 import json
@@ -9,6 +9,7 @@ import pytest
 
 import budget
 import frontier
+import prune
 from utils import list_checkpoints, read_jsonl
 
 
@@ -146,18 +147,18 @@ def test_prune_deletes_only_evaluated_checkpoints_and_keeps_the_last(tmp_path):
     run = fake_run(tmp_path, "dpo", [1, 2, 3, 4])
     rows_for(results, run, [1, 2, 4])  # step 3 not evaluated yet (a kill, say)
     (tmp_path / "dpo" / "step_000002.pruned").mkdir()  # a removal a kill interrupted
-    assert frontier.prune(run, results) == 2
+    assert prune.prune(run, results) == 2
     assert [s for s, _ in list_checkpoints(run)] == [3, 4]
     assert sorted(os.listdir(run)) == ["done", "run_config.json", "step_000003", "step_000004"]
-    assert frontier.prune(run, results) == 0  # idempotent
+    assert prune.prune(run, results) == 0  # idempotent
     rows_for(results, run, [3])
-    assert frontier.prune(run, results) == 1
+    assert prune.prune(run, results) == 1
     assert [s for s, _ in list_checkpoints(run)] == [4]  # the last stays: loadable
-    assert frontier.prune(run, results, keep_last=False) == 1  # --no-keep_last
+    assert prune.prune(run, results, keep_last=False) == 1  # --no-keep_last
     assert list_checkpoints(run) == [] and os.path.exists(os.path.join(run, "done"))
     unfinished = fake_run(tmp_path, "ppo", [1, 2], done=False)
     rows_for(results, unfinished, [1, 2])
-    assert frontier.prune(unfinished, results) == 0  # resumes from them: untouched
+    assert prune.prune(unfinished, results) == 0  # resumes from them: untouched
     assert len(list_checkpoints(unfinished)) == 2 and os.path.exists(unfinished + "/state.pt")
 
 
@@ -170,28 +171,28 @@ def test_evaluating_every_kth_checkpoint_survives_pruning(tmp_path, monkeypatch)
     calls = []
 
     def fake_evaluate(c):  # evaluate.main's bookkeeping, no models
-        seen = frontier.evaluated(c.out)
+        seen = prune.evaluated(c.out)
         todo = [p for _, p in checkpoints_of(c.runs[0], c.every)
-                if frontier.result_path(p, c.out) not in seen]
+                if prune.result_path(p, c.out) not in seen]
         calls.append(todo)
         rows_for(c.out, c.runs[0], [int(p[-6:]) for p in todo])
 
-    monkeypatch.setattr(frontier, "evaluate_main", fake_evaluate)
+    monkeypatch.setattr(prune, "evaluate_main", fake_evaluate)
     ev = EvalConfig(out=results, every=2)
     full = fake_run(tmp_path, "full", [10, 20, 30, 40, 50], save_every=10)
     want = [s for s, _ in checkpoints_of(full, 2)]
     assert want == [20, 40, 50]
     run = fake_run(tmp_path, "dpo", [10, 20, 30, 40, 50], save_every=10)
-    assert frontier.evaluate_run(run, ev, thin=True) == 3
-    frontier.prune(run, results)
+    assert prune.evaluate_run(run, ev, thin=True) == 3
+    prune.prune(run, results)
     # a kill mid-prune, replayed: step 40 deleted, 20 not yet, then the sweep restarted
     run2 = fake_run(tmp_path, "ul", [20, 50], save_every=10)
     rows_for(results, run2, [20])
-    assert frontier.evaluate_run(run2, ev, thin=True) == 1  # 50 only; 20 is not picked again
+    assert prune.evaluate_run(run2, ev, thin=True) == 1  # 50 only; 20 is not picked again
     rows = [r["checkpoint"] for r in read_jsonl(results)]
     assert len(rows) == len(set(rows))
     assert [s for s, _ in list_checkpoints(run)] == [50]
-    assert frontier.evaluate_run(run, ev, thin=True) == 0
+    assert prune.evaluate_run(run, ev, thin=True) == 0
 
 
 # ----------------------------------------------------------------------------- a real sweep

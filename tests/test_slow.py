@@ -142,12 +142,13 @@ KILLING_WRAPPER = """
 import os, random, signal, sys
 sys.path[:0] = [{root!r}, {tests!r}]
 import frontier
+import prune
 from cli import run_main
 from test_frontier_plan import mini_preset
 
 frontier.PRESETS["mini"] = mini_preset({gt!r})
 if "KILL_SEED" in os.environ:  # SIGKILL itself in the middle of pruning, now and then
-    rng, remove = random.Random(int(os.environ["KILL_SEED"])), frontier.remove_checkpoint
+    rng, remove = random.Random(int(os.environ["KILL_SEED"])), prune.remove_checkpoint
 
     def remove_checkpoint(path):
         if rng.random() < 0.3:  # half-way: renamed, part of its files gone
@@ -158,7 +159,7 @@ if "KILL_SEED" in os.environ:  # SIGKILL itself in the middle of pruning, now an
         if rng.random() < 0.3:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    frontier.remove_checkpoint = remove_checkpoint
+    prune.remove_checkpoint = remove_checkpoint
 if __name__ == "__main__":  # (--jobs 2's worker processes import this file too)
     run_main(frontier.main, frontier.FrontierConfig)
 """
