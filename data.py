@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from utils import hub_reachable, seed_for
+from plumbing.utils import hub_reachable, seed_for
 
 GPT2_EOS = 50256
 

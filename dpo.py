@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from cli import run_main
+from plumbing.flags import run_main
 from data import check_pairs, collate_pairs, load_tokenizer, split_pairs, stream_indices
 from model import GPT, gpt_folder, token_logprobs
-from runs import Run
-from speed import adamw
-from utils import atomic_torch_save, autocast, autocast_dtype, file_stamp, lr_at, read_jsonl
+from plumbing.runs import Run
+from plumbing.speed import adamw
+from plumbing.utils import atomic_torch_save, autocast, autocast_dtype, file_stamp, lr_at, read_jsonl
 
 LOSSES = ("dpo", "ipo", "hinge", "unlikelihood", "unlikelihood_token")
 

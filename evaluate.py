@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from cli import check_fields, run_main
+from plumbing.flags import check_fields, run_main
 from data import PROTOCOL, collate, load_prefixes, load_tokenizer
 from model import GPT, gpt_folder, sample_completions, token_logprobs
 from reward import load_ground_truth, load_reward_model
-from utils import (append_jsonl, atomic_write, autocast, get_device, list_checkpoints,
+from plumbing.utils import (append_jsonl, atomic_write, autocast, get_device, list_checkpoints,
                    mean_stderr, read_jsonl)
 
 # ----------------------------------------------------------------------------- the measures

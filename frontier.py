@@ -32,8 +32,8 @@ from dpo import DPOConfig
 from dpo import main as dpo_main
 from evaluate import EvalConfig
 from evaluate import main as evaluate_main
-from optimum import OptimumConfig
-from optimum import main as optimum_main
+from theory.optimum import OptimumConfig
+from theory.optimum import main as optimum_main
 from pairs import PairsConfig
 from pairs import main as pairs_main
 from ppo import PPOConfig
@@ -42,11 +42,11 @@ from reward import SIEBERT, RMConfig
 from reward import train as rm_train
 from sft import SFTConfig
 from sft import main as sft_main
-from cli import check_fields, run_main
-from prune import evaluate_live, evaluate_run, prune
-from runs import Run, is_done, open_run
-from utils import fcntl, get_device, list_checkpoints, read_jsonl
-from workers import cpu_cores, run_in_workers
+from plumbing.flags import check_fields, run_main
+from plumbing.prune import evaluate_live, evaluate_run, prune
+from plumbing.runs import Run, is_done, open_run
+from plumbing.utils import fcntl, get_device, list_checkpoints, read_jsonl
+from plumbing.workers import cpu_cores, run_in_workers
 
 
 @dataclass
@@ -251,7 +251,7 @@ def main(cfg: FrontierConfig):
     for _, _, c in steps:  # every stage's settings in range before the first one starts
         check_fields(c, paths=False)
     if cfg.plan:
-        from budget import print_plan
+        from plumbing.plan import print_plan
 
         return print_plan(cfg, steps)
     final, n = steps[-1][2], len(steps)

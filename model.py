@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from speed import Linear, sparse_lookup_grad  # CPU fast paths, same results: see speed.py
-from utils import autocast, copy_checked, read_hf_config, read_safetensors, resolve_checkpoint
+from plumbing.speed import Linear, sparse_lookup_grad  # CPU fast paths, same results: see speed.py
+from plumbing.utils import autocast, copy_checked, read_hf_config, read_safetensors, resolve_checkpoint
 
 # The four GPT-2 sizes on the Hugging Face hub (the unprefixed names redirect there).
 HUB_NAMES = {

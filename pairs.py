@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-from cli import run_main
+from plumbing.flags import run_main
 from data import PROTOCOL, load_prefixes, load_tokenizer, pair_row
 from model import GPT, gpt_folder, sample_completions
 from reward import load_ground_truth
-from runs import Run
-from utils import append_jsonl, read_jsonl, seed_for, write_jsonl
+from plumbing.runs import Run
+from plumbing.utils import append_jsonl, read_jsonl, seed_for, write_jsonl
 
 
 @dataclass

@@ -20,15 +20,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from cli import run_main
+from plumbing.flags import run_main
 from data import (
     PROTOCOL, collate, last_index, load_prefixes, load_tokenizer, stream_indices,
 )
 from model import GPT, gpt_folder, sample_completions, token_logprobs
 from reward import load_ground_truth, load_reward_model
-from runs import Run
-from speed import adamw
-from utils import autocast, read_safetensors, save_head, seed_for
+from plumbing.runs import Run
+from plumbing.speed import adamw
+from plumbing.utils import autocast, read_safetensors, save_head, seed_for
 
 # ----------------------------------------------------------------------------- the math
 # Tensors are (B, T): one column per completion token, `mask` True at real completion tokens

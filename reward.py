@@ -19,17 +19,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cli import first_paragraph as cli_first_paragraph
-from cli import run_main
+from plumbing.flags import first_paragraph as cli_first_paragraph
+from plumbing.flags import run_main
 from data import (
     Tokenizer, check_pairs, collate, held_out_sample, load_reviews, load_tokenizer, split_pairs,
     stream_indices,
 )
 from model import GPT, gpt_folder
 from roberta import SIEBERT, load_roberta_scorer
-from runs import Run
-from speed import adamw
-from utils import (
+from plumbing.runs import Run
+from plumbing.speed import adamw
+from plumbing.utils import (
     autocast, load_head, lr_at, read_jsonl, resolve_checkpoint, save_head, write_folder,
 )
 

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from cli import run_main
+from plumbing.flags import run_main
 from data import (
     Tokenizer, check_pairs, collate, held_out_sample, is_token_ids, load_reviews, load_tokenizer,
     sft_sequences, split_pairs, stream_indices, synthetic_vocab,
 )
 from model import GPT, GPTConfig, gpt_folder, token_logprobs
-from runs import Run
-from speed import adamw
-from utils import autocast, lr_at, read_jsonl
+from plumbing.runs import Run
+from plumbing.speed import adamw
+from plumbing.utils import autocast, lr_at, read_jsonl
 
 
 @dataclass
@@ -66,7 +66,7 @@ def build_model(cfg: SFTConfig, resume_from: str | None) -> tuple[GPT, Tokenizer
     if cfg.vocab not in ("auto", "dialogue", "gpt2"):
         raise ValueError(f"--vocab must be auto, dialogue or gpt2, not {cfg.vocab!r}")
     if cfg.vocab == "dialogue":  # preferences.py's synthetic dialogues
-        from preferences import dialogue_vocab
+        from hh_tldr.preferences import dialogue_vocab
 
         tok = Tokenizer(dialogue_vocab())
     elif cfg.vocab == "auto" and cfg.dataset == "synthetic":

@@ -17,7 +17,7 @@ import torch
 from common import add_size_args, interleaved, model_pair, setup_threads, table
 
 from sft import lm_loss  # noqa: E402
-from speed import adamw  # noqa: E402
+from plumbing.speed import adamw  # noqa: E402
 
 
 def matmul_flops(n=2048, reps=10) -> float:

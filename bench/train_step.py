@@ -12,7 +12,7 @@ import torch
 from common import add_size_args, interleaved, model_pair, setup_threads, table
 
 from sft import lm_loss  # noqa: E402  (common.py put the repo root on sys.path)
-from speed import adamw  # noqa: E402
+from plumbing.speed import adamw  # noqa: E402
 
 
 def main(argv=None):

@@ -8,13 +8,14 @@ interpreter would return (an uncaught exception prints its traceback and gives 1
 cannot give: the modules are imported already (each script's own body still runs anew, as
 __main__), and the environment is the runner's, the same for every command line.
 
-    python tests/forkrun.py < cases.json    # [[script, arg, ...], ...] -> JSON list on stdout:
+    python tests/forkrun.py < cases.json    # [[script or "-m" module, arg, ...], ...] -> JSON:
                                             # {"returncode", "stdout", "stderr"} per command line
 
 Run from the repository root. Use run_all() from the tests.
 """
 
 import importlib
+import importlib.util
 import json
 import os
 import signal
@@ -34,9 +35,15 @@ def child(argv: list[str], out_path: str, err_path: str) -> None:
     try:
         import runpy
 
-        sys.argv = list(argv)
-        sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
-        runpy.run_path(argv[0], run_name="__main__")
+        if argv[0] == "-m":  # python -m package.module: run from the repository root
+            sys.argv = [importlib.util.find_spec(argv[1]).origin, *argv[2:]]
+            sys.path[0] = os.getcwd()
+            sys.modules.pop(argv[1], None)  # imported by the runner: run anew, as python -m does
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = list(argv)
+            sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))
+            runpy.run_path(argv[0], run_name="__main__")
     except SystemExit as e:
         if e.code is None:
             code = 0
@@ -49,7 +56,8 @@ def child(argv: list[str], out_path: str, err_path: str) -> None:
         import traceback
 
         tb = e.__traceback__  # from the script's own frame on, as `python script` shows it
-        while tb.tb_next and tb.tb_frame.f_code.co_filename != argv[0]:
+        script = sys.argv[0] if argv[0] == "-m" else argv[0]
+        while tb.tb_next and tb.tb_frame.f_code.co_filename != script:
             tb = tb.tb_next
         traceback.print_exception(type(e), e, tb)
         code = 1
@@ -65,6 +73,9 @@ def child(argv: list[str], out_path: str, err_path: str) -> None:
 
 def main(cases: list[list[str]], jobs: int = 2, timeout: float = 300) -> list[dict]:
     for argv in cases:  # the modules every command line will import, once, here
+        if argv[0] == "-m":
+            importlib.import_module(argv[1])
+            continue
         folder, name = os.path.split(os.path.abspath(argv[0]))
         if folder == os.getcwd():  # a script of the repository root
             importlib.import_module(os.path.splitext(name)[0])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import data
-import utils
+from plumbing import utils
 from data import (
     GPT2_EOS,
     Protocol,

@@ -320,8 +320,8 @@ def test_reference_cache_recomputes_under_another_precision(tiny_gpt, tmp_path, 
     than the policy: the loss at step 0 is no longer log 2. bf16 autocast is faked here on CPU
     by making utils.autocast_dtype answer bf16 (so the forward really runs in bf16)."""
     import dpo
-    import utils
-    from utils import write_jsonl
+    from plumbing import utils
+    from plumbing.utils import write_jsonl
 
     ckpt = str(tmp_path / "ref")
     tiny_gpt(vocab_size=100).save_pretrained(ckpt)

@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-import budget
+from plumbing import plan as budget
 import frontier
-import prune
-from utils import list_checkpoints, read_jsonl
+from plumbing import prune
+from plumbing.utils import list_checkpoints, read_jsonl
 
 
 def mini_preset(ground_truth: str) -> frontier.Preset:

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-import hh_tldr
+from hh_tldr import run as hh_tldr
 import sft
-from preferences import dialogue_vocab
-from utils import list_checkpoints, read_jsonl
+from hh_tldr.preferences import dialogue_vocab
+from plumbing.utils import list_checkpoints, read_jsonl
 
 
 def small(preset: dict) -> dict:
@@ -126,8 +126,8 @@ def test_tldr_layout_trains_sft_then_dpo(tmp_path):
     import pyarrow.parquet as pq
 
     import dpo
-    from preferences import PreferencesConfig
-    from preferences import main as convert
+    from hh_tldr.preferences import PreferencesConfig
+    from hh_tldr.preferences import main as convert
 
     posts = [f"SUBREDDIT: r/cats TITLE: cat {i} POST: my cat number {i} sleeps all day."
              for i in range(24)]
@@ -212,8 +212,8 @@ def test_select_checkpoint_takes_the_most_often_right(tmp_path, monkeypatch):
     import torch
 
     from data import Tokenizer
-    from preferences import ASSISTANT
-    from utils import resolve_checkpoint
+    from hh_tldr.preferences import ASSISTANT
+    from plumbing.utils import resolve_checkpoint
 
     tok = Tokenizer(dialogue_vocab())
     run = tmp_path / "dpo"
@@ -258,7 +258,7 @@ def test_select_checkpoint_takes_the_most_often_right(tmp_path, monkeypatch):
         answer = lambda t: next(v for q, v in questions.items() if q in t)[0 if right else 1]
         return [ids(" " + answer(t)) for t in texts]
 
-    import winrate
+    from hh_tldr import winrate
     monkeypatch.setattr(winrate, "sample_completions", sample)  # the win rates' sampler
     cfg = hh_tldr.SelectConfig(out_dir=str(run), validation=str(val), n=0, device="cpu")
     assert not hh_tldr.finished(cfg)

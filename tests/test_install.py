@@ -11,9 +11,9 @@ import zipfile
 
 import pytest
 
-import cli
+from plumbing import flags as cli
 import data
-import utils
+from plumbing import utils
 
 from conftest import closed_port
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model import GPT, KVCache, sample_index, sample_next, token_logprobs
-from speed import Linear
+from plumbing.speed import Linear
 
 # Different depth, width, heads, vocabulary, context and LayerNorm epsilon.
 HF_CONFIGS = [

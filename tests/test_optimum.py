@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import evaluate
-import optimum
+from theory import optimum
 from conftest import randomize_
 from data import PROTOCOL, load_prefixes
-from optimum import OptimumConfig, log_betas, optimum_curve
-from utils import read_jsonl
+from theory.optimum import OptimumConfig, log_betas, optimum_curve
+from plumbing.utils import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -275,13 +275,13 @@ def test_main_samples_and_scores_as_evaluate_does(tiny, compact_tok, monkeypatch
 def test_command_line(tiny):
     root, ref, gt = tiny
     out = str(root / "cli" / "optimum.jsonl")
-    r = subprocess.run([sys.executable, "optimum.py", "--ref", ref, "--ground_truth", gt,
+    r = subprocess.run([sys.executable, "-m", "theory.optimum", "--ref", ref, "--ground_truth", gt,
                         "--dataset", "synthetic", "--M", "4", "--n_prefixes", "3", "--n_betas",
                         "3", "--out", out, "--device", "cpu"], cwd=REPO, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     rows = read_jsonl(out)
     assert [row["M"] for row in rows] == [4, 4, 4] and rows[-1]["kl"] <= math.log(4) + 1e-9
-    r = subprocess.run([sys.executable, "optimum.py", "--help"], cwd=REPO, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "theory.optimum", "--help"], cwd=REPO, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and "KL-regularised optimum" in r.stdout and "--M" in r.stdout

@@ -25,7 +25,7 @@ import evaluate
 import pairs
 import ppo
 import reward
-import runs
+from plumbing import runs
 import sft
 from data import (
     PROTOCOL, _opinion, load_reviews, load_tokenizer, make_prefixes, pair_row,
@@ -36,8 +36,8 @@ from model import GPT
 from ppo import PPOConfig
 from reward import RMConfig
 from sft import SFTConfig
-from runs import log_row
-from utils import list_checkpoints, read_jsonl, write_jsonl
+from plumbing.runs import log_row
+from plumbing.utils import list_checkpoints, read_jsonl, write_jsonl
 from model import gpt_folder
 
 from conftest import without_timing
@@ -586,8 +586,9 @@ HELP = {"sft": ["sft.py"], "reward": ["reward.py", "train"], "pairs": ["pairs.py
         "dpo": ["dpo.py"], "ppo": ["ppo.py"], "evaluate": ["evaluate.py"],
         "frontier": ["frontier.py"], "data": ["data.py"], "reward (no subcommand)": ["reward.py"],
         "reward score": ["reward.py", "score"], "evaluate plot": ["evaluate.py", "plot"],
-        "optimum": ["optimum.py"], "preferences": ["preferences.py"], "winrate": ["winrate.py"],
-        "winrate plot": ["winrate.py", "plot"], "hh_tldr": ["hh_tldr.py"],
+        "optimum": ["-m", "theory.optimum"], "preferences": ["-m", "hh_tldr.preferences"],
+        "winrate": ["-m", "hh_tldr.winrate"],
+        "winrate plot": ["-m", "hh_tldr.winrate", "plot"], "hh_tldr": ["-m", "hh_tldr.run"],
         "evaluate report": ["evaluate.py", "report"]}
 # the scripts whose flags come from a config dataclass (cli.run_main)
 CONFIG_SCRIPTS = ("sft", "reward", "pairs", "dpo", "ppo", "evaluate", "frontier", "optimum",

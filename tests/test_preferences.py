@@ -12,9 +12,9 @@ from collections import Counter
 
 import pytest
 
-import preferences as P
+from hh_tldr import preferences as P
 from data import PAIR_KEYS, Tokenizer, check_pairs
-from utils import read_jsonl
+from plumbing.utils import read_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -340,14 +340,14 @@ def test_cli(tmp_path, capsys):
     folder = write_parquet(tmp_path / "pq", "test", HH_ROWS)
     out = str(tmp_path / "data" / "hh_test.jsonl")
     argv = ["--dataset", folder, "--split", "test", "--out", out]
-    r = subprocess.run([sys.executable, "preferences.py", *argv, "--format", "hh", "--max_length",
+    r = subprocess.run([sys.executable, "-m", "hh_tldr.preferences", *argv, "--format", "hh", "--max_length",
                         "64", "--max_prompt_length", "32"], cwd=REPO, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "-> 4 pairs in" in r.stdout and "2 prompt_mismatch" in r.stdout
     assert "tokens/s" in r.stdout and len(read_jsonl(out)) == 4
     # bad input: one "error:" line, exit status 1, nothing written (in-process: cli.run_main)
-    from cli import run_main
+    from plumbing.flags import run_main
 
     with pytest.raises(SystemExit) as e:
         run_main(P.main, P.PreferencesConfig, argv=argv[:-1] + [out + ".bad", "--format", "tldr"])

@@ -37,9 +37,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import cli
-import runs
-import utils
+from plumbing import flags as cli
+from plumbing import runs
+from plumbing import utils
 from data import synthetic_reviews
 from model import GPT
 

@@ -18,11 +18,11 @@ import time
 import pytest
 import torch
 
-import runs
-import utils
-from cli import config_to_argv, parse_config, run_main
-from runs import check_finite, load_state, open_run, resume_log, save_checkpoint, start_run
-from utils import append_jsonl, atomic_write, list_checkpoints, read_jsonl, write_jsonl
+from plumbing import runs
+from plumbing import utils
+from plumbing.flags import config_to_argv, parse_config, run_main
+from plumbing.runs import check_finite, load_state, open_run, resume_log, save_checkpoint, start_run
+from plumbing.utils import append_jsonl, atomic_write, list_checkpoints, read_jsonl, write_jsonl
 
 # ----------------------------------------------------------------------------- config <-> flags
 
@@ -336,7 +336,7 @@ def test_run_main_subprocess(tmp_path):
     script.write_text(textwrap.dedent('''
         """A tiny script for the test."""
         import dataclasses
-        from cli import run_main
+        from plumbing.flags import run_main
 
         @dataclasses.dataclass
         class C:
@@ -369,8 +369,8 @@ def test_run_main_subprocess(tmp_path):
 TOY = textwrap.dedent('''
     import dataclasses, json, os, sys, time
     import torch
-    from cli import run_main
-    from runs import Run
+    from plumbing.flags import run_main
+    from plumbing.runs import Run
 
     @dataclasses.dataclass
     class ToyConfig:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from utils import list_checkpoints, read_jsonl
+from plumbing.utils import list_checkpoints, read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -142,8 +142,8 @@ KILLING_WRAPPER = """
 import os, random, signal, sys
 sys.path[:0] = [{root!r}, {tests!r}]
 import frontier
-import prune
-from cli import run_main
+from plumbing import prune
+from plumbing.flags import run_main
 from test_frontier_plan import mini_preset
 
 frontier.PRESETS["mini"] = mini_preset({gt!r})

@@ -23,12 +23,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-import winrate
-from judge import chat_completion, judge_message, parse_judgment
+from hh_tldr import winrate
+from hh_tldr.judge import chat_completion, judge_message, parse_judgment
 from model import GPT, GPTConfig
 from reward import RewardModel
-from utils import read_jsonl, seed_for, write_jsonl
-from winrate import WinRateConfig
+from plumbing.utils import read_jsonl, seed_for, write_jsonl
+from hh_tldr.winrate import WinRateConfig
 
 from conftest import closed_port, randomize_
 
@@ -346,7 +346,7 @@ def test_unreachable_endpoint_and_missing_key(tiny, judge, tmp_path, monkeypatch
 
 def test_cli_errors_are_one_line(tiny, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    base = [sys.executable, "winrate.py", "--policies", f"sft={tiny.sft}", "--test", tiny.pairs,
+    base = [sys.executable, "-m", "hh_tldr.winrate", "--policies", f"sft={tiny.sft}", "--test", tiny.pairs,
             "--judge", "openai:m", "--n", "2", "--temperatures", "0", "--max_new_tokens", "4",
             "--retries", "1", "--retry_delay", "0.001", "--device", "cpu"]
     results = str(tmp_path / "winrate.jsonl")  # what winrate.py writes, by hand
@@ -355,8 +355,8 @@ def test_cli_errors_are_one_line(tiny, tmp_path):
                           for p, w0 in (("sft", 0.4), ("dpo", 0.6)) for t, w in
                           ((0.25, w0), (1.0, w0 - 0.1))])
     runs = {
-        "help": ([sys.executable, "winrate.py", "--help"], env),
-        "plot": ([sys.executable, "winrate.py", "plot", results], env),
+        "help": ([sys.executable, "-m", "hh_tldr.winrate", "--help"], env),
+        "plot": ([sys.executable, "-m", "hh_tldr.winrate", "plot", results], env),
         "nokey": (base + ["--out_dir", str(tmp_path / "a")], env),
         "down": (base + ["--out_dir", str(tmp_path / "b")],
                  dict(env, OPENAI_API_KEY="k",

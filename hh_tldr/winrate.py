@@ -9,11 +9,11 @@ nothing twice).
 `rm:<folder>`: a learned reward model as an offline judge, P(policy beats reference) =
 sigmoid(r_policy - r_reference), whose mean is an *expected* win rate.
 
-    python winrate.py --policies sft=runs/sft dpo=runs/dpo --test tldr_test.jsonl \
+    python -m hh_tldr.winrate --policies sft=runs/sft dpo=runs/dpo --test tldr_test.jsonl \
         --judge openai:gpt-4-0314 --out_dir runs/winrate      # OPENAI_API_KEY, OPENAI_BASE_URL
-    python winrate.py --policies sft=runs/sft dpo=runs/dpo --test hh_test_pairs.jsonl \
+    python -m hh_tldr.winrate --policies sft=runs/sft dpo=runs/dpo --test hh_test_pairs.jsonl \
         --judge rm:runs/rm --out_dir runs/winrate_rm
-    python winrate.py plot runs/winrate/winrate.jsonl     # redraw winrate.png from the JSONL alone
+    python -m hh_tldr.winrate plot runs/winrate/winrate.jsonl     # redraw winrate.png from the JSONL alone
 
 The test file is a pairs JSONL (prompt_ids, chosen_ids, prompt, chosen, ...; reference = chosen)
 or a completions JSONL (prompt_ids, completion_ids, prompt, completion; reference = completion).
@@ -30,12 +30,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from cli import run_main
+from plumbing.flags import run_main
 from data import load_tokenizer
-from judge import PROMPTS, openai_judge
+from hh_tldr.judge import PROMPTS, openai_judge
 from model import GPT, gpt_folder, sample_completions
 from reward import RewardModel, reward_folder, rm_tokens
-from utils import (
+from plumbing.utils import (
     append_jsonl, atomic_write, atomic_write_json, file_stamp, get_device, mean_stderr,
     read_jsonl, seed_for, write_jsonl,
 )
@@ -365,5 +365,5 @@ if __name__ == "__main__":
         except (ValueError, OSError) as e:
             sys.exit(f"error: {e}")
     else:
-        run_main(main, WinRateConfig, epilog="python winrate.py plot RESULTS.jsonl redraws the "
+        run_main(main, WinRateConfig, epilog="python -m hh_tldr.winrate plot RESULTS.jsonl redraws the "
                  "plot from a results file alone.")

@@ -166,7 +166,7 @@ def run_main(main, cls, argv=None, epilog=None):
         if os.environ.get("DPO_DEBUG"):
             raise
         _close_bars()
-        from runs import Run
+        from plumbing.runs import Run
 
         print(Run.current.stopped() if Run.current else "stopped", file=sys.stderr)
         sys.exit(130)

@@ -14,8 +14,8 @@ import shutil
 
 from evaluate import EvalConfig, checkpoints_of
 from evaluate import main as evaluate_main
-from runs import is_done
-from utils import list_checkpoints, read_jsonl
+from plumbing.runs import is_done
+from plumbing.utils import list_checkpoints, read_jsonl
 
 
 def result_path(checkpoint: str, results: str) -> str:

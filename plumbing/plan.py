@@ -15,10 +15,10 @@ import os
 
 from dpo import DPOConfig
 from frontier import PRESETS, FrontierConfig, n_jobs
-from optimum import OptimumConfig
+from theory.optimum import OptimumConfig
 from pairs import PairsConfig
 from ppo import PPOConfig
-from prune import saved_steps
+from plumbing.prune import saved_steps
 from reward import RMConfig
 from sft import SFTConfig
 
@@ -63,7 +63,7 @@ def model_config(cfg: FrontierConfig):
     local --base_model: its config.json)."""
     from data import Tokenizer, synthetic_vocab
     from model import GPTConfig, config_from_hf
-    from utils import read_hf_config
+    from plumbing.utils import read_hf_config
 
     p = PRESETS[cfg.preset]
     s = SFTConfig(**dict(p.sft, init=cfg.base_model or p.sft["init"]))

@@ -1,9 +1,9 @@
 """The paper's other two experiments (§6.2) in one command: single-turn dialogue on Anthropic HH and
 TL;DR summarization, each judged by its win rate against the test set's references.
 
-    python hh_tldr.py --experiment hh --preset tiny     # CPU, offline: synthetic dialogues, minutes
-    python hh_tldr.py --experiment hh --preset gpt2 --judge openai:gpt-4-0314
-    python hh_tldr.py --experiment tldr --preset gpt2   # judge: the learned reward model (offline)
+    python -m hh_tldr.run --experiment hh --preset tiny     # CPU, offline: synthetic dialogues, minutes
+    python -m hh_tldr.run --experiment hh --preset gpt2 --judge openai:gpt-4-0314
+    python -m hh_tldr.run --experiment tldr --preset gpt2   # judge: the learned reward model (offline)
 
 The steps, each a script's main(cfg) in this process, each skipped once done (a rerun resumes):
   1. the preference data as pairs files (preferences.py): train and test splits (and the
@@ -30,26 +30,26 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from cli import check_fields, run_main
+from plumbing.flags import check_fields, run_main
 from data import load_tokenizer
 from dpo import DPOConfig
 from dpo import main as dpo_main
 from model import GPT
-from preferences import PreferencesConfig
-from preferences import dialogue_reward
-from preferences import main as preferences_main
+from hh_tldr.preferences import PreferencesConfig
+from hh_tldr.preferences import dialogue_reward
+from hh_tldr.preferences import main as preferences_main
 from reward import RMConfig
 from reward import train as rm_train
-from runs import config_dict, is_done, open_run
+from plumbing.runs import config_dict, is_done, open_run
 from sft import SFTConfig
 from sft import main as sft_main
-from utils import (atomic_write_json, get_device, list_checkpoints, mean_stderr, read_jsonl,
+from plumbing.utils import (atomic_write_json, get_device, list_checkpoints, mean_stderr, read_jsonl,
                    write_folder, write_jsonl)
-from winrate import WinRateConfig
-from winrate import check_config as check_judge
-from winrate import choose_prompts, load_test, sample_block
-from winrate import main as winrate_main
-from winrate import plot_winrate
+from hh_tldr.winrate import WinRateConfig
+from hh_tldr.winrate import check_config as check_judge
+from hh_tldr.winrate import choose_prompts, load_test, sample_block
+from hh_tldr.winrate import main as winrate_main
+from hh_tldr.winrate import plot_winrate
 
 # name: (data steps, sft, dpo, rm, winrate). Data: {split name: PreferencesConfig overrides}; the
 # SFT step reads "sft_data" (pairs: the chosen responses; completions: prompt + reference).

@@ -2,12 +2,12 @@ r"""Real preference datasets as this project's pairs file: Anthropic HH dialogue
 summarization comparisons and reference summaries, any prompt/chosen/rejected dataset (text or
 chat messages), and a synthetic dialogue set for the offline tiny preset.
 
-    python preferences.py --dataset Anthropic/hh-rlhf --split train --out data/hh_train.jsonl
-    python preferences.py --dataset CarperAI/openai_summarize_comparisons --split test \
+    python -m hh_tldr.preferences --dataset Anthropic/hh-rlhf --split train --out data/hh_train.jsonl
+    python -m hh_tldr.preferences --dataset CarperAI/openai_summarize_comparisons --split test \
         --out data/tldr_test.jsonl
-    python preferences.py --dataset CarperAI/openai_summarize_tldr --split train \
+    python -m hh_tldr.preferences --dataset CarperAI/openai_summarize_tldr --split train \
         --out data/tldr_sft_train.jsonl      # completions: SFT data and win-rate references
-    python preferences.py --dataset synthetic --split train --out data/dialogue_train.jsonl \
+    python -m hh_tldr.preferences --dataset synthetic --split train --out data/dialogue_train.jsonl \
         --max_length 128 --max_prompt_length 64
 
 Output: one JSON object a line. Pairs (hh, tldr, pairs formats) have data.PAIR_KEYS, with
@@ -52,9 +52,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from cli import run_main
+from plumbing.flags import run_main
 from data import GPT2_EOS, PAIR_KEYS, Tokenizer, _load_dataset, gpt2_encoding, load_tokenizer
-from utils import atomic_write, resolve_checkpoint, seed_for
+from plumbing.utils import atomic_write, resolve_checkpoint, seed_for
 
 FORMATS = ("auto", "hh", "tldr", "tldr_sft", "pairs")
 COLUMNS = {"hh": ("chosen", "rejected"), "tldr": ("prompt", "chosen", "rejected"),

@@ -51,8 +51,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cli import check_fields
-from utils import (
+from plumbing.flags import check_fields
+from plumbing.utils import (
     append_jsonl, atomic_torch_save, atomic_write, atomic_write_json, ddp_barrier, ddp_init,
     ddp_mean, get_device, list_checkpoints, read_jsonl, step_dir, write_folder, write_jsonl,
 )

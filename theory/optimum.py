@@ -7,7 +7,7 @@ argmax_pi E_pi[r] - beta KL(pi || pi_ref), is pi*_beta(y|x) = pi_ref(y|x) exp(r(
 that curve from M completions of the reference per held-out test prefix, scored by the ground
 truth, sampled and scored exactly as evaluate.py does.
 
-    python optimum.py --ref runs/sft --ground_truth siebert/sentiment-roberta-large-english \
+    python -m theory.optimum --ref runs/sft --ground_truth siebert/sentiment-roberta-large-english \
         --M 64 --out runs/optimum.jsonl
 """
 
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from cli import check_fields, run_main
+from plumbing.flags import check_fields, run_main
 from data import PROTOCOL, load_prefixes, load_tokenizer
 from model import GPT, gpt_folder, sample_completions
 from reward import load_ground_truth
-from utils import atomic_torch_save, file_stamp, get_device, write_jsonl
+from plumbing.utils import atomic_torch_save, file_stamp, get_device, write_jsonl
 
 # Trust the curve up to KL = TRUST * log M. Measured on a bandit whose rewards look like a confident
 # classifier's P(positive), with per-prefix positive rates from ~0 to ~1 (tests/test_optimum.py):

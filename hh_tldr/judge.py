@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-from utils import append_jsonl, read_jsonl
+from plumbing.utils import append_jsonl, read_jsonl
 
 # ----------------------------------------------------------------------------- the judge prompts
 # Appendix C.2 of the paper (gpt-4-0314 judged every comparison; "the order of summaries or

@@ -1,0 +1,1 @@
+"""The KL-regularised optimum of the frontier plot (optimum.py), beside the lesson."""
