@@ -1,5 +1,6 @@
 """Text in, tokens out: the GPT-2 tokenizer, IMDb, prompts, the evaluation protocol, the
-preference-pairs format and its collate, and a synthetic sentiment corpus that needs no download.
+preference-pairs format and its collate; the synthetic corpus's compact vocabulary (its reviews:
+synthetic/reviews.py).
 
     python data.py --dataset synthetic --n 3          # print a few reviews and their prefixes
     python data.py --dataset stanfordnlp/imdb --n 3   # the real thing (hub, or a local folder)
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from plumbing.utils import hub_reachable, seed_for
+from synthetic.reviews import SPLITS, synthetic_reviews, vocab_words
 
 GPT2_EOS = 50256
 
@@ -138,8 +140,7 @@ def load_reviews(source: str, split: str) -> tuple[list[str], list[int]]:
     under plain_text/); a single .parquet file; or a folder written by datasets' save_to_disk.
     """
     if source == "synthetic":
-        n, seed = (20000, 0) if split == "train" else (2000, 1)
-        reviews = synthetic_reviews(n, seed)
+        reviews = synthetic_reviews(*SPLITS["train" if split == "train" else "test"])
         return [t for t, _ in reviews], [y for _, y in reviews]
     ds = _load_dataset(source, split)
     missing = [c for c in ("text", "label") if c not in ds.column_names]
@@ -342,88 +343,15 @@ def collate_pairs(rows: list[dict], pad_id: int):
 
 
 # ----------------------------------------------------------------------------- synthetic corpus
-# Movie reviews from a small grammar of natural English. A review has a latent label; each of its
-# opinion sentences agrees with the label with probability 0.8, so reviews mix praise and
-# complaint and the same opening can continue either way. A small GPT trained on it samples
-# continuations of mixed sentiment that preference training can shift.
-
-OPENERS = [
-    "I watched this movie last night.", "I saw this film with my family on Sunday.",
-    "My friend told me to watch this one.", "I rented this movie on a rainy weekend.",
-    "This film came out a few years ago.", "I went to see this movie at the cinema.",
-    "I had heard a lot about this film before I saw it.",
-    "The film is about a young man who moves to a big city.",
-    "The movie tells the story of two sisters in a small town.",
-    "This is the third film by the director.", "We watched this movie at home.",
-    "The story follows an old detective and his last case.",
-]
-SUBJECTS = [
-    "the acting", "the plot", "the story", "the script", "the music", "the soundtrack",
-    "the ending", "the cast", "the dialogue", "the direction", "the pacing", "the characters",
-    "the camera work", "the humor", "the lead actor", "the lead actress", "the villain",
-    "the special effects", "this film", "this movie", "the first half", "the second half",
-]
-VERBS = ["was", "felt", "seemed"]
-INTENSIFIERS = ["", "really", "truly", "quite", "very", "so", "simply", "absolutely"]
-POSITIVE = [
-    "wonderful", "brilliant", "great", "beautiful", "moving", "excellent", "charming",
-    "delightful", "superb", "clever", "funny", "touching", "fantastic", "gripping", "perfect",
-    "memorable", "lovely", "stunning",
-]
-NEGATIVE = [
-    "terrible", "boring", "awful", "dull", "weak", "bad", "painful", "silly", "poor", "messy",
-    "predictable", "tedious", "flat", "clumsy", "forgettable", "annoying", "horrible", "lazy",
-]
-LIKE = {1: ["loved", "enjoyed", "adored", "liked"], 0: ["hated", "disliked", "regretted"]}
-RECOMMEND = {1: "would recommend it to", 0: "would not recommend it to"}
-AUDIENCE = ["my friends", "anyone", "my family", "everyone"]
-VERDICT = {1: "one of the best", 0: "one of the worst"}
-WHEN = ["this year", "in years", "in a long time"]
-CLOSERS = ["Overall", "In the end", "Honestly", "All in all"]
-
-
-def _opinion(rng: random.Random, s: int) -> str:
-    """One sentence of sentiment s (1 positive, 0 negative)."""
-    adj = rng.choice(POSITIVE if s else NEGATIVE)
-    kind = rng.random()
-    if kind < 0.55:
-        words = [rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(INTENSIFIERS), adj]
-        text = " ".join(w for w in words if w)
-    elif kind < 0.7:
-        text = f"I {rng.choice(LIKE[s])} {rng.choice(SUBJECTS)}"
-    elif kind < 0.8:
-        text = f"I {RECOMMEND[s]} {rng.choice(AUDIENCE)}"
-    elif kind < 0.9:
-        text = f"It is {VERDICT[s]} movies I have seen {rng.choice(WHEN)}"
-    else:
-        text = f"{rng.choice(CLOSERS)}, it was {adj}"
-    return text[0].upper() + text[1:] + "."
-
-
-def synthetic_reviews(n: int, seed: int, p_agree: float = 0.8) -> list[tuple[str, int]]:
-    """n (text, label) reviews, deterministic for a seed; labels balanced in expectation."""
-    rng = random.Random(seed)
-    reviews = []
-    for _ in range(n):
-        label = rng.randint(0, 1)
-        sentences = [rng.choice(OPENERS)] if rng.random() < 0.7 else []
-        for _ in range(rng.randint(3, 6)):
-            s = label if rng.random() < p_agree else 1 - label
-            sentences.append(_opinion(rng, s))
-        reviews.append((" ".join(sentences), label))
-    return reviews
+# The reviews themselves: synthetic/reviews.py.
 
 
 def synthetic_vocab() -> list[int]:
-    """Every GPT-2 id the synthetic corpus can use (words alone, after a space, capitalised; no
+    """Every GPT-2 id the synthetic corpus can use (its words alone, after a space, capitalised; no
     BPE merge crosses a space or a full stop), plus EOS: the tiny preset's compact vocabulary."""
     enc = gpt2_encoding()
-    pieces = OPENERS + SUBJECTS + VERBS + INTENSIFIERS + POSITIVE + NEGATIVE + AUDIENCE + WHEN
-    pieces += CLOSERS + [*LIKE[0], *LIKE[1], *RECOMMEND.values(), *VERDICT.values(), "I It is"]
-    pieces += ["movies I have seen", "it was"]
-    words = {w.strip(".,") for p in pieces for w in p.split()}
     ids = {GPT2_EOS}
-    for w in words:
+    for w in vocab_words():
         for form in (w, w.capitalize(), w.lower()):
             ids.update(enc.encode_ordinary(form))
             ids.update(enc.encode_ordinary(" " + form))

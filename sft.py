@@ -66,7 +66,7 @@ def build_model(cfg: SFTConfig, resume_from: str | None) -> tuple[GPT, Tokenizer
     if cfg.vocab not in ("auto", "dialogue", "gpt2"):
         raise ValueError(f"--vocab must be auto, dialogue or gpt2, not {cfg.vocab!r}")
     if cfg.vocab == "dialogue":  # preferences.py's synthetic dialogues
-        from hh_tldr.preferences import dialogue_vocab
+        from synthetic.dialogues import dialogue_vocab
 
         tok = Tokenizer(dialogue_vocab())
     elif cfg.vocab == "auto" and cfg.dataset == "synthetic":

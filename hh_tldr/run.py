@@ -36,7 +36,7 @@ from dpo import DPOConfig
 from dpo import main as dpo_main
 from model import GPT
 from hh_tldr.preferences import PreferencesConfig
-from hh_tldr.preferences import dialogue_reward
+from synthetic.dialogues import dialogue_reward
 from hh_tldr.preferences import main as preferences_main
 from reward import RMConfig
 from reward import train as rm_train

@@ -14,10 +14,10 @@ import math
 import os
 
 from dpo import DPOConfig
-from frontier import PRESETS, FrontierConfig, n_jobs
 from theory.optimum import OptimumConfig
 from pairs import PairsConfig
 from ppo import PPOConfig
+from plumbing.presets import PRESETS, keeps_last, n_jobs
 from plumbing.prune import saved_steps
 from reward import RMConfig
 from sft import SFTConfig
@@ -58,7 +58,7 @@ GPU_RUN = {
 }
 
 
-def model_config(cfg: FrontierConfig):
+def model_config(cfg):
     """(name, GPTConfig, compact vocabulary or None) of the sweep's model, from the preset (a
     local --base_model: its config.json)."""
     from data import Tokenizer, synthetic_vocab
@@ -88,7 +88,7 @@ def safetensors_bytes(shapes: dict, metadata: dict | None = None) -> int:
     return 8 + -(-len(json.dumps(header, separators=(",", ":"))) // 8) * 8 + n
 
 
-def sizes(cfg: FrontierConfig) -> dict:
+def sizes(cfg) -> dict:
     """The model's name and parameter count; the bytes of its checkpoint folder (config.json,
     model.safetensors as model.save_pretrained writes it, compact_vocab.json) and of a linear
     head file (reward or value head)."""
@@ -166,7 +166,7 @@ def gpu_rate(sz: dict) -> dict:
     return r
 
 
-def budget(cfg: FrontierConfig, steps) -> tuple[list[dict], dict]:
+def budget(cfg, steps) -> tuple[list[dict], dict]:
     """One row per step of frontier.plan: its counts, checkpoints, bytes and estimated seconds
     (training, and for a sweep run evaluating its checkpoints); and the model's sizes."""
     sz = sizes(cfg)
@@ -234,7 +234,7 @@ def disk(rows: list[dict], keep_checkpoints: bool = False, keep_last: bool = Tru
     return peak, at, held
 
 
-def print_plan(cfg: FrontierConfig, steps) -> dict:
+def print_plan(cfg, steps) -> dict:
     """Print the plan of a sweep (see the module docstring); return it as a dict."""
     rows, sz = budget(cfg, steps)
     gb = lambda b: f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB"
@@ -256,8 +256,6 @@ def print_plan(cfg: FrontierConfig, steps) -> dict:
               f"{hm(r['eval_seconds']) if r['sweep'] else '':>7}")
     d = {k: disk(rows, **kw) for k, kw in (("pruned", {}), ("no_keep_last", dict(keep_last=False)),
                                           ("keep_checkpoints", dict(keep_checkpoints=True)))}
-    from frontier import keeps_last
-
     mode = ("keep_checkpoints" if cfg.keep_checkpoints else
             "pruned" if keeps_last(cfg) else "no_keep_last")
     print(f"checkpoints: {sum(r['ckpts'] + r['best'] for r in rows)} written, "

@@ -20,9 +20,10 @@ from data import (
     make_prefixes,
     pair_row,
     stream_indices,
-    synthetic_reviews,
     synthetic_vocab,
 )
+from synthetic import reviews as grammar
+from synthetic.reviews import synthetic_reviews
 
 # ----------------------------------------------------------------------------- tokenizer
 
@@ -277,7 +278,7 @@ def test_synthetic_reviews_deterministic_and_balanced():
 
 
 def test_synthetic_reviews_mix_sentiment():
-    pos, neg = set(data.POSITIVE), set(data.NEGATIVE)
+    pos, neg = set(grammar.POSITIVE), set(grammar.NEGATIVE)
     reviews = synthetic_reviews(2000, seed=0)
     both = [bool(words_of(t) & pos) and bool(words_of(t) & neg) for t, _ in reviews]
     assert 0.25 < sum(both) / len(both) < 0.9  # mixed, but not everywhere
@@ -290,7 +291,7 @@ def test_synthetic_reviews_mix_sentiment():
 
 
 def test_synthetic_p_agree_one_is_unmixed():
-    pos, neg = set(data.POSITIVE), set(data.NEGATIVE)
+    pos, neg = set(grammar.POSITIVE), set(grammar.NEGATIVE)
     for text, y in synthetic_reviews(300, seed=0, p_agree=1.0):
         assert not words_of(text) & (neg if y else pos)
 

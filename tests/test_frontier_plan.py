@@ -9,14 +9,15 @@ import pytest
 
 from plumbing import plan as budget
 import frontier
+from plumbing import presets
 from plumbing import prune
 from plumbing.utils import list_checkpoints, read_jsonl
 
 
-def mini_preset(ground_truth: str) -> frontier.Preset:
+def mini_preset(ground_truth: str) -> presets.Preset:
     """The tiny preset cut down to seconds: one value per sweep, a few steps per run, a few
     checkpoints each, the session pipeline's label classifier as the ground truth."""
-    t = frontier.PRESETS["tiny"]
+    t = presets.PRESETS["tiny"]
     return dataclasses.replace(
         t, ground_truth=ground_truth,
         sft=dict(t.sft, steps=20, batch_size=16, micro_batch=16, warmup=5, eval_every=10,
@@ -43,7 +44,7 @@ def folder_bytes(path: str) -> int:
 # ----------------------------------------------------------------------------- the plan alone
 
 
-@pytest.mark.parametrize("preset", list(frontier.PRESETS))
+@pytest.mark.parametrize("preset", list(presets.PRESETS))
 def test_plan_prints_every_step_and_runs_nothing(preset, monkeypatch, capsys):
     import model
 
@@ -200,7 +201,7 @@ def test_evaluating_every_kth_checkpoint_survives_pruning(tmp_path, monkeypatch)
 
 @pytest.mark.slow  # ~30 s: in CI's slow run (python -m pytest -m slow)
 def test_plan_matches_what_a_reduced_sweep_writes(pipeline, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(frontier.PRESETS, "mini", mini_preset(pipeline.gt))
+    monkeypatch.setitem(presets.PRESETS, "mini", mini_preset(pipeline.gt))
     out = str(tmp_path / "mini")
     cfg = frontier.FrontierConfig(preset="mini", out_dir=out, device="cpu", jobs=1)
     steps = frontier.plan(cfg)
@@ -272,11 +273,11 @@ def test_sweep_in_parallel_gives_the_rows_of_one_process(pipeline, tmp_path, mon
     started again, everything is skipped."""
     import torch
 
-    monkeypatch.setitem(frontier.PRESETS, "mini", mini_preset(pipeline.gt))
+    monkeypatch.setitem(presets.PRESETS, "mini", mini_preset(pipeline.gt))
     one = frontier.FrontierConfig(preset="mini", out_dir=str(tmp_path / "one"), device="cpu",
                                   jobs=1)
     two = dataclasses.replace(one, out_dir=str(tmp_path / "two"), jobs=2)
-    assert frontier.n_jobs(one) == 1 and frontier.n_jobs(two) == 2
+    assert presets.n_jobs(one) == 1 and presets.n_jobs(two) == 2
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in each worker: then the floats agree to the last bit
     try:
@@ -308,13 +309,13 @@ def test_sweep_in_parallel_gives_the_rows_of_one_process(pipeline, tmp_path, mon
 
 
 def test_the_tiny_preset_runs_its_sweep_in_parallel_on_the_cpu(monkeypatch):
-    monkeypatch.setattr(frontier, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(presets, "cpu_cores", lambda: 2)
     tiny = frontier.FrontierConfig(preset="tiny", device="cpu")
-    assert frontier.n_jobs(tiny) == 2
-    assert frontier.n_jobs(dataclasses.replace(tiny, jobs=1)) == 1
-    assert frontier.n_jobs(dataclasses.replace(tiny, preset="gpt2")) == 1  # one GPU
-    assert frontier.n_jobs(dataclasses.replace(tiny, device="cuda")) == 1
-    monkeypatch.setattr(frontier, "cpu_cores", lambda: 16)
-    assert frontier.n_jobs(tiny) == 4
-    monkeypatch.setattr(frontier, "fcntl", None)  # no file locks (Windows): one process
-    assert frontier.n_jobs(tiny) == 1
+    assert presets.n_jobs(tiny) == 2
+    assert presets.n_jobs(dataclasses.replace(tiny, jobs=1)) == 1
+    assert presets.n_jobs(dataclasses.replace(tiny, preset="gpt2")) == 1  # one GPU
+    assert presets.n_jobs(dataclasses.replace(tiny, device="cuda")) == 1
+    monkeypatch.setattr(presets, "cpu_cores", lambda: 16)
+    assert presets.n_jobs(tiny) == 4
+    monkeypatch.setattr(presets, "fcntl", None)  # no file locks (Windows): one process
+    assert presets.n_jobs(tiny) == 1

@@ -8,7 +8,7 @@ import pytest
 
 from hh_tldr import run as hh_tldr
 import sft
-from hh_tldr.preferences import dialogue_vocab
+from synthetic.dialogues import dialogue_vocab
 from plumbing.utils import list_checkpoints, read_jsonl
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from plumbing import flags as cli
 import data
-from plumbing import utils
+from plumbing import presets, utils
 
 from conftest import closed_port
 
@@ -111,7 +111,7 @@ def test_check_fields_names_the_flag(tmp_path):
 def test_every_preset_is_in_range():
     import frontier
 
-    for preset in frontier.PRESETS:
+    for preset in presets.PRESETS:
         for _, _, c in frontier.plan(frontier.FrontierConfig(preset=preset)):
             cli.check_fields(c, paths=False)
 
@@ -133,8 +133,8 @@ def test_frontier_rejects_a_bad_preset_value_before_running(monkeypatch):
     import frontier
 
     calls = []
-    bad = dataclasses.replace(frontier.PRESETS["tiny"], target_kls=(3.0, -1.0))
-    monkeypatch.setitem(frontier.PRESETS, "bad", bad)
+    bad = dataclasses.replace(presets.PRESETS["tiny"], target_kls=(3.0, -1.0))
+    monkeypatch.setitem(presets.PRESETS, "bad", bad)
     monkeypatch.setattr(frontier, "sft_main", lambda c: calls.append(c))
     with pytest.raises(ValueError, match="--target_kl"):
         frontier.main(frontier.FrontierConfig(preset="bad"))

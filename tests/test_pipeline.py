@@ -28,7 +28,7 @@ import reward
 from plumbing import runs
 import sft
 from data import (
-    PROTOCOL, _opinion, load_reviews, load_tokenizer, make_prefixes, pair_row,
+    PROTOCOL, load_reviews, load_tokenizer, make_prefixes, pair_row,
 )
 from dpo import DPOConfig
 from evaluate import EvalConfig
@@ -38,6 +38,7 @@ from reward import RMConfig
 from sft import SFTConfig
 from plumbing.runs import log_row
 from plumbing.utils import list_checkpoints, read_jsonl, write_jsonl
+from synthetic.reviews import _opinion
 from model import gpt_folder
 
 from conftest import without_timing

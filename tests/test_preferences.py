@@ -13,6 +13,7 @@ from collections import Counter
 import pytest
 
 from hh_tldr import preferences as P
+from synthetic import dialogues as D
 from data import PAIR_KEYS, Tokenizer, check_pairs
 from plumbing.utils import read_jsonl
 
@@ -269,14 +270,14 @@ def test_detect_format():
 
 
 def test_synthetic_dialogues_deterministic_and_follow_the_rule():
-    rows = P.synthetic_dialogues(2000, 0)
-    assert rows == P.synthetic_dialogues(2000, 0) and rows != P.synthetic_dialogues(2000, 1)
-    assert P.synthetic_dialogues(10, 0) == rows[:10]
+    rows = D.synthetic_dialogues(2000, 0)
+    assert rows == D.synthetic_dialogues(2000, 0) and rows != D.synthetic_dialogues(2000, 1)
+    assert D.synthetic_dialogues(10, 0) == rows[:10]
     right = {"chosen": 0, "rejected": 0}
     for row in rows:
         prompt, chosen, rejected = P.split_hh(row["chosen"], row["rejected"])
         assert prompt.startswith(f"{H} ") and prompt.count(A) == 1
-        c, r = P.dialogue_reward(prompt, chosen), P.dialogue_reward(prompt, rejected)
+        c, r = D.dialogue_reward(prompt, chosen), D.dialogue_reward(prompt, rejected)
         assert c >= r  # the rule never prefers the rejected reply
         right["chosen"] += c
         right["rejected"] += r
@@ -286,30 +287,30 @@ def test_synthetic_dialogues_deterministic_and_follow_the_rule():
         assert words(rejected)[1:-1] == words(chosen)[1:-1]
         q = prompt.removesuffix(A).split(". ")[-1].split("! ")[-1]
         if " plus " in q:  # arithmetic, checked here rather than by the module's own table
-            a, b = (P.NUMBERS.index(w) for w in q.rstrip("?").split()[-3::2])
-            assert chosen.endswith(f" is {P.NUMBERS[a + b]}.") == bool(c)
-            assert rejected.endswith(f" is {P.NUMBERS[a + b]}.") == bool(r)
+            a, b = (D.NUMBERS.index(w) for w in q.rstrip("?").split()[-3::2])
+            assert chosen.endswith(f" is {D.NUMBERS[a + b]}.") == bool(c)
+            assert rejected.endswith(f" is {D.NUMBERS[a + b]}.") == bool(r)
     # each reply is right with probability 1/2: the better of two is right 3/4 of the time, the
     # worse 1/4 (2,000 rows: standard error about 0.01)
     assert abs(right["chosen"] / len(rows) - 0.75) < 0.04
     assert abs(right["rejected"] / len(rows) - 0.25) < 0.04
-    assert P.dialogue_reward(f"{H} Hi! What is two plus two?{A}", " Well: Two plus two is four.")
+    assert D.dialogue_reward(f"{H} Hi! What is two plus two?{A}", " Well: Two plus two is four.")
 
 
 def test_synthetic_parquet_equals_in_memory_and_fits_the_compact_vocab(tmp_path):
     sizes = {"train": 200, "test": 20}
-    folder = P.write_synthetic_dialogues(str(tmp_path / "dialogues"), seed=3, sizes=sizes)
+    folder = D.write_synthetic_dialogues(str(tmp_path / "dialogues"), seed=3, sizes=sizes)
     assert sorted(os.listdir(folder)) == ["test-00000-of-00001.parquet",
                                           "train-00000-of-00001.parquet"]
     kw = dict(tokenizer="dialogue", max_length=64, max_prompt_length=32, seed=3)
     _, from_folder = run(tmp_path, folder, split="test", **kw)
     stats, in_memory = run(tmp_path, "synthetic", split="test", n=20, **kw)
     # two replies drawn alike can be the same text: no preference, dropped and counted
-    rows = P.synthetic_dialogues(20, P.seed_for(3, 1))  # the test split of seed 3
+    rows = D.synthetic_dialogues(20, D.seed_for(3, 1))  # the test split of seed 3
     identical = sum(r["chosen"] == r["rejected"] for r in rows)
     assert from_folder == in_memory and stats["dropped/identical"] == identical
     assert len(in_memory) == 20 - identical > 0
-    tok = Tokenizer(P.dialogue_vocab())
+    tok = Tokenizer(D.dialogue_vocab())
     assert tok.vocab_size < 200
     ids = [i for r in from_folder for k in PAIR_KEYS[:3] for i in r[k]]
     assert tok.unk_id not in ids  # the vocabulary covers every text of the grammar
@@ -326,7 +327,7 @@ def test_synthetic_validation_split_is_a_third_stream(tmp_path):
     assert len(val) > 300 and val != test
     assert [r["chosen"] for r in test[:5]] == [
         P.split_hh(r["chosen"], r["rejected"])[1]
-        for r in P.synthetic_dialogues(400, P.seed_for(0, 1)) if r["chosen"] != r["rejected"]][:5]
+        for r in D.synthetic_dialogues(400, D.seed_for(0, 1)) if r["chosen"] != r["rejected"]][:5]
     pairs = lambda rows: {(r["prompt"], r["chosen"], r["rejected"]) for r in rows}
     assert len(pairs(val) & pairs(test)) < len(val) // 4  # a few repeats: the grammar is small
     with pytest.raises(ValueError, match="splits train, test, validation, not 'dev'"):

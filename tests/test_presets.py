@@ -6,13 +6,14 @@ import os
 import pytest
 
 import frontier
+from plumbing import presets
 import ppo
 
 
-@pytest.mark.parametrize("preset", list(frontier.PRESETS))
+@pytest.mark.parametrize("preset", list(presets.PRESETS))
 def test_kl_controller_can_move_its_coefficient_four_fold_both_ways(preset):
-    p = frontier.PRESETS[preset]
-    low, high = frontier.kl_coef_range(p.ppo)
+    p = presets.PRESETS[preset]
+    low, high = presets.kl_coef_range(p.ppo)
     assert low <= 1 / 4 and high >= 4, (preset, low, high)
     # the same bound, by running the controller itself at a KL far above / below the target
     c = ppo.PPOConfig(**p.ppo)
@@ -25,7 +26,7 @@ def test_kl_controller_can_move_its_coefficient_four_fold_both_ways(preset):
 
 def test_the_old_gpt2_horizon_was_inert():
     # 40 iterations of 256 samples against a 10,000-sample horizon: x0.81 .. x1.23 at most
-    low, high = frontier.kl_coef_range(dict(frontier.PRESETS["gpt2"].ppo, horizon=10000))
+    low, high = presets.kl_coef_range(dict(presets.PRESETS["gpt2"].ppo, horizon=10000))
     assert 0.8 < low < 0.82 and 1.22 < high < 1.24
 
 
@@ -35,7 +36,7 @@ def test_seeds_repeat_every_trained_method():
     dirs = lambda steps: [c.out_dir for _, _, c in steps if hasattr(c, "out_dir")]
     assert set(dirs(one)) <= set(dirs(three))  # seed 0 keeps its folders: a 1-seed run extends
     assert len(dirs(three)) == len(set(dirs(three)))
-    p = frontier.PRESETS["tiny"]
+    p = presets.PRESETS["tiny"]
     for kind, n in (("dpo_beta", len(p.betas)), ("unlikelihood_alpha", len(p.alphas)),
                     ("ppo_kl", len(p.target_kls)), ("ppo_gt_kl", len(p.target_kls))):
         cfgs = [c for _, _, c in three if hasattr(c, "out_dir")
@@ -66,7 +67,7 @@ def test_the_tiny_preset_follows_one_rule():
     """README "The rule": four values per sweep (Preferred-FT: four seeds); one learning rate
     for every stage that trains the policy; every trained stage (the RM too) stops on its own
     validation signal (patience), within a cap of about 3 passes over its data."""
-    p = frontier.PRESETS["tiny"]
+    p = presets.PRESETS["tiny"]
     assert len(p.betas) == len(p.alphas) == len(p.target_kls) == len(p.pft_seeds) == 4
     assert p.betas == (0.05, 0.1, 1.0, 5.0) and p.alphas == (0.05, 0.1, 0.5, 1.0)
     assert p.target_kls == (3.0, 6.0, 9.0, 12.0)  # the paper's grids (its section 6.1 sweep)

@@ -40,7 +40,7 @@ import torch
 from plumbing import flags as cli
 from plumbing import runs
 from plumbing import utils
-from data import synthetic_reviews
+from synthetic.reviews import synthetic_reviews
 from model import GPT
 
 from conftest import without_timing

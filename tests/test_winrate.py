@@ -346,8 +346,8 @@ def test_unreachable_endpoint_and_missing_key(tiny, judge, tmp_path, monkeypatch
 
 def test_cli_errors_are_one_line(tiny, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    base = [sys.executable, "-m", "hh_tldr.winrate", "--policies", f"sft={tiny.sft}", "--test", tiny.pairs,
-            "--judge", "openai:m", "--n", "2", "--temperatures", "0", "--max_new_tokens", "4",
+    base = [sys.executable, "-m", "hh_tldr.winrate", "--policies", f"sft={tiny.sft}",
+            "--test", tiny.pairs, "--judge", "openai:m", "--n", "2", "--temperatures", "0", "--max_new_tokens", "4",
             "--retries", "1", "--retry_delay", "0.001", "--device", "cpu"]
     results = str(tmp_path / "winrate.jsonl")  # what winrate.py writes, by hand
     write_jsonl(results, [dict(policy=p, temperature=t, win_rate=w, stderr=0.05, judge="rm:x",
