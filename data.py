@@ -208,10 +208,11 @@ def sft_sequences(texts: list[str], tok: Tokenizer, max_len: int) -> list[list[i
 
 
 def stream_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
-    """Example indices of batch `step` in an endless stream of shuffled epochs over n examples.
+    """Example indices of the batch of step `step` (1, 2, ...) in an endless stream of shuffled
+    epochs over n examples.
 
     The batch depends on (step, seed) alone, so resuming a run needs nothing but its step."""
-    start = step * batch_size
+    start = (step - 1) * batch_size
     out = []
     while len(out) < batch_size:
         epoch, pos = divmod(start + len(out), n)

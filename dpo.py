@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from plumbing.flags import run_main
+from plumbing.runs import run_main
 from data import check_pairs, collate_pairs, load_tokenizer, split_pairs, stream_indices
 from model import GPT, gpt_folder, token_logprobs
 from plumbing.runs import Run
@@ -214,7 +214,9 @@ def evaluate_pairs(cfg, model, rows, idx, ref_c, ref_r, pad_id):
     return {k if k == "loss/eval" else f"eval/{k}": v / n for k, v in sums.items()}
 
 
-def main(cfg: DPOConfig):
+def main(cfg: DPOConfig, on_checkpoint=None):
+    """Train; returns the log's rows. on_checkpoint(run folder), if given, is called after each
+    checkpoint is written (frontier.py evaluates it there)."""
     run = Run(cfg, distributed=True)  # refuses a folder of another config; writes nothing yet
     check_config(cfg)
     if run.done:
@@ -280,6 +282,8 @@ def main(cfg: DPOConfig):
         run.log(row, show=("loss/train", "rewards/accuracy"))
         if run.due(cfg.save_every):
             run.save(opt, model, tok)
+            if on_checkpoint:
+                on_checkpoint(run.dir)
     return run.finish()
 
 

@@ -12,8 +12,9 @@ worker process each (--jobs, below); otherwise every step runs in this process.
     python frontier.py --preset paper --plan   # steps, checkpoints, disk, time: runs nothing
 
 Each checkpoint of a sweep run (DPO, Unlikelihood, Preferred-FT, PPO, PPO-GT) is evaluated into
-frontier.jsonl as soon as it is written, in the training process (runs.Run.after_save), and the
-evaluated ones before it are deleted: a run in training holds the one it resumes from. When a run
+frontier.jsonl as soon as it is written, in the training process (run_step passes its main an
+on_checkpoint), and the evaluated ones before it are deleted: a run in training holds the one it
+resumes from. When a run
 is done, its last checkpoint stays (--keep_last, the tiny preset's default) or goes too
 (--no-keep_last, the GPU presets' default: their rows stay). The state.pt of every finished run
 goes (a finished run never resumes), and so do the step checkpoints of the finished reward model
@@ -41,11 +42,13 @@ from reward import train as rm_train
 from sft import SFTConfig
 from sft import main as sft_main
 
-from plumbing.flags import check_fields, run_main
+from plumbing.flags import check_fields
+
+from plumbing.runs import run_main
 from plumbing.plan import print_plan
 from plumbing.presets import PRESETS, keeps_last, n_jobs
 from plumbing.prune import evaluate_live, evaluate_run, prune
-from plumbing.runs import Run, is_done, open_run
+from plumbing.runs import is_done, open_run, stopped
 from plumbing.utils import list_checkpoints, read_jsonl
 from plumbing.workers import cpu_cores, run_in_workers
 from theory.optimum import OptimumConfig
@@ -130,6 +133,7 @@ def plan(cfg: FrontierConfig):
 
 
 def main(cfg: FrontierConfig):
+    check_fields(cfg)
     steps = plan(cfg)
     for _, _, c in steps:  # every stage's settings in range before the first one starts
         check_fields(c, paths=False)
@@ -172,12 +176,13 @@ def run_step(i: int, n: int, name: str, fn, c, final: EvalConfig, cfg: FrontierC
         print(f"[{i}/{n}] {name} -> {folder or c.out}", flush=True)
         # a sweep run's checkpoints are evaluated as they are written (evaluate.main's every-k
         # thinning aside), and the ones before them deleted
-        live = sweep_run and not cfg.keep_checkpoints and final.every == 1
-        Run.after_save = (lambda r: evaluate_live(r.dir, final)) if live else None
         try:
-            fn(c)
-        finally:
-            Run.after_save = None
+            if sweep_run and not cfg.keep_checkpoints and final.every == 1:
+                fn(c, on_checkpoint=lambda run_dir: evaluate_live(run_dir, final))
+            else:
+                fn(c)
+        except KeyboardInterrupt:  # Ctrl-C: say which run stopped where
+            raise KeyboardInterrupt(stopped(folder)) from None
         timings[name] = time.time() - t0
     if sweep_run:  # a sweep run: its points (those not evaluated live), then what's needed
         t0 = time.time()

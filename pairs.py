@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from plumbing.flags import run_main
+from plumbing.runs import run_main
 from data import PROTOCOL, load_prefixes, load_tokenizer, pair_row
 from model import GPT, gpt_folder, sample_completions
 from reward import load_ground_truth
@@ -71,10 +71,10 @@ def main(cfg: PairsConfig):
     write_jsonl(path, [r for r in read_jsonl(path) if r["prefix_index"] < run.step * cfg.chunk])
 
     n_chunks = (len(prefixes) + cfg.chunk - 1) // cfg.chunk
-    for c in run.steps(n_chunks, desc="pairs", unit="chunk"):
-        first = c * cfg.chunk
+    for n in run.steps(n_chunks, desc="pairs", unit="chunk"):  # chunk n: prefixes from `first`
+        first = (n - 1) * cfg.chunk
         chunk = prefixes[first: first + cfg.chunk]
-        g = torch.Generator(device=device).manual_seed(seed_for(cfg.seed, c))
+        g = torch.Generator(device=device).manual_seed(seed_for(cfg.seed, n - 1))
         prompts = [p for p in chunk for _ in range(cfg.samples)]  # each prefix `samples` times
         comps = sample_completions(policy, prompts, len(prompts), g, tok.eos_id,
                                    **PROTOCOL.sampling())

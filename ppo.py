@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from plumbing.flags import run_main
+from plumbing.runs import run_main
 from data import (
     PROTOCOL, collate, last_index, load_prefixes, load_tokenizer, stream_indices,
 )
@@ -264,7 +264,9 @@ def score_rollouts(cfg, scorer, tok, prompts, comps):
     return scorer([tok.decode(s) for s in seqs], batch_size=cfg.score_batch, progress=False)
 
 
-def main(cfg: PPOConfig):
+def main(cfg: PPOConfig, on_checkpoint=None):
+    """Train; returns the log's rows. on_checkpoint(run folder), if given, is called after each
+    checkpoint is written (frontier.py evaluates it there)."""
     run = Run(cfg)  # refuses a folder of another config; writes nothing yet
     check_config(cfg)
     if run.done:
@@ -300,7 +302,7 @@ def main(cfg: PPOConfig):
         t0 = time.time()
         policy.eval()
         prompts = [pool[i] for i in stream_indices(len(pool), cfg.batch_size, step, cfg.seed)]
-        g = torch.Generator(device=device).manual_seed(seed_for(cfg.seed, step))
+        g = torch.Generator(device=device).manual_seed(seed_for(cfg.seed, step - 1))
         comps = sample_completions(policy, prompts, cfg.gen_batch, g, tok.eos_id,
                                    **PROTOCOL.sampling())
         x, m = collate(prompts, comps, tok.eos_id)
@@ -322,7 +324,7 @@ def main(cfg: PPOConfig):
         # ---- update: ppo_epochs passes of clipped policy + value steps over minibatches
         t0 = time.time()
         stats = ppo_update(cfg, run, policy, value_head, opt, x, m, mask, old_lp, old_values,
-                           advantages, returns, seed_for(cfg.seed, step))
+                           advantages, returns, seed_for(cfg.seed, step - 1))
         t_update = time.time() - t0
 
         n_tokens = sum(map(len, prompts)) + sum(map(len, comps))
@@ -341,6 +343,8 @@ def main(cfg: PPOConfig):
         if run.due(cfg.save_every):
             run.save(opt, policy, tok, value_head, kl_coef=kl_coef,
                      moments=dict(moments.__dict__))
+            if on_checkpoint:
+                on_checkpoint(run.dir)
     return run.finish()
 
 

@@ -19,8 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from plumbing.flags import first_paragraph as cli_first_paragraph
-from plumbing.flags import run_main
+from plumbing.runs import first_paragraph, run_main
 from data import (
     Tokenizer, check_pairs, collate, held_out_sample, load_reviews, load_tokenizer, split_pairs,
     stream_indices,
@@ -333,6 +332,6 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "train":
         run_main(train, RMConfig, sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
-        print(cli_first_paragraph(__doc__) + "\n\n" + USAGE)
+        print(first_paragraph(__doc__) + "\n\n" + USAGE)
     else:
         sys.exit(USAGE)

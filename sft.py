@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from plumbing.flags import run_main
+from plumbing.runs import run_main
 from data import (
     Tokenizer, check_pairs, collate, held_out_sample, is_token_ids, load_reviews, load_tokenizer,
     sft_sequences, split_pairs, stream_indices, synthetic_vocab,
@@ -143,7 +143,9 @@ def eval_loss(model, prompts, completions, pad_id, micro_batch, device):
     return total / max(count, 1)
 
 
-def main(cfg: SFTConfig):
+def main(cfg: SFTConfig, on_checkpoint=None):
+    """Train; returns the log's rows. on_checkpoint(run folder), if given, is called after each
+    checkpoint is written (frontier.py evaluates it there)."""
     run = Run(cfg, distributed=True)  # refuses a folder of another config; writes nothing yet
     if run.done:
         return run.history
@@ -193,6 +195,8 @@ def main(cfg: SFTConfig):
         run.log(row, show=("loss/train",))
         if run.due(cfg.save_every):
             run.save(opt, model, tok)
+            if on_checkpoint:
+                on_checkpoint(run.dir)
     return run.finish()
 
 

@@ -51,7 +51,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from plumbing.flags import run_main
+from plumbing.flags import check_fields
+from plumbing.runs import run_main
 from data import PAIR_KEYS, Tokenizer, _load_dataset, load_tokenizer
 from plumbing.utils import atomic_write, resolve_checkpoint, seed_for
 from synthetic.dialogues import SYNTHETIC_SIZES, dialogue_vocab, synthetic_dialogues
@@ -286,6 +287,7 @@ def write_atomic(path: str, write):
 
 
 def main(cfg: PreferencesConfig) -> dict:
+    check_fields(cfg)
     if cfg.format not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, not {cfg.format!r}")
     if not 0 < cfg.max_prompt_length < cfg.max_length:

@@ -30,7 +30,9 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from plumbing.flags import check_fields, run_main
+from plumbing.flags import check_fields
+
+from plumbing.runs import run_main
 from data import load_tokenizer
 from dpo import DPOConfig
 from dpo import main as dpo_main
@@ -277,6 +279,7 @@ def mean_over_seeds(per_seed: list[list[dict]], correct: list[list[dict]]) -> li
 
 
 def main(cfg: ExperimentConfig):
+    check_fields(cfg)
     steps = plan(cfg)
     for _, _, c in steps:  # every stage's settings, and the judge, before the first one starts
         check_fields(c, paths=False)

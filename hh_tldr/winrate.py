@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from plumbing.flags import run_main
+from plumbing.flags import check_fields
+from plumbing.runs import run_main
 from data import load_tokenizer
 from hh_tldr.judge import PROMPTS, openai_judge
 from model import GPT, gpt_folder, sample_completions
@@ -213,6 +214,7 @@ def check_config(cfg: WinRateConfig):
 
 
 def main(cfg: WinRateConfig) -> list[dict]:
+    check_fields(cfg)
     judge_kind, judge_spec = check_config(cfg)
     policies = parse_policies(cfg.policies)
     kind, rows = load_test(cfg.test)

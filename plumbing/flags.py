@@ -1,4 +1,4 @@
-"""A config dataclass as command-line flags, and the `if __name__ == "__main__"` of every script.
+"""A config dataclass as command-line flags, and the check of its fields' ranges.
 
 Each field of a script's config becomes `--field` (its `# comment` is the help text), so the flags,
 their defaults and `main(cfg)` called from a notebook are the same thing.
@@ -9,7 +9,6 @@ import dataclasses
 import inspect
 import os
 import re
-import sys
 import types
 import typing
 
@@ -145,41 +144,3 @@ def config_to_argv(cfg) -> list[str]:
         else:
             argv += [f"--{f.name}", str(v)]
     return argv
-
-
-def run_main(main, cls, argv=None, epilog=None):
-    """`if __name__ == "__main__"` of every script: parse flags, run, and turn bad input into one
-    readable line and exit status 1 (set DPO_DEBUG=1 for the traceback). --help shows the first
-    paragraph of the script's docstring."""
-    doc = sys.modules[main.__module__].__doc__
-    cfg = parse_config(cls, argv, description=first_paragraph(doc), epilog=epilog)
-    try:
-        check_fields(cfg)
-        main(cfg)
-    except (ValueError, OSError, FloatingPointError) as e:
-        if os.environ.get("DPO_DEBUG"):
-            raise
-        _close_bars()
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:  # Ctrl-C: where the run stopped and how to go on, no traceback
-        if os.environ.get("DPO_DEBUG"):
-            raise
-        _close_bars()
-        from plumbing.runs import Run
-
-        print(Run.current.stopped() if Run.current else "stopped", file=sys.stderr)
-        sys.exit(130)
-
-
-def _close_bars():
-    from tqdm import tqdm
-
-    for bar in list(getattr(tqdm, "_instances", ())):  # a bar left open would redraw after
-        bar.close()
-
-
-def first_paragraph(doc: str | None) -> str | None:
-    """A docstring's first paragraph, on one line: a --help description that ends where its
-    sentence does."""
-    return " ".join(doc.strip().split("\n\n")[0].split()) if doc else None

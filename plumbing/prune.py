@@ -1,6 +1,6 @@
 """A sweep run's checkpoints as they are written: each evaluated into the results file
 (frontier.jsonl) once, then deleted when nothing needs it any more. frontier.py calls this
-between its steps, and, through runs.Run.after_save, while a sweep run trains.
+between its steps, and, through the on_checkpoint argument of a sweep run's main, while it trains.
 
 A checkpoint is deleted only after its row is in the results file, and by an atomic rename
 first, so a kill at any moment resumes with nothing evaluated twice and nothing lost: a rerun
@@ -14,7 +14,7 @@ import shutil
 
 from evaluate import EvalConfig, checkpoints_of
 from evaluate import main as evaluate_main
-from plumbing.runs import is_done
+from plumbing.runs import is_done, rng_state, set_rng_state
 from plumbing.utils import list_checkpoints, read_jsonl
 
 
@@ -67,11 +67,15 @@ def evaluate_run(run: str, ev: EvalConfig, thin: bool) -> int:
 
 
 def evaluate_live(run: str, ev: EvalConfig):
-    """While a sweep run trains (Run.after_save, just after a checkpoint and its state.pt are
-    written): evaluate its checkpoints that have no row yet, then delete every evaluated one
-    but the newest, the one the run resumes from. The plot waits for the sweep's end."""
+    """While a sweep run trains (the on_checkpoint that frontier.py passes to its main, called
+    just after a checkpoint and its state.pt are written): evaluate its checkpoints that have no
+    row yet, then delete every evaluated one but the newest, the one the run resumes from. The
+    global RNG state is restored afterwards, so the run trains on as it would without it. The
+    plot waits for the sweep's end."""
+    kept = rng_state()
     evaluate_run(run, dataclasses.replace(ev, plot=False), thin=False)
     remove_evaluated(run, ev.out, keep_last=True)
+    set_rng_state(kept)
 
 
 def remove_evaluated(run: str, results: str, keep_last: bool) -> int:

@@ -2,8 +2,8 @@
 progress bar; the NaN check; the log; checkpoints; `done`. A training script uses it like this,
 its loop straight down the page:
 
-    run = Run(cfg)                     # refuses a folder holding another config; writes nothing
-    if run.done:
+    run = Run(cfg)                     # checks the fields, refuses a folder holding another
+    if run.done:                       # config; writes nothing
         return run.history
     model = GPT.from_pretrained(run.resume_from or cfg.init)
     ...                                # load every input: bad input raises here, nothing written
@@ -11,14 +11,19 @@ its loop straight down the page:
     opt = ...
     run.restore(opt)                   # resuming: optimizer, RNG and step from state.pt
     run.stop_when_stalled("loss/eval", cfg.patience)  # optional early stopping (0: off)
-    for step in run.steps(total):      # step 0, 1, ... from where the run stands; a progress bar
+    for step in run.steps(total):      # step 1, 2, ... from where the run stands; a progress bar
         ...
         run.check(loss)                # a NaN or inf loss stops before the update
         ...
         run.log({"loss/train": ...})   # one row of log.jsonl, with this step's number
         if run.due(cfg.save_every):    # (also true at the step early stopping ends the run)
             run.save(opt, model, tok)  # step_XXXXXX/ and state.pt, each written atomically
+            if on_checkpoint:          # the caller's own use of it (frontier.py: evaluate it)
+                on_checkpoint(run.dir)
     return run.finish()                # `done`
+
+and its `if __name__ == "__main__"` is `run_main(main, Config)`: flags in, one `error:` line out
+for bad input, and on Ctrl-C the step the same command resumes from.
 
 A run folder:
     run_config.json   the resolved config; another config there is refused, --overwrite restarts
@@ -51,7 +56,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from plumbing.flags import check_fields
+from plumbing.flags import check_fields, parse_config
 from plumbing.utils import (
     append_jsonl, atomic_torch_save, atomic_write, atomic_write_json, ddp_barrier, ddp_init,
     ddp_mean, get_device, list_checkpoints, read_jsonl, step_dir, write_folder, write_jsonl,
@@ -64,13 +69,6 @@ class Run:
     distributed: under torchrun, this process's rank and world size; rank 0 alone writes the
     folder, the others compute along (and their logging and saving are no-ops).
     """
-
-    current = None  # the Run of this process, for cli.run_main's Ctrl-C message
-    # called as after_save(run) once a checkpoint and its state.pt are written (rank 0): how
-    # frontier.py evaluates each checkpoint of a sweep run as soon as it exists, then deletes
-    # the evaluated ones before it. The RNG state is restored after it, so the run trains on as
-    # it would without it.
-    after_save = None
 
     def __init__(self, cfg, distributed: bool = False):
         check_fields(cfg)  # every field in its range, the input files there: else one error
@@ -90,7 +88,6 @@ class Run:
         self.saved = self.step  # the step of the last state.pt: where the same command resumes
         self.total, self._bar, self._t0 = None, None, time.time()
         self._stop, self.stalled = None, False  # early stopping: (key, patience, mode); stopped?
-        Run.current = self
         if self.done:
             self.say(f"{self.dir} is already done; its outputs are there (log.jsonl, checkpoints)")
         else:
@@ -147,9 +144,9 @@ class Run:
         self.stalled = flag
 
     def steps(self, total: int, desc: str | None = None, unit: str = "step"):
-        """Yield the 0-based index of each step still to take, under a progress bar. While the
-        body runs, `run.step` is the step's 1-based number: the one log, check and save use.
-        Early stopping (stop_when_stalled) may end it before `total`."""
+        """Yield the number of each step still to take, 1 .. total, under a progress bar; it is
+        also `run.step`, the number log, check and save use. Early stopping (stop_when_stalled)
+        may end it before `total`."""
         self.total = total
         self._bar = tqdm(total=total, initial=min(self.step, total), unit=unit,
                          desc=desc or os.path.basename(os.path.normpath(self.dir)),
@@ -157,7 +154,7 @@ class Run:
         while self.step < total and not self.stalled:
             self._t0 = time.time()
             self.step += 1
-            yield self.step - 1
+            yield self.step
             self._bar.update(1)
         self._bar.close()
 
@@ -228,22 +225,12 @@ class Run:
                     save = getattr(part, "save_pretrained", None) or part.save
                     save(folder)
             save_checkpoint(self.dir, self.step, write, state)
-            if Run.after_save is not None:
-                kept = rng_state()
-                Run.after_save(self)
-                set_rng_state(kept)
         self.saved = self.step
 
     def say(self, message: str):
         """One line for the user on stderr (rank 0 only)."""
         if self.main_process:
             print(message, file=sys.stderr, flush=True)
-
-    def stopped(self) -> str:
-        """Where an interrupted run stands: the step it was in and the step it resumes from."""
-        at = f" in step {self.step}" + (f" of {self.total}" if self.total else "")
-        return (f"stopped{at}; the same command resumes {self.dir} from step {self.saved}"
-                + ("" if self.saved else " (no checkpoint yet: from the start)"))
 
     def finish(self) -> list[dict]:
         """Write `done`; return the log's rows."""
@@ -253,6 +240,55 @@ class Run:
             mark_done(self.dir)
         ddp_barrier(self.world)
         return self.history
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def run_main(main, cls, argv=None, epilog=None):
+    """`if __name__ == "__main__"` of every script: parse flags into a `cls` config, run
+    main(config), and turn bad input into one readable line and exit status 1 (set DPO_DEBUG=1
+    for the traceback); Ctrl-C into where the run stopped and exit status 130. --help shows the
+    first paragraph of the script's docstring. The fields are checked by main (Run checks them)."""
+    doc = sys.modules[main.__module__].__doc__
+    cfg = parse_config(cls, argv, description=first_paragraph(doc), epilog=epilog)
+    try:
+        main(cfg)
+    except (ValueError, OSError, FloatingPointError) as e:
+        if os.environ.get("DPO_DEBUG"):
+            raise
+        close_bars()
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt as e:  # Ctrl-C: where the run stopped and how to go on
+        if os.environ.get("DPO_DEBUG"):
+            raise
+        close_bars()
+        print(e.args[0] if e.args else stopped(getattr(cfg, "out_dir", None)), file=sys.stderr)
+        sys.exit(130)
+
+
+def stopped(out_dir: str | None) -> str:
+    """What to say when a run is interrupted, read from its folder: the last step it logged and
+    the step the same command resumes from (state.pt's)."""
+    if not out_dir or not os.path.exists(os.path.join(out_dir, "run_config.json")):
+        return "stopped"
+    state = os.path.join(out_dir, "state.pt")  # mmap: the step without reading the optimizer
+    saved = torch.load(state, mmap=True, weights_only=False)["step"] if os.path.exists(state) else 0
+    logged = [r["step"] for r in read_jsonl(os.path.join(out_dir, "log.jsonl")) if "step" in r]
+    return (f"stopped{f' after step {logged[-1]}' if logged else ''}; the same command resumes "
+            f"{out_dir} from step {saved}" + ("" if saved else " (no checkpoint yet: the start)"))
+
+
+def close_bars():
+    for bar in list(getattr(tqdm, "_instances", ())):  # a bar left open would redraw after
+        bar.close()
+
+
+def first_paragraph(doc: str | None) -> str | None:
+    """A docstring's first paragraph, on one line: a --help description that ends where its
+    sentence does."""
+    return " ".join(doc.strip().split("\n\n")[0].split()) if doc else None
 
 
 # ----------------------------------------------------------------------------- the pieces

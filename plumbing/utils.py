@@ -325,13 +325,13 @@ def write_folder(final: str, write):
 
 
 def lr_at(step: int, lr: float, warmup: int, total: int | None = None, final_frac: float = 0.1):
-    """Learning rate at optimizer step `step` (0-based): linear warm-up over `warmup` steps, then
-    constant (total=None) or cosine decay to final_frac * lr at step `total`."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
+    """Learning rate at optimizer step `step` (1, 2, ...): linear warm-up over `warmup` steps,
+    then constant (total=None) or cosine decay to final_frac * lr after step `total`."""
+    if step <= warmup:
+        return lr * step / warmup
     if total is None or total <= warmup:
         return lr
-    progress = min(1.0, (step - warmup) / (total - warmup))
+    progress = min(1.0, (step - 1 - warmup) / (total - warmup))
     return lr * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 

@@ -500,18 +500,29 @@ def test_preferred_ft_trains_on_the_chosen_side_of_every_pair(compact_tok, tmp_p
 def test_stream_indices_epochs_are_permutations(n, batch_size):
     epochs = 4
     steps = -(-n * epochs // batch_size)
-    stream = [i for s in range(steps) for i in stream_indices(n, batch_size, s, seed=0)]
-    assert all(len(stream_indices(n, batch_size, s, 0)) == batch_size for s in range(steps))
+    stream = [i for s in range(1, steps + 1) for i in stream_indices(n, batch_size, s, seed=0)]
+    assert all(len(stream_indices(n, batch_size, s, 0)) == batch_size
+               for s in range(1, steps + 1))
     for e in range(epochs):
         assert sorted(stream[e * n: (e + 1) * n]) == list(range(n))
     # contiguous: the same stream whatever the batch size
-    ones = [stream_indices(n, 1, s, seed=0)[0] for s in range(len(stream))]
+    ones = [stream_indices(n, 1, s, seed=0)[0] for s in range(1, len(stream) + 1)]
     assert stream == ones
 
 
 def test_stream_indices_deterministic_and_seeded():
-    a = [stream_indices(50, 8, s, seed=0) for s in range(20)]
-    assert a == [stream_indices(50, 8, s, seed=0) for s in range(20)]
-    assert a != [stream_indices(50, 8, s, seed=1) for s in range(20)]
+    a = [stream_indices(50, 8, s, seed=0) for s in range(1, 21)]  # steps count from 1
+    assert a == [stream_indices(50, 8, s, seed=0) for s in range(1, 21)]
+    assert a != [stream_indices(50, 8, s, seed=1) for s in range(1, 21)]
     epoch0, epoch1 = sum(a, [])[:50], sum(a, [])[50:100]
     assert epoch0 != epoch1 and epoch0 != list(range(50))  # shuffled, differently each epoch
+
+
+def test_lr_at_counts_steps_from_one():
+    from plumbing.utils import lr_at
+
+    assert [lr_at(s, 1.0, 4) for s in (1, 2, 3, 4, 5, 100)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    cosine = [lr_at(s, 1.0, 2, total=10) for s in range(1, 11)]
+    assert cosine[:3] == [0.5, 1.0, 1.0]  # step 3: the first of the decay, still the peak
+    assert all(a > b for a, b in zip(cosine[2:], cosine[3:]))  # then down ...
+    assert abs(lr_at(11, 1.0, 2, total=10) - 0.1) < 1e-12  # ... to 10 % after the last step

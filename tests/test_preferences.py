@@ -348,7 +348,7 @@ def test_cli(tmp_path, capsys):
     assert "-> 4 pairs in" in r.stdout and "2 prompt_mismatch" in r.stdout
     assert "tokens/s" in r.stdout and len(read_jsonl(out)) == 4
     # bad input: one "error:" line, exit status 1, nothing written (in-process: cli.run_main)
-    from plumbing.flags import run_main
+    from plumbing.runs import run_main
 
     with pytest.raises(SystemExit) as e:
         run_main(P.main, P.PreferencesConfig, argv=argv[:-1] + [out + ".bad", "--format", "tldr"])

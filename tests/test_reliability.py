@@ -39,6 +39,7 @@ import torch
 
 from plumbing import flags as cli
 from plumbing import runs
+from plumbing.runs import run_main
 from plumbing import utils
 from synthetic.reviews import synthetic_reviews
 from model import GPT
@@ -898,7 +899,7 @@ def test_full_disk_via_run_main_one_error_line(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "sft")
     argv = cli.config_to_argv(sft_cfg(out))
     with pytest.raises(SystemExit) as e:
-        cli.run_main(sft.main, sft.SFTConfig, argv)
+        run_main(sft.main, sft.SFTConfig, argv)
     assert e.value.code == 1
     err = capsys.readouterr().err
     lines = [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip()]

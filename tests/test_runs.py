@@ -20,7 +20,10 @@ import torch
 
 from plumbing import runs
 from plumbing import utils
-from plumbing.flags import config_to_argv, parse_config, run_main
+from plumbing.flags import config_to_argv, parse_config
+from plumbing.runs import run_main
+from plumbing import prune
+from evaluate import EvalConfig
 from plumbing.runs import check_finite, load_state, open_run, resume_log, save_checkpoint, start_run
 from plumbing.utils import append_jsonl, atomic_write, list_checkpoints, read_jsonl, write_jsonl
 
@@ -336,7 +339,7 @@ def test_run_main_subprocess(tmp_path):
     script.write_text(textwrap.dedent('''
         """A tiny script for the test."""
         import dataclasses
-        from plumbing.flags import run_main
+        from plumbing.runs import run_main
 
         @dataclasses.dataclass
         class C:
@@ -369,8 +372,7 @@ def test_run_main_subprocess(tmp_path):
 TOY = textwrap.dedent('''
     import dataclasses, json, os, sys, time
     import torch
-    from plumbing.flags import run_main
-    from plumbing.runs import Run
+    from plumbing.runs import Run, run_main
 
     @dataclasses.dataclass
     class ToyConfig:
@@ -507,16 +509,16 @@ def test_run_in_process_resume_done_and_counters(tmp_path):
         if run.step == 3:
             run.save(None, best=0.5)  # state.pt alone
             break
-    assert seen == [(0, 1, False), (1, 2, False), (2, 3, True)]
+    assert seen == [(1, 1, False), (2, 2, False), (3, 3, True)]  # one numbering, from 1
     again = runs.Run(cfg)  # resumes from state.pt at step 3, the counters with it
     assert again.step == 3 and again.restore()["best"] == 0.5
     again.start()
     assert [r["step"] for r in again.history] == [1, 2, 3]
-    assert [i for i in again.steps(4)] == [3]
-    again.log({"x": 3})
+    assert [i for i in again.steps(4)] == [4]
+    again.log({"x": 4})
     assert [r["step"] for r in again.finish()] == [1, 2, 3, 4]
     done = runs.Run(cfg)
-    assert done.done and [r["x"] for r in done.history] == [0, 1, 2, 3]
+    assert done.done and [r["x"] for r in done.history] == [1, 2, 3, 4]
 
 
 def test_run_refuses_to_resume_without_its_checkpoint(tmp_path):
@@ -550,11 +552,12 @@ def test_ctrl_c_says_where_it_stopped_and_the_same_command_resumes(toy, tmp_path
     assert proc.wait(timeout=60) == 130
     err = proc.stderr.read()
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    m = re.fullmatch(r"stopped in step (\d+) of 30; the same command resumes \S+ from step (\d+)",
+    m = re.fullmatch(r"stopped after step (\d+); the same command resumes (\S+) from step (\d+)",
                      err.strip().splitlines()[-1])
     assert m, err
-    saved = int(m.group(2))
-    assert saved % 5 == 0 and saved >= 5 and int(m.group(1)) > saved
+    saved = int(m.group(3))
+    assert m.group(2) == out and saved % 5 == 0 and saved >= 5 and int(m.group(1)) >= saved
+    assert int(m.group(1)) == read_jsonl(log)[-1]["step"]  # the last step it logged
     assert runs.load_state(out)["step"] == saved
     again = toy(*argv)
     assert again.wait(timeout=60) == 0
@@ -629,35 +632,41 @@ def test_early_stopping_off_and_bad_mode(tmp_path):
         run.stop_when_stalled("val", 2, mode="up")
 
 
-def test_after_save_hook_runs_after_each_checkpoint_and_leaves_the_rng_alone(tmp_path,
-                                                                              monkeypatch):
-    """Run.after_save (frontier.py's live evaluation) is called once per checkpoint, after its
-    state.pt is written, and the training that follows draws the same random numbers as
-    without it."""
+def test_live_evaluation_runs_after_each_checkpoint_and_leaves_the_rng_alone(tmp_path,
+                                                                            monkeypatch):
+    """prune.evaluate_live, the on_checkpoint that frontier.py passes to a sweep run's main, is
+    called after each checkpoint's state.pt is written, and the training that follows draws the
+    same random numbers as without it."""
     class Part:
         def save_pretrained(self, folder):
             with open(os.path.join(folder, "config.json"), "w") as f:
                 f.write("{}")
 
-    def loop(name, hook):
-        monkeypatch.setattr(runs.Run, "after_save", hook)
+    def loop(name, on_checkpoint=None):  # a training loop as sft/dpo/ppo write it
         run = runs.Run(Cfg(out_dir=str(tmp_path / name), steps=6))
         run.start()
         draws = []
-        for _ in run.steps(6):
+        for step in run.steps(6):
+            assert step == run.step  # one numbering: 1 .. 6
             draws.append(torch.rand(1).item())
             run.log({})
             if run.due(2):
                 run.save(None, Part())
+                if on_checkpoint:
+                    on_checkpoint(run.dir)
         run.finish()
         return draws
 
     calls = []
 
-    def hook(run):  # what an evaluation does to the global RNG: draws from it
-        calls.append((run.step, load_state(run.dir)["step"]))
+    def evaluate_run(run_dir, ev, thin):  # what an evaluation does to the global RNG: draws
+        calls.append(load_state(run_dir)["step"])
         torch.rand(100)
         random.random()
 
-    assert loop("hooked", hook) == loop("plain", None)
-    assert calls == [(2, 2), (4, 4), (6, 6)]  # state.pt is already this step's
+    monkeypatch.setattr(prune, "evaluate_run", evaluate_run)
+    monkeypatch.setattr(prune, "remove_evaluated", lambda *a, **k: 0)
+    ev = EvalConfig(out=str(tmp_path / "frontier.jsonl"))
+    live = lambda folder: prune.evaluate_live(folder, ev)
+    assert loop("live", live) == loop("plain")
+    assert calls == [2, 4, 6]  # state.pt is already this step's

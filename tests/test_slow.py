@@ -143,7 +143,7 @@ import os, random, signal, sys
 sys.path[:0] = [{root!r}, {tests!r}]
 import frontier
 from plumbing import prune
-from plumbing.flags import run_main
+from plumbing.runs import run_main
 from test_frontier_plan import mini_preset
 
 frontier.PRESETS["mini"] = mini_preset({gt!r})

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from plumbing.flags import check_fields, run_main
+from plumbing.flags import check_fields
+
+from plumbing.runs import run_main
 from data import PROTOCOL, load_prefixes, load_tokenizer
 from model import GPT, gpt_folder, sample_completions
 from reward import load_ground_truth
