@@ -25,7 +25,7 @@ from plumbing.runs import run_main
 from data import check_pairs, collate_pairs, load_tokenizer, split_pairs, stream_indices
 from model import GPT, gpt_folder, token_logprobs
 from plumbing.runs import Run
-from plumbing.speed import adamw
+from plumbing.speed import adamw, speed_up
 from plumbing.utils import atomic_torch_save, autocast, autocast_dtype, file_stamp, lr_at, read_jsonl
 
 LOSSES = ("dpo", "ipo", "hinge", "unlikelihood", "unlikelihood_token")
@@ -162,7 +162,7 @@ def reference_logps(ref_path: str, pairs_path: str, rows, pad_id, device, micro_
                          f"{os.path.basename(pairs_path)}.{key}.pt")
     if os.path.exists(cache):
         return torch.load(cache)
-    ref = GPT.from_pretrained(ref_path).to(device).eval()
+    ref = speed_up(GPT.from_pretrained(ref_path)).to(device).eval()
     chosen, rejected = [], []
     with torch.no_grad():
         for i in tqdm(range(0, len(rows), micro_batch), desc="reference log-probs",
@@ -224,7 +224,7 @@ def main(cfg: DPOConfig, on_checkpoint=None):
     accum = run.micro_batches(cfg.batch_size, cfg.micro_batch)  # per process, per step
     init, device = gpt_folder(cfg.init), run.device
     tok = load_tokenizer(init)
-    model = GPT.from_pretrained(run.resume_from or init).to(device).train()  # dropout 0
+    model = speed_up(GPT.from_pretrained(run.resume_from or init)).to(device).train()  # dropout 0
     rows = check_pairs(read_jsonl(cfg.pairs), cfg.pairs, model.config.block_size,
                        model.config.vocab_size)
     ref_path = gpt_folder(cfg.ref or cfg.init)

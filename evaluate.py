@@ -26,6 +26,7 @@ from plumbing.flags import check_fields
 
 from plumbing.runs import run_main
 from data import PROTOCOL, collate, load_prefixes, load_tokenizer
+from plumbing.speed import speed_up
 from model import GPT, gpt_folder, sample_completions, token_logprobs
 from reward import load_ground_truth, load_reward_model
 from plumbing.utils import (append_jsonl, atomic_write, autocast, get_device, list_checkpoints,
@@ -164,10 +165,10 @@ def main(cfg: EvalConfig):
             plot_frontier(cfg.out, title=plot_title(cfg.dataset))
         return read_jsonl(cfg.out)
     os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-    ref = GPT.from_pretrained(ref_path).to(device).eval()
+    ref = speed_up(GPT.from_pretrained(ref_path)).to(device).eval()
     scorer = load_ground_truth(cfg.ground_truth, device=device)
     for method, pname, pval, step, path in tqdm(todo, desc="evaluate", unit="ckpt"):
-        policy = ref if path == ref_path else GPT.from_pretrained(path).to(device).eval()
+        policy = ref if path == ref_path else speed_up(GPT.from_pretrained(path)).to(device).eval()
         comps, kl, k1, k3 = sample_and_measure(policy, ref, prefixes, tok, cfg.micro_batch,
                                                cfg.seed, device)
         texts = [tok.decode(p + c) for p, c in zip(prefixes, comps)]

@@ -8,7 +8,6 @@ Conv1D layers, which GPT-2 stores as (in, out) and nn.Linear as (out, in).
     python -c "from model import *; m = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64)); print(m)"
 """
 
-import contextlib
 import json
 import math
 import os
@@ -17,10 +16,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from plumbing.speed import Linear, sparse_lookup_grad  # CPU fast paths, same results: see speed.py
-from plumbing.utils import autocast, copy_checked, read_hf_config, read_safetensors, resolve_checkpoint
+from plumbing.utils import autocast, copy_checked, read_hf_config, read_safetensors
+from plumbing.utils import resolve_checkpoint
 
 # The four GPT-2 sizes on the Hugging Face hub (the unprefixed names redirect there).
 HUB_NAMES = {
@@ -29,7 +27,6 @@ HUB_NAMES = {
     "gpt2-large": "openai-community/gpt2-large",
     "gpt2-xl": "openai-community/gpt2-xl",
 }
-MASKED_CUDA_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 # GPT-2 keeps these as Conv1D with (in, out) weights; we use nn.Linear, (out, in).
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -53,8 +50,8 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
         assert cfg.n_embd % cfg.n_head == 0
-        self.c_attn = Linear(cfg.n_embd, 3 * cfg.n_embd)  # q, k, v for all heads at once
-        self.c_proj = Linear(cfg.n_embd, cfg.n_embd)
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.n_head, self.dropout, self.layer = cfg.n_head, cfg.dropout, layer
 
@@ -66,15 +63,11 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)  # (B, nh, S, hs), S = past + T
-        # mask is None: plain causal attention (the fast path); else a (B or 1, 1, T, S) bool mask.
-        # With a mask on CUDA, keep to the kernels that need no per-shape plan: cuDNN's builds
-        # one for every new length, and sampling makes a new length at every token.
-        masked_cuda = mask is not None and q.is_cuda
-        with sdpa_kernel(MASKED_CUDA_BACKENDS) if masked_cuda else contextlib.nullcontext():
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=mask is None,
-                dropout_p=self.dropout if self.training else 0.0,
-            )
+        # mask is None: plain causal attention; else a (B or 1, 1, T, S) bool mask, True = attend
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -82,8 +75,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = Linear(cfg.n_embd, 4 * cfg.n_embd)
-        self.c_proj = Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
@@ -114,7 +107,7 @@ class GPT(nn.Module):
             h=nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layer)]),
             ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_epsilon),
         ))
-        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
@@ -131,14 +124,12 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def hidden(self, idx, attention_mask=None, position_ids=None, cache=None, sparse_grad=False):
+    def hidden(self, idx, attention_mask=None, position_ids=None, cache=None):
         """Final hidden states (B, T, C) after ln_f: what the LM, reward or value head reads.
 
         idx (B, T) token ids. attention_mask (B, past + T): 1 for real tokens, 0 for padding; only
         needed for left padding (right padding never changes the real positions under causal
         attention). position_ids (B, T): default past .. past + T - 1. cache: a KVCache, updated.
-        sparse_grad: the token lookup's gradient holds only the rows of idx (speed.py's
-        sparse_lookup_grad says when forward() asks for it).
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
@@ -157,8 +148,8 @@ class GPT(nn.Module):
                 # a padding query would see no key at all (NaN): let every query see itself
                 i = torch.arange(T, device=idx.device)
                 mask = mask | (i[:, None] + past == torch.arange(past + T, device=idx.device))
-        tok = F.embedding(idx, self.transformer.wte.weight, sparse=sparse_grad)
-        x = self.transformer.drop(tok + self.transformer.wpe(position_ids))
+        x = self.transformer.wte(idx) + self.transformer.wpe(position_ids)  # (B, T, C)
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, mask, cache)
         if cache is not None:
@@ -167,8 +158,7 @@ class GPT(nn.Module):
 
     def forward(self, idx, attention_mask=None, position_ids=None, cache=None):
         """Logits (B, T, vocab); with a cache, (logits, cache)."""
-        sparse = sparse_lookup_grad(self, idx)  # on the CPU a cheaper gradient, the same values
-        logits = self.lm_head(self.hidden(idx, attention_mask, position_ids, cache, sparse))
+        logits = self.lm_head(self.hidden(idx, attention_mask, position_ids, cache))
         return logits if cache is None else (logits, cache)
 
     # ------------------------------------------------------------------------- weights in and out
@@ -217,6 +207,10 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------------- sampling
 
+    def draw(self, probs, generator=None):
+        """One token id per row of (B, V) next-token probabilities."""
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
     @torch.no_grad()
     def generate(self, prompts, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                  eos_id=None, generator=None):
@@ -247,7 +241,11 @@ class GPT(nn.Module):
         pos = pos[:, -1]
         out, masks, done = [], [], torch.zeros(B, dtype=torch.bool, device=device)
         for t in range(max_new_tokens):
-            nxt = sample_next(self.lm_head(h), temperature, top_k, top_p, generator)  # (B,)
+            logits = self.lm_head(h)  # (B, V)
+            if temperature == 0:
+                nxt = logits.argmax(-1)  # greedy
+            else:
+                nxt = self.draw(next_token_probs(logits, temperature, top_k, top_p), generator)
             nxt = torch.where(done, eos_id, nxt)
             masks.append(~done)
             out.append(nxt)
@@ -310,10 +308,9 @@ def sample_completions(model, prompts, batch_size, generator=None, eos_id=None, 
     return out
 
 
-def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """One token per row from (B, V) logits: temperature (0 = greedy), then top-k, then top-p."""
-    if temperature == 0:
-        return logits.argmax(-1)
+def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None):
+    """(B, V) next-token probabilities from (B, V) logits: temperature (> 0), then top-k, then
+    top-p (the smallest set of most likely tokens that holds top_p of the mass)."""
     logits = logits.float() / temperature
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
@@ -325,25 +322,7 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
         drop = probs.cumsum(-1) - probs >= top_p
         drop[:, 0] = False
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    return sample_index(logits.softmax(-1), generator)
-
-
-def sample_index(probs, generator=None):
-    """One index per row of (B, V) probabilities, drawn by inverting the cumulative sum at one
-    uniform number per row. torch.multinomial draws an exponential per entry (B x V numbers), 20x
-    slower on the CPU for the tiny preset's 686 tokens and 6x for GPT-2's 50,257. The sum is
-    taken in float64, so every token keeps its probability to ~1e-16, and on the CPU (whose sum
-    runs in order) a token of probability 0 (cut by top-k or top-p) is never drawn; on a GPU the
-    parallel sum may give it ~1e-16. MPS has no float64 and keeps torch.multinomial."""
-    if probs.device.type == "mps":
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    cdf = probs.double().cumsum(-1)
-    if cdf.device.type == "cpu" and not torch.isfinite(cdf[:, -1]).all():  # (no sync on the CPU)
-        raise FloatingPointError("sampling from NaN or infinite probabilities (a diverged model?)")
-    u = torch.rand(probs.size(0), 1, dtype=torch.float64, device=probs.device,
-                   generator=generator) * cdf[:, -1:]  # in [0, total): below the last entry
-    # the first index whose cumulative sum exceeds u: cdf[i - 1] <= u < cdf[i], so p_i > 0
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.size(-1) - 1)
+    return logits.softmax(-1)
 
 
 # ----------------------------------------------------------------------------- log-probs

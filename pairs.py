@@ -19,6 +19,7 @@ import torch
 
 from plumbing.runs import run_main
 from data import PROTOCOL, load_prefixes, load_tokenizer, pair_row
+from plumbing.speed import speed_up
 from model import GPT, gpt_folder, sample_completions
 from reward import load_ground_truth
 from plumbing.runs import Run
@@ -62,7 +63,7 @@ def main(cfg: PairsConfig):
     init, device = gpt_folder(cfg.init), run.device
     tok = load_tokenizer(init)
     prefixes = load_prefixes(cfg.dataset, "train", cfg.n_prefixes, cfg.seed, tok)
-    policy = GPT.from_pretrained(init).to(device).eval()
+    policy = speed_up(GPT.from_pretrained(init)).to(device).eval()
     scorer = load_ground_truth(cfg.ground_truth, device=device)
     run.start()  # the inputs are good: now the run folder
     run.restore()

@@ -27,7 +27,7 @@ from data import (
 from model import GPT, gpt_folder, sample_completions, token_logprobs
 from reward import load_ground_truth, load_reward_model
 from plumbing.runs import Run
-from plumbing.speed import adamw
+from plumbing.speed import adamw, speed_up
 from plumbing.utils import autocast, read_safetensors, save_head, seed_for
 
 # ----------------------------------------------------------------------------- the math
@@ -272,13 +272,13 @@ def main(cfg: PPOConfig, on_checkpoint=None):
     if run.done:
         return run.history
     init, device = gpt_folder(cfg.init), run.device
-    policy = GPT.from_pretrained(run.resume_from or init).to(device).train()
+    policy = speed_up(GPT.from_pretrained(run.resume_from or init)).to(device).train()
     value_head = ValueHead(policy.config.n_embd)
     if run.resume_from:
         value_head.load_state_dict(read_safetensors(os.path.join(run.resume_from,
                                                                  "value_head.safetensors")))
     value_head.to(device)
-    ref = GPT.from_pretrained(init).to(device).eval().requires_grad_(False)
+    ref = speed_up(GPT.from_pretrained(init)).to(device).eval().requires_grad_(False)
     tok = load_tokenizer(init)
     pool = load_prefixes(cfg.dataset, "train", cfg.n_prompts, cfg.seed, tok)
     if cfg.reward == "rm":  # the learned RM reads the sampled ids: it must share their vocabulary

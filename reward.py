@@ -27,7 +27,7 @@ from data import (
 from model import GPT, gpt_folder
 from roberta import SIEBERT, load_roberta_scorer
 from plumbing.runs import Run
-from plumbing.speed import adamw
+from plumbing.speed import adamw, speed_up
 from plumbing.utils import (
     autocast, load_head, lr_at, read_jsonl, resolve_checkpoint, save_head, write_folder,
 )
@@ -88,7 +88,7 @@ class RewardModel(nn.Module):
         folder = reward_folder(path)
         with open(os.path.join(folder, "reward_head.json")) as f:
             kind = json.load(f)["kind"]
-        return cls(GPT.from_pretrained(folder), kind,
+        return cls(speed_up(GPT.from_pretrained(folder)), kind,
                    load_head(os.path.join(folder, "reward_head.safetensors")))
 
 
@@ -232,7 +232,7 @@ def train(cfg: RMConfig):
     folder = run.resume_from or gpt_folder(cfg.init)
     tok = load_tokenizer(folder)
     model = (RewardModel.from_pretrained(folder) if run.resume_from
-             else RewardModel(GPT.from_pretrained(folder), cfg.objective)).to(run.device).train()
+             else RewardModel(speed_up(GPT.from_pretrained(folder)), cfg.objective)).to(run.device).train()
     train_ex, held_ex = rm_data(cfg, tok, model.gpt.config)
     if not held_ex:
         raise ValueError("no validation examples: raise --eval_size or add data")

@@ -22,7 +22,7 @@ from data import (
 )
 from model import GPT, GPTConfig, gpt_folder, token_logprobs
 from plumbing.runs import Run
-from plumbing.speed import adamw
+from plumbing.speed import adamw, speed_up
 from plumbing.utils import autocast, lr_at, read_jsonl
 
 
@@ -61,7 +61,7 @@ def build_model(cfg: SFTConfig, resume_from: str | None) -> tuple[GPT, Tokenizer
     """The model to train: a resumed run's last checkpoint, --init's checkpoint, or a new GPT."""
     if resume_from or cfg.init != "scratch":
         folder = resume_from or gpt_folder(cfg.init)
-        return GPT.from_pretrained(folder, dropout=cfg.dropout), load_tokenizer(folder)
+        return speed_up(GPT.from_pretrained(folder, dropout=cfg.dropout)), load_tokenizer(folder)
     # from scratch: a synthetic corpus gets its compact vocabulary (see data.Tokenizer)
     if cfg.vocab not in ("auto", "dialogue", "gpt2"):
         raise ValueError(f"--vocab must be auto, dialogue or gpt2, not {cfg.vocab!r}")
@@ -77,7 +77,7 @@ def build_model(cfg: SFTConfig, resume_from: str | None) -> tuple[GPT, Tokenizer
                      n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
                      eos_token_id=tok.eos_id)
     torch.manual_seed(cfg.seed)
-    return GPT(gcfg), tok
+    return speed_up(GPT(gcfg)), tok
 
 
 def build_data(cfg: SFTConfig, tok: Tokenizer):

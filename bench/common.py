@@ -12,6 +12,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model import GPT  # noqa: E402
+from plumbing.speed import speed_up  # noqa: E402  (the fast paths, as every script applies them)
 
 SIZES = {  # name: (n_layer, n_head, n_embd)
     "tiny": (2, 2, 64),
@@ -45,7 +46,7 @@ def model_pair(size: str, vocab: int, block_size: int = 1024, seed: int = 0):
     ref = GPT2LMHeadModel(cfg).eval()
     with tempfile.TemporaryDirectory() as d:
         ref.save_pretrained(d)
-        ours = GPT.from_pretrained(d).eval()
+        ours = speed_up(GPT.from_pretrained(d)).eval()
     return ours, ref
 
 

@@ -23,7 +23,7 @@ from dpo import concatenated_logps, preference_loss  # noqa: E402
 from model import GPT, GPTConfig, token_logprobs  # noqa: E402
 from roberta import RobertaClassifier, RobertaConfig  # noqa: E402
 from plumbing.utils import autocast  # noqa: E402
-from plumbing.speed import adamw  # noqa: E402
+from plumbing.speed import adamw, speed_up  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s, datasheets
 
@@ -122,7 +122,7 @@ def main(argv=None):
     L, H, C = SIZES[args.size]
     cfg = GPTConfig(n_layer=L, n_head=H, n_embd=C)
     with torch.device(dev):
-        model = GPT(cfg)
+        model = speed_up(GPT(cfg))
     N = model.num_params()  # tied output layer counted, positions not
     res = dict(device=name, size=args.size, params=N, peak_bf16=peak)
 

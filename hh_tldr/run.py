@@ -36,6 +36,7 @@ from plumbing.runs import run_main
 from data import load_tokenizer
 from dpo import DPOConfig
 from dpo import main as dpo_main
+from plumbing.speed import speed_up
 from model import GPT
 from hh_tldr.preferences import PreferencesConfig
 from synthetic.dialogues import dialogue_reward
@@ -153,7 +154,7 @@ def select_checkpoint(cfg: SelectConfig) -> dict:
     device = get_device(cfg.device)
     scores = []
     for step, folder in list_checkpoints(cfg.out_dir):
-        model, tok = GPT.from_pretrained(folder).to(device).eval(), load_tokenizer(folder)
+        model, tok = speed_up(GPT.from_pretrained(folder)).to(device).eval(), load_tokenizer(folder)
         shares = {}
         for t_index, t in enumerate(cfg.temperatures):  # sampled as the win rates sample
             comps = sample_block(cfg, model, tok, [p for p, *_ in rows], t, t_index)

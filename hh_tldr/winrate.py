@@ -34,6 +34,7 @@ from plumbing.flags import check_fields
 from plumbing.runs import run_main
 from data import load_tokenizer
 from hh_tldr.judge import PROMPTS, openai_judge
+from plumbing.speed import speed_up
 from model import GPT, gpt_folder, sample_completions
 from reward import RewardModel, reward_folder, rm_tokens
 from plumbing.utils import (
@@ -286,7 +287,7 @@ def sample_comparisons(cfg, todo, folders, rows, pick_path, device) -> list[dict
                                 n_best and file_stamp(pick_path)])
             if not all((block, line) in samples for *_, line in rows):
                 if model is None:
-                    model = GPT.from_pretrained(folders[name]).to(device).eval()
+                    model = speed_up(GPT.from_pretrained(folders[name])).to(device).eval()
                     check_ids(rows, model.config, cfg, name)
                 if n_best and picker is None:
                     picker = RewardModel.from_pretrained(pick_path).to(device).eval()

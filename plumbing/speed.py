@@ -1,17 +1,68 @@
-"""The speed tricks, kept beside the lesson rather than in it. Each buys CPU time and computes the
-same thing up to float rounding; the README's benchmark section has the measurements.
+"""The speed tricks, kept out of the lesson: model.py is plain GPT-2, and `speed_up(model)` turns a
+GPT into its fast twin in one call, with the same parameters, state dict and files. Each trick
+computes the same thing up to float rounding; docs/benchmarks.md has the measurements.
 
 - Linear: nn.Linear that multiplies a few rows as W @ x.T on the CPU (sampling sends one token per
   sequence), where MKL streams the weights faster than for F.linear's x @ W.T.
-- sparse_lookup_grad: on the CPU, the token embedding's gradient as the rows it touched instead of
-  a dense (vocab, C) tensor, while the output layer is tied to the embedding.
+- a sparse token-lookup gradient on the CPU, while the output layer is tied to the embedding.
+- masked attention on CUDA kept to the kernels that need no per-shape plan.
+- sampling by inverting the cumulative sum instead of torch.multinomial.
 - adamw: AdamW as one fused kernel over all parameters, on the CPU too.
 """
 
+import contextlib
+
 import torch
 import torch.nn as nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from model import GPT, CausalSelfAttention
 
 LINEAR_FAST_ROWS = 32  # at most this many rows take the W @ x.T form; from ~48 F.linear is as fast
+MASKED_CUDA_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def speed_up(model: GPT) -> GPT:
+    """The model, its modules switched in place to the fast classes below (same parameters, same
+    state dict, same results up to rounding); returns it, so `speed_up(GPT.from_pretrained(p))`."""
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.__class__ = Linear
+        elif type(module) is CausalSelfAttention:
+            module.__class__ = FastAttention
+    if type(model) is GPT:
+        model.__class__ = FastGPT
+    return model
+
+
+class FastGPT(GPT):
+    """GPT with a cheaper embedding gradient on the CPU and a faster sampler."""
+
+    def forward(self, idx, attention_mask=None, position_ids=None, cache=None):
+        # On the CPU, while the output layer is tied to the embedding: the token lookup's gradient
+        # as the rows of idx alone. A dense one costs a freshly zeroed (vocab, C) tensor and a
+        # second one for its sum with the output layer's gradient (page faults on every step);
+        # autograd adds the sparse one to the output layer's dense gradient, so the weight's .grad
+        # ends dense, as the optimizers need. On CUDA those costs are small: dense.
+        wte = self.transformer.wte
+        wte.sparse = idx.device.type == "cpu" and self.lm_head.weight is wte.weight
+        try:
+            return super().forward(idx, attention_mask, position_ids, cache)
+        finally:
+            wte.sparse = False  # hidden() alone (reward and value heads) stays dense
+
+    def draw(self, probs, generator=None):
+        return sample_index(probs, generator)
+
+
+class FastAttention(CausalSelfAttention):
+    """With a mask on CUDA, keep to the attention kernels that need no per-shape plan: cuDNN's
+    builds one for every new length, and sampling makes a new length at every token."""
+
+    def forward(self, x, mask=None, cache=None):
+        masked_cuda = mask is not None and x.is_cuda
+        with sdpa_kernel(MASKED_CUDA_BACKENDS) if masked_cuda else contextlib.nullcontext():
+            return super().forward(x, mask, cache)
 
 
 class Linear(nn.Linear):
@@ -30,14 +81,22 @@ class Linear(nn.Linear):
         return y.contiguous().view(*x.shape[:-1], self.out_features)
 
 
-def sparse_lookup_grad(model, idx: torch.Tensor) -> bool:
-    """Whether GPT.forward should ask for a sparse token-lookup gradient: on the CPU, and only while
-    the output layer is tied to the embedding. A dense one costs a freshly zeroed (vocab, C) tensor
-    and a second one for its sum with the output layer's gradient (page faults on every step);
-    the sparse one holds only the rows of idx, and autograd adds it to the output layer's dense
-    gradient, so the weight's .grad ends dense, as the optimizers need. On CUDA those costs are
-    small: dense."""
-    return idx.device.type == "cpu" and model.lm_head.weight is model.transformer.wte.weight
+def sample_index(probs, generator=None):
+    """One index per row of (B, V) probabilities, drawn by inverting the cumulative sum at one
+    uniform number per row. torch.multinomial draws an exponential per entry (B x V numbers), 20x
+    slower on the CPU for the tiny preset's 686 tokens and 6x for GPT-2's 50,257. The sum is
+    taken in float64, so every token keeps its probability to ~1e-16, and on the CPU (whose sum
+    runs in order) a token of probability 0 (cut by top-k or top-p) is never drawn; on a GPU the
+    parallel sum may give it ~1e-16. MPS has no float64 and keeps torch.multinomial."""
+    if probs.device.type == "mps":
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    cdf = probs.double().cumsum(-1)
+    if cdf.device.type == "cpu" and not torch.isfinite(cdf[:, -1]).all():  # (no sync on the CPU)
+        raise FloatingPointError("sampling from NaN or infinite probabilities (a diverged model?)")
+    u = torch.rand(probs.size(0), 1, dtype=torch.float64, device=probs.device,
+                   generator=generator) * cdf[:, -1:]  # in [0, total): below the last entry
+    # the first index whose cumulative sum exceeds u: cdf[i - 1] <= u < cdf[i], so p_i > 0
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.size(-1) - 1)
 
 
 def adamw(params, lr: float, device: str, **kw):

@@ -249,6 +249,7 @@ def test_select_checkpoint_takes_the_most_often_right(tmp_path, monkeypatch):
             return self
 
     monkeypatch.setattr(hh_tldr.GPT, "from_pretrained", staticmethod(Stub))
+    monkeypatch.setattr(hh_tldr, "speed_up", lambda model: model)
     seen = []
 
     def sample(model, prompts, batch_size, g, eos, max_new_tokens, temperature):

@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from model import GPT, KVCache, sample_index, sample_next, token_logprobs
-from plumbing.speed import Linear
+from model import GPT, KVCache, next_token_probs, token_logprobs
+from plumbing.speed import FastGPT, Linear, sample_index, speed_up
 
 # Different depth, width, heads, vocabulary, context and LayerNorm epsilon.
 HF_CONFIGS = [
@@ -399,19 +399,23 @@ def test_empty_prompt_raises(tiny_gpt):
         tiny_gpt().generate([[1, 2], []], 4)
 
 
-# ----------------------------------------------------------------------------- sample_next
+# ----------------------------------------------------------------------------- sampling
 
 
 def draws(logits, n=4000, seed=0, **kw):
-    g = torch.Generator().manual_seed(seed)
-    return set(sample_next(logits.expand(n, -1), generator=g, **kw).tolist())
+    """The tokens drawn from next_token_probs by GPT.draw (torch.multinomial) and by the fast
+    path's sample_index, which must be the same set."""
+    probs = next_token_probs(logits.expand(n, -1), **kw)
+    plain = GPT.draw(None, probs, torch.Generator().manual_seed(seed))
+    fast = sample_index(probs, torch.Generator().manual_seed(seed))
+    assert set(plain.tolist()) == set(fast.tolist()), kw
+    return set(fast.tolist())
 
 
 LOGITS = torch.tensor([[1.0, 3.0, 2.0, 0.5, 2.9, -1.0]])
 
 
-def test_sample_next_greedy_and_plain():
-    assert sample_next(LOGITS, temperature=0).tolist() == [1]
+def test_sampling_plain():
     assert draws(LOGITS) == set(range(6))  # no filter: every token can come out
 
 
@@ -438,7 +442,7 @@ def test_sample_index_draws_each_token_with_its_probability():
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 3.0])
-def test_sample_next_filters(temperature):
+def test_next_token_probs_filters(temperature):
     assert draws(LOGITS, temperature=temperature, top_p=1e-6) == {1}
     assert draws(LOGITS, temperature=temperature, top_k=1) == {1}
     assert draws(LOGITS, temperature=temperature, top_k=2) == {1, 4}
@@ -567,13 +571,15 @@ def test_linear_few_rows_path_equals_f_linear(shape, bias):
         torch.testing.assert_close(layer.bias.grad, b_ref.grad)
 
 
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("B,T", [(2, 8), (3, 20)])  # 16 rows (W @ x.T path) and 60 (F.linear)
-def test_gradients_equal_transformers(hf_gpt2, B, T):
+def test_gradients_equal_transformers(hf_gpt2, B, T, fast):
     """Loss and every parameter's gradient after one backward of the mean next-token NLL equal
-    transformers' (Conv1D grads transposed). The tied embedding's grad, whose token-lookup part
-    is sparse on the CPU, ends dense and includes both uses; a fused AdamW step then runs."""
+    transformers' (Conv1D grads transposed), for the plain model and its fast twin. The tied
+    embedding's grad, whose token-lookup part the fast one makes sparse on the CPU, ends dense and
+    includes both uses; a fused AdamW step then runs."""
     folder, hf = hf_gpt2()
-    ours = GPT.from_pretrained(folder)
+    ours = speed_up(GPT.from_pretrained(folder)) if fast else GPT.from_pretrained(folder)
     ids = random_ids(101, B, T)
     mask = torch.ones_like(ids)
     loss = -token_logprobs(ours(ids), ids, mask, reduction="sum").sum() / (B * (T - 1))
@@ -597,7 +603,7 @@ def test_gradients_equal_transformers(hf_gpt2, B, T):
 def test_hidden_alone_gives_dense_embedding_grad(tiny_gpt):
     """A reward or value head reads hidden() without the tied output layer: the embedding's grad
     must still be dense (the optimizers refuse sparse ones)."""
-    model = tiny_gpt()
+    model = speed_up(tiny_gpt())
     ids = random_ids(101, 2, 6)
     model.hidden(ids).sum().backward()
     grad = model.transformer.wte.weight.grad
@@ -634,7 +640,7 @@ def test_num_params_and_tied_head(tiny_gpt):
 def test_untied_head_keeps_dense_embedding_grad(tiny_gpt):
     """The sparse token-lookup gradient relies on the tied head adding a dense one; a model whose
     head was untied must get a dense embedding gradient (fused AdamW refuses sparse ones)."""
-    model = tiny_gpt()
+    model = speed_up(tiny_gpt())
     model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
     ids = random_ids(101, 2, 6)
     model(ids).sum().backward()
@@ -647,3 +653,23 @@ def test_linear_few_rows_keeps_autocast_dtype():
     x = torch.randn(8, 24)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer(x).dtype == torch.nn.functional.linear(x, layer.weight, layer.bias).dtype
+
+
+def test_speed_up_is_the_same_model_in_one_call(tiny_gpt, tmp_path):
+    """speed_up switches classes in place: the same parameters and state dict, the same logits
+    (to rounding), the same greedy tokens, the same files; it only speeds things up."""
+    plain, fast = tiny_gpt(), speed_up(tiny_gpt())
+    assert isinstance(fast, FastGPT) and type(plain) is GPT
+    assert all(type(m) is Linear for m in fast.modules() if isinstance(m, torch.nn.Linear))
+    assert plain.state_dict().keys() == fast.state_dict().keys()
+    assert all(torch.equal(plain.state_dict()[k], v) for k, v in fast.state_dict().items())
+    ids = random_ids(101, 2, 10)
+    torch.testing.assert_close(fast(ids), plain(ids))
+    prompts = [[1, 2, 3], [4, 5]]
+    assert torch.equal(fast.generate(prompts, 6, temperature=0)[0],
+                       plain.generate(prompts, 6, temperature=0)[0])
+    fast.save_pretrained(str(tmp_path / "f"))
+    plain.save_pretrained(str(tmp_path / "p"))
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "f" / name).read_bytes() == (tmp_path / "p" / name).read_bytes()
+    assert type(GPT.from_pretrained(str(tmp_path / "f"))) is GPT  # loading stays plain

@@ -228,6 +228,7 @@ def tiny_cfg(root, ref, gt, **kw):
 
 def test_main_samples_and_scores_as_evaluate_does(tiny, compact_tok, monkeypatch):
     from model import GPT
+    from plumbing.speed import speed_up
     from reward import load_ground_truth
 
     root, ref, gt = tiny
@@ -245,7 +246,7 @@ def test_main_samples_and_scores_as_evaluate_does(tiny, compact_tok, monkeypatch
     # the same completions as evaluate.sample_and_measure on the repeated prefixes, the same scores
     prefixes = load_prefixes("synthetic", "test", 6, PROTOCOL.test_seed, compact_tok)
     repeated = [p for p in prefixes for _ in range(8)]
-    policy = GPT.from_pretrained(ref).eval()
+    policy = speed_up(GPT.from_pretrained(ref)).eval()  # as the scripts load it
     comps = evaluate.sample_and_measure(policy, policy, repeated, compact_tok, 16,
                                         PROTOCOL.test_seed, "cpu")[0]
     texts = [compact_tok.decode(p + c) for p, c in zip(repeated, comps)]

@@ -26,6 +26,7 @@ import torch
 from hh_tldr import winrate
 from hh_tldr.judge import chat_completion, judge_message, parse_judgment
 from model import GPT, GPTConfig
+from plumbing.speed import speed_up
 from reward import RewardModel
 from plumbing.utils import read_jsonl, seed_for, write_jsonl
 from hh_tldr.winrate import WinRateConfig
@@ -421,7 +422,7 @@ def test_rm_judge_expected_win_rate(tiny, tmp_path):
             math.sqrt(sum((x - mean) ** 2 for x in p) / (len(p) - 1)) / math.sqrt(len(p)))
 
     # temperature 0 is greedy decoding: the policy's argmax continuation
-    sft = GPT.from_pretrained(tiny.sft).eval()
+    sft = speed_up(GPT.from_pretrained(tiny.sft)).eval()  # as winrate.py loads it
     greedy = sample_completions(sft, [refs[1]["prompt_ids"]], 1, eos_id=tok.eos_id,
                                 max_new_tokens=6, temperature=0.0)[0]
     assert next(c for c in comps if c["policy"] == "sft" and c["temperature"] == 0.0

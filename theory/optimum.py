@@ -22,6 +22,7 @@ from plumbing.flags import check_fields
 
 from plumbing.runs import run_main
 from data import PROTOCOL, load_prefixes, load_tokenizer
+from plumbing.speed import speed_up
 from model import GPT, gpt_folder, sample_completions
 from reward import load_ground_truth
 from plumbing.utils import atomic_torch_save, file_stamp, get_device, write_jsonl
@@ -146,7 +147,7 @@ def main(cfg: OptimumConfig):
     else:
         tok = load_tokenizer(ref_path)
         prefixes = load_prefixes(cfg.dataset, "test", cfg.n_prefixes, cfg.seed, tok)
-        ref = GPT.from_pretrained(ref_path).to(device).eval()
+        ref = speed_up(GPT.from_pretrained(ref_path)).to(device).eval()
         scorer = load_ground_truth(cfg.ground_truth, device=device)
         rewards = reference_rewards(ref, scorer, prefixes, tok, cfg.M, cfg.seed, cfg.micro_batch,
                                     cfg.score_batch, device)
