@@ -21,12 +21,20 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from plumbing.runs import run_main
 from data import check_pairs, collate_pairs, load_tokenizer, split_pairs, stream_indices
 from model import GPT, gpt_folder, token_logprobs
-from plumbing.runs import Run
+
+from plumbing.flags import arg
+from plumbing.runs import Run, run_main
 from plumbing.speed import adamw, speed_up
-from plumbing.utils import atomic_torch_save, autocast, autocast_dtype, file_stamp, lr_at, read_jsonl
+from plumbing.utils import (
+    atomic_torch_save,
+    autocast,
+    autocast_dtype,
+    file_stamp,
+    lr_at,
+    read_jsonl,
+)
 
 LOSSES = ("dpo", "ipo", "hinge", "unlikelihood", "unlikelihood_token")
 
@@ -102,30 +110,35 @@ def token_unlikelihood_loss(policy_chosen_logps, rejected_token_logps, rejected_
 
 @dataclass
 class DPOConfig:
-    out_dir: str = "runs/dpo"  # run folder
-    init: str = "runs/sft"  # SFT checkpoint (or run folder: its last checkpoint)
-    ref: str | None = None  # reference checkpoint (default: init)
-    pairs: str = "runs/pairs/pairs.jsonl"  # pairs file written by pairs.py
-    seed: int = 0  # data order
-    loss: str = "dpo"  # dpo | ipo | hinge | unlikelihood | unlikelihood_token
-    beta: float = 0.1  # KL strength beta (paper default 0.1; IMDb sweep 0.05, 0.1, 1, 5)
-    alpha: float = 1.0  # unlikelihood coefficient (IMDb sweep 0.05, 0.1, 0.5, 1)
-    label_smoothing: float = 0.0  # conservative DPO: assumed label-flip probability
-    reference_free: bool = False  # ignore the reference (uniform pi_ref)
-    steps: int | None = None  # optimizer steps (None: one epoch over the training pairs)
-    batch_size: int = 64  # pairs per optimizer step (App. B: 64)
-    micro_batch: int = 8  # pairs per forward; accumulation makes up the batch
-    lr: float = 1e-6  # RMSprop learning rate (App. B: 1e-6)
-    warmup: int = 150  # linear warm-up steps (App. B: 150), then constant
-    optimizer: str = "rmsprop"  # rmsprop (paper) | adamw
-    grad_clip: float = 10.0  # max global gradient norm
-    eval_size: int = 256  # held-out pairs (whole prompts) for loss/eval; 0: none
-    split_seed: int = 0  # which prompts are held out (data.split_pairs); one for a whole sweep
-    eval_every: int = 100  # held-out metrics every N steps
-    patience: int = 0  # stop once the held-out loss has not improved for N evaluations; 0: off
-    save_every: int = 100  # checkpoint every N steps (the frontier evaluates each)
-    device: str = "auto"  # cuda > mps > cpu
-    overwrite: bool = False  # delete an existing run folder with another config
+    out_dir: str = arg("runs/dpo", "run folder")
+    init: str = arg("runs/sft", "SFT checkpoint (or run folder: its last checkpoint)")
+    ref: str | None = arg(None, "reference checkpoint (default: init)")
+    pairs: str = arg("runs/pairs/pairs.jsonl", "pairs file written by pairs.py")
+    seed: int = arg(0, "data order", ">= 0")
+    loss: str = arg("dpo", "dpo | ipo | hinge | unlikelihood | unlikelihood_token")
+    beta: float = arg(0.1,
+                      "KL strength beta (paper default 0.1; IMDb sweep 0.05, 0.1, 1, 5)", "> 0")
+    alpha: float = arg(1.0, "unlikelihood coefficient (IMDb sweep 0.05, 0.1, 0.5, 1)", "> 0")
+    label_smoothing: float = arg(0.0,
+                                 "conservative DPO: assumed label-flip probability", (0.0, 0.5))
+    reference_free: bool = arg(False, "ignore the reference (uniform pi_ref)")
+    steps: int | None = arg(None,
+                            "optimizer steps (None: one epoch over the training pairs)", "> 0")
+    batch_size: int = arg(64, "pairs per optimizer step (App. B: 64)", "> 0")
+    micro_batch: int = arg(8, "pairs per forward; accumulation makes up the batch", "> 0")
+    lr: float = arg(1e-6, "RMSprop learning rate (App. B: 1e-6)", "> 0")
+    warmup: int = arg(150, "linear warm-up steps (App. B: 150), then constant", ">= 0")
+    optimizer: str = arg("rmsprop", "rmsprop (paper) | adamw")
+    grad_clip: float = arg(10.0, "max global gradient norm", "> 0")
+    eval_size: int = arg(256, "held-out pairs (whole prompts) for loss/eval; 0: none", ">= 0")
+    split_seed: int = arg(
+        0, "which prompts are held out (data.split_pairs); one for a whole sweep", ">= 0")
+    eval_every: int = arg(100, "held-out metrics every N steps", "> 0")
+    patience: int = arg(
+        0, "stop once the held-out loss has not improved for N evaluations; 0: off", ">= 0")
+    save_every: int = arg(100, "checkpoint every N steps (the frontier evaluates each)", "> 0")
+    device: str = arg("auto", "cuda > mps > cpu", "device")
+    overwrite: bool = arg(False, "delete an existing run folder with another config")
 
 
 # ----------------------------------------------------------------------------- reference cache

@@ -22,15 +22,22 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from plumbing.flags import check_fields
-
-from plumbing.runs import run_main
 from data import PROTOCOL, collate, load_prefixes, load_tokenizer
-from plumbing.speed import speed_up
 from model import GPT, gpt_folder, sample_completions, token_logprobs
 from reward import load_ground_truth, load_reward_model
-from plumbing.utils import (append_jsonl, atomic_write, autocast, get_device, list_checkpoints,
-                   mean_stderr, read_jsonl)
+
+from plumbing.flags import arg, check_fields
+from plumbing.runs import run_main
+from plumbing.speed import speed_up
+from plumbing.utils import (
+    append_jsonl,
+    atomic_write,
+    autocast,
+    get_device,
+    list_checkpoints,
+    mean_stderr,
+    read_jsonl,
+)
 
 # ----------------------------------------------------------------------------- the measures
 
@@ -111,21 +118,23 @@ def describe_run(run_dir: str) -> tuple[str, str, float | None]:
 
 @dataclass
 class EvalConfig:
-    runs: tuple[str, ...] = ()  # run folders (every checkpoint) or checkpoint folders
-    ref: str = "runs/sft"  # the reference policy (the SFT checkpoint)
-    ground_truth: str = "siebert/sentiment-roberta-large-english"  # see reward.load_ground_truth
-    dataset: str = "stanfordnlp/imdb"  # test prefixes come from its test split
-    out: str = "runs/frontier.jsonl"  # results, appended; the plot goes beside it (.png)
-    n_prefixes: int = PROTOCOL.n_test_prefixes  # held-out test prefixes
-    seed: int = PROTOCOL.test_seed  # which prefixes, and the sampling
-    every: int = 1  # evaluate every k-th checkpoint of a run (the last is always included)
-    include_ref: bool = True  # also evaluate the reference itself (KL 0)
-    best_of: tuple[int, ...] = ()  # N values for the best-of-N baseline (needs --rm)
-    rm: str | None = None  # learned reward model run folder, for best-of-N
-    micro_batch: int = 16  # sequences per forward
-    score_batch: int = 64  # texts per ground-truth batch
-    plot: bool = True  # redraw the plot (<out>.png) after evaluating
-    device: str = "auto"  # cuda > mps > cpu
+    runs: tuple[str, ...] = arg((), "run folders (every checkpoint) or checkpoint folders", "path")
+    ref: str = arg("runs/sft", "the reference policy (the SFT checkpoint)")
+    ground_truth: str = arg("siebert/sentiment-roberta-large-english",
+                            "see reward.load_ground_truth")
+    dataset: str = arg("stanfordnlp/imdb", "test prefixes come from its test split")
+    out: str = arg("runs/frontier.jsonl", "results, appended; the plot goes beside it (.png)")
+    n_prefixes: int = arg(PROTOCOL.n_test_prefixes, "held-out test prefixes", "> 0")
+    seed: int = arg(PROTOCOL.test_seed, "which prefixes, and the sampling", ">= 0")
+    every: int = arg(1,
+                     "evaluate every k-th checkpoint of a run (the last is always included)", "> 0")
+    include_ref: bool = arg(True, "also evaluate the reference itself (KL 0)")
+    best_of: tuple[int, ...] = arg((), "N values for the best-of-N baseline (needs --rm)", ">= 0")
+    rm: str | None = arg(None, "learned reward model run folder, for best-of-N")
+    micro_batch: int = arg(16, "sequences per forward", "> 0")
+    score_batch: int = arg(64, "texts per ground-truth batch", "> 0")
+    plot: bool = arg(True, "redraw the plot (<out>.png) after evaluating")
+    device: str = arg("auto", "cuda > mps > cpu", "device")
 
 
 def checkpoints_of(path: str, every: int) -> list[tuple[int, str]]:

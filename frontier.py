@@ -42,13 +42,11 @@ from reward import train as rm_train
 from sft import SFTConfig
 from sft import main as sft_main
 
-from plumbing.flags import check_fields
-
-from plumbing.runs import run_main
+from plumbing.flags import arg, check_fields
 from plumbing.plan import print_plan
 from plumbing.presets import PRESETS, keeps_last, n_jobs
 from plumbing.prune import evaluate_live, evaluate_run, prune
-from plumbing.runs import is_done, open_run, stopped
+from plumbing.runs import is_done, open_run, run_main, stopped
 from plumbing.utils import list_checkpoints, read_jsonl
 from plumbing.workers import cpu_cores, run_in_workers
 from theory.optimum import OptimumConfig
@@ -57,18 +55,23 @@ from theory.optimum import main as optimum_main
 
 @dataclass
 class FrontierConfig:
-    preset: str = "tiny"  # tiny | gpt2 | paper
-    out_dir: str | None = None  # default runs/<preset>
-    device: str = "auto"  # cuda > mps > cpu
-    base_model: str | None = None  # override the preset's base model (e.g. a local GPT-2 folder)
-    dataset: str | None = None  # override the preset's dataset (e.g. a local IMDb folder)
-    ground_truth: str | None = None  # override the preset's ground truth (e.g. a local siebert)
-    keep_checkpoints: bool = False  # keep every checkpoint and state.pt of every run
-    keep_last: bool | None = None  # keep each sweep run's last checkpoint; None: the preset's
-    # choice (tiny: keep; gpt2, paper: its rows only, for disk)
-    plan: bool = False  # print each step's counts, checkpoints, disk and time estimate; run nothing
-    seeds: int = 1  # every trained method repeated with seeds 0 .. K-1 (the plot: mean and band)
-    jobs: int = 0  # sweep runs trained at once, a process each; 0: the preset's rule (n_jobs)
+    preset: str = arg("tiny", "tiny | gpt2 | paper")
+    out_dir: str | None = arg(None, "default runs/<preset>")
+    device: str = arg("auto", "cuda > mps > cpu", "device")
+    base_model: str | None = arg(None,
+                                 "override the preset's base model (e.g. a local GPT-2 folder)")
+    dataset: str | None = arg(None, "override the preset's dataset (e.g. a local IMDb folder)")
+    ground_truth: str | None = arg(None,
+                                   "override the preset's ground truth (e.g. a local siebert)")
+    keep_checkpoints: bool = arg(False, "keep every checkpoint and state.pt of every run")
+    keep_last: bool | None = arg(None, "keep each sweep run's last checkpoint; None: the preset's "
+                                 "choice (tiny: keep; gpt2, paper: its rows only, for disk)")
+    plan: bool = arg(False,
+                     "print each step's counts, checkpoints, disk and time estimate; run nothing")
+    seeds: int = arg(
+        1, "every trained method repeated with seeds 0 .. K-1 (the plot: mean and band)", "> 0")
+    jobs: int = arg(
+        0, "sweep runs trained at once, a process each; 0: the preset's rule (n_jobs)", ">= 0")
 
 
 def plan(cfg: FrontierConfig):

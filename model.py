@@ -17,8 +17,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from plumbing.utils import autocast, copy_checked, read_hf_config, read_safetensors
-from plumbing.utils import resolve_checkpoint
+from plumbing.utils import (
+    autocast,
+    copy_checked,
+    read_hf_config,
+    read_safetensors,
+    resolve_checkpoint,
+)
 
 # The four GPT-2 sizes on the Hugging Face hub (the unprefixed names redirect there).
 HUB_NAMES = {

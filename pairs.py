@@ -17,28 +17,30 @@ from dataclasses import dataclass
 
 import torch
 
-from plumbing.runs import run_main
 from data import PROTOCOL, load_prefixes, load_tokenizer, pair_row
-from plumbing.speed import speed_up
 from model import GPT, gpt_folder, sample_completions
 from reward import load_ground_truth
-from plumbing.runs import Run
+
+from plumbing.flags import arg
+from plumbing.runs import Run, run_main
+from plumbing.speed import speed_up
 from plumbing.utils import append_jsonl, read_jsonl, seed_for, write_jsonl
 
 
 @dataclass
 class PairsConfig:
-    out_dir: str = "runs/pairs"  # run folder; the pairs are written to <out_dir>/pairs.jsonl
-    init: str = "runs/sft"  # the SFT policy that samples the completions
-    ground_truth: str = "siebert/sentiment-roberta-large-english"  # see reward.load_ground_truth
-    dataset: str = "stanfordnlp/imdb"  # prefixes come from its train split
-    n_prefixes: int = 25000  # the paper: 25,000 prefixes x 6 pairs = 150k pairs
-    samples: int = 4  # completions per prefix (all pairs of them are written)
-    chunk: int = 64  # prefixes per sampling batch, and per resumable unit
-    score_batch: int = 64  # texts per ground-truth batch
-    seed: int = 0  # which prefixes, and the sampling
-    device: str = "auto"  # cuda > mps > cpu
-    overwrite: bool = False  # delete an existing run folder with another config
+    out_dir: str = arg("runs/pairs", "run folder; the pairs are written to <out_dir>/pairs.jsonl")
+    init: str = arg("runs/sft", "the SFT policy that samples the completions")
+    ground_truth: str = arg("siebert/sentiment-roberta-large-english",
+                            "see reward.load_ground_truth")
+    dataset: str = arg("stanfordnlp/imdb", "prefixes come from its train split")
+    n_prefixes: int = arg(25000, "the paper: 25,000 prefixes x 6 pairs = 150k pairs", "> 0")
+    samples: int = arg(4, "completions per prefix (all pairs of them are written)", "> 0")
+    chunk: int = arg(64, "prefixes per sampling batch, and per resumable unit", "> 0")
+    score_batch: int = arg(64, "texts per ground-truth batch", "> 0")
+    seed: int = arg(0, "which prefixes, and the sampling", ">= 0")
+    device: str = arg("auto", "cuda > mps > cpu", "device")
+    overwrite: bool = arg(False, "delete an existing run folder with another config")
 
 
 def pairs_of(prefix, comps, rewards, tok):

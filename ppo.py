@@ -20,13 +20,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from plumbing.runs import run_main
 from data import (
-    PROTOCOL, collate, last_index, load_prefixes, load_tokenizer, stream_indices,
+    PROTOCOL,
+    collate,
+    last_index,
+    load_prefixes,
+    load_tokenizer,
+    stream_indices,
 )
 from model import GPT, gpt_folder, sample_completions, token_logprobs
 from reward import load_ground_truth, load_reward_model
-from plumbing.runs import Run
+
+from plumbing.flags import arg
+from plumbing.runs import Run, run_main
 from plumbing.speed import adamw, speed_up
 from plumbing.utils import autocast, read_safetensors, save_head, seed_for
 
@@ -123,42 +129,46 @@ class RunningMoments:
 
 @dataclass
 class PPOConfig:
-    out_dir: str = "runs/ppo"  # run folder
-    init: str = "runs/sft"  # SFT checkpoint: the policy's start and the frozen reference
-    reward: str = "rm"  # rm: learned reward model (PPO); gt: the ground truth (PPO-GT)
-    rm: str = "runs/rm"  # reward-model run folder (reward.py train --objective bt)
-    ground_truth: str = "siebert/sentiment-roberta-large-english"  # for --reward gt
-    dataset: str = "stanfordnlp/imdb"  # prompts: prefixes of its train split
-    n_prompts: int = 25000  # size of the prompt pool
-    seed: int = 0  # prompts, sampling, minibatch order
-    steps: int = 100  # PPO iterations
-    batch_size: int = 1024  # rollouts per iteration (the paper's PPO: 1024)
-    gen_batch: int = 128  # rollouts per generate call
-    mini_batch: int = 256  # rollouts per optimizer step
-    micro_batch: int = 16  # rollouts per forward; accumulation makes up the minibatch
-    ppo_epochs: int = 4  # passes over the rollouts per iteration
-    lr: float = 1.41e-5  # Adam learning rate (TRL's sentiment example)
-    init_kl_coef: float = 0.2  # starting KL coefficient beta
-    target_kl: float | None = 6.0  # adaptive controller target (nats per sequence); None: fixed
-    horizon: int = 10000  # controller horizon (samples)
-    gamma: float = 1.0  # discount
-    lam: float = 0.95  # GAE lambda
-    cliprange: float = 0.2  # policy ratio clip
-    cliprange_value: float = 0.2  # value clip
-    vf_coef: float = 0.1  # value loss weight
-    grad_clip: float = 1.0  # max global gradient norm
+    out_dir: str = arg("runs/ppo", "run folder")
+    init: str = arg("runs/sft", "SFT checkpoint: the policy's start and the frozen reference")
+    reward: str = arg("rm", "rm: learned reward model (PPO); gt: the ground truth (PPO-GT)")
+    rm: str = arg("runs/rm", "reward-model run folder (reward.py train --objective bt)")
+    ground_truth: str = arg("siebert/sentiment-roberta-large-english", "for --reward gt")
+    dataset: str = arg("stanfordnlp/imdb", "prompts: prefixes of its train split")
+    n_prompts: int = arg(25000, "size of the prompt pool", "> 0")
+    seed: int = arg(0, "prompts, sampling, minibatch order", ">= 0")
+    steps: int = arg(100, "PPO iterations", "> 0")
+    batch_size: int = arg(1024, "rollouts per iteration (the paper's PPO: 1024)", "> 0")
+    gen_batch: int = arg(128, "rollouts per generate call", "> 0")
+    mini_batch: int = arg(256, "rollouts per optimizer step", "> 0")
+    micro_batch: int = arg(16, "rollouts per forward; accumulation makes up the minibatch", "> 0")
+    ppo_epochs: int = arg(4, "passes over the rollouts per iteration", "> 0")
+    lr: float = arg(1.41e-5, "Adam learning rate (TRL's sentiment example)", "> 0")
+    init_kl_coef: float = arg(0.2, "starting KL coefficient beta", ">= 0")
+    target_kl: float | None = arg(
+        6.0, "adaptive controller target (nats per sequence); None: fixed", "> 0")
+    horizon: int = arg(10000, "controller horizon (samples)", "> 0")
+    gamma: float = arg(1.0, "discount", (0.0, 1.0, "]"))
+    lam: float = arg(0.95, "GAE lambda", (0.0, 1.0, "]"))
+    cliprange: float = arg(0.2, "policy ratio clip", "> 0")
+    cliprange_value: float = arg(0.2, "value clip", "> 0")
+    vf_coef: float = arg(0.1, "value loss weight", ">= 0")
+    grad_clip: float = arg(1.0, "max global gradient norm", "> 0")
     # Score normalisation is our choice, not the paper's: the paper does not say how its PPO
     # treated the scores. It is common PPO practice: Ziegler et al. (2019) normalise their reward
     # model to mean 0 and std 1 under the initial policy, and TRL later added running scaling and
     # normalisation (use_score_scaling, use_score_norm, Aug. 2023), which RunningMoments follows.
-    normalize_score: bool = False  # standardise scores by their running mean and std (our choice)
-    whiten_advantages: bool = True  # standardise advantages over each iteration's batch
-    score_batch: int = 64  # texts per scoring batch
-    eval_every: int = 10  # validation reward: the mean score of the last N iterations' rollouts
-    patience: int = 0  # stop once that reward has not improved for N evaluations; 0: off
-    save_every: int = 10  # checkpoint every N iterations
-    device: str = "auto"  # cuda > mps > cpu
-    overwrite: bool = False  # delete an existing run folder with another config
+    normalize_score: bool = arg(False,
+                                "standardise scores by their running mean and std (our choice)")
+    whiten_advantages: bool = arg(True, "standardise advantages over each iteration's batch")
+    score_batch: int = arg(64, "texts per scoring batch", "> 0")
+    eval_every: int = arg(
+        10, "validation reward: the mean score of the last N iterations' rollouts", "> 0")
+    patience: int = arg(0,
+                        "stop once that reward has not improved for N evaluations; 0: off", ">= 0")
+    save_every: int = arg(10, "checkpoint every N iterations", "> 0")
+    device: str = arg("auto", "cuda > mps > cpu", "device")
+    overwrite: bool = arg(False, "delete an existing run folder with another config")
 
 
 # ----------------------------------------------------------------------------- the loop

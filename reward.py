@@ -19,17 +19,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from plumbing.runs import first_paragraph, run_main
 from data import (
-    Tokenizer, check_pairs, collate, held_out_sample, load_reviews, load_tokenizer, split_pairs,
+    Tokenizer,
+    check_pairs,
+    collate,
+    held_out_sample,
+    load_reviews,
+    load_tokenizer,
+    split_pairs,
     stream_indices,
 )
 from model import GPT, gpt_folder
 from roberta import SIEBERT, load_roberta_scorer
-from plumbing.runs import Run
+
+from plumbing.flags import arg
+from plumbing.runs import Run, first_paragraph, run_main
 from plumbing.speed import adamw, speed_up
 from plumbing.utils import (
-    autocast, load_head, lr_at, read_jsonl, resolve_checkpoint, save_head, write_folder,
+    autocast,
+    load_head,
+    lr_at,
+    read_jsonl,
+    resolve_checkpoint,
+    save_head,
+    write_folder,
 )
 
 # A GPT-2 backbone with a scalar head read at the last real token: r(x, y). Trained two ways:
@@ -161,25 +174,27 @@ def load_ground_truth(spec: str = SIEBERT, device: str = "cpu"):
 
 @dataclass
 class RMConfig:
-    out_dir: str = "runs/rm"  # run folder; the best checkpoint is kept in <out_dir>/best
-    init: str = "runs/sft"  # backbone checkpoint (the SFT model)
-    objective: str = "bt"  # bt: Bradley-Terry on pairs | label: cross-entropy on reviews
-    pairs: str = "runs/pairs/pairs.jsonl"  # for bt
-    dataset: str = "stanfordnlp/imdb"  # for label: train split to fit, test split to validate
-    seed: int = 0  # data order
-    epochs: int = 3  # passes over the training data (the paper's RM: 3)
-    batch_size: int = 64  # pairs (bt) or reviews (label) per optimizer step
-    micro_batch: int = 8  # per forward; accumulation makes up the batch
-    lr: float = 1e-5  # AdamW learning rate, linear warm-up then cosine decay
-    warmup: int = 50  # warm-up steps
-    max_len: int = 128  # label: review tokens kept
-    eval_size: int = 512  # held-out pairs (whole prompts) or test reviews
-    split_seed: int = 0  # bt: which prompts are held out (data.split_pairs); unlike seed, fixed
-    eval_every: int = 100  # validation accuracy every N steps (and at the end)
-    patience: int = 0  # stop once validation accuracy has not improved for N evaluations; 0: off
-    save_every: int = 100  # resumable checkpoint every N steps
-    device: str = "auto"  # cuda > mps > cpu
-    overwrite: bool = False  # delete an existing run folder with another config
+    out_dir: str = arg("runs/rm", "run folder; the best checkpoint is kept in <out_dir>/best")
+    init: str = arg("runs/sft", "backbone checkpoint (the SFT model)")
+    objective: str = arg("bt", "bt: Bradley-Terry on pairs | label: cross-entropy on reviews")
+    pairs: str = arg("runs/pairs/pairs.jsonl", "for bt")
+    dataset: str = arg("stanfordnlp/imdb", "for label: train split to fit, test split to validate")
+    seed: int = arg(0, "data order", ">= 0")
+    epochs: int = arg(3, "passes over the training data (the paper's RM: 3)", "> 0")
+    batch_size: int = arg(64, "pairs (bt) or reviews (label) per optimizer step", "> 0")
+    micro_batch: int = arg(8, "per forward; accumulation makes up the batch", "> 0")
+    lr: float = arg(1e-5, "AdamW learning rate, linear warm-up then cosine decay", "> 0")
+    warmup: int = arg(50, "warm-up steps", ">= 0")
+    max_len: int = arg(128, "label: review tokens kept", "> 0")
+    eval_size: int = arg(512, "held-out pairs (whole prompts) or test reviews", ">= 0")
+    split_seed: int = arg(
+        0, "bt: which prompts are held out (data.split_pairs); unlike seed, fixed", ">= 0")
+    eval_every: int = arg(100, "validation accuracy every N steps (and at the end)", "> 0")
+    patience: int = arg(
+        0, "stop once validation accuracy has not improved for N evaluations; 0: off", ">= 0")
+    save_every: int = arg(100, "resumable checkpoint every N steps", "> 0")
+    device: str = arg("auto", "cuda > mps > cpu", "device")
+    overwrite: bool = arg(False, "delete an existing run folder with another config")
 
 
 def rm_data(cfg: RMConfig, tok: Tokenizer, gcfg):
@@ -231,8 +246,11 @@ def train(cfg: RMConfig):
         return run.history
     folder = run.resume_from or gpt_folder(cfg.init)
     tok = load_tokenizer(folder)
-    model = (RewardModel.from_pretrained(folder) if run.resume_from
-             else RewardModel(speed_up(GPT.from_pretrained(folder)), cfg.objective)).to(run.device).train()
+    if run.resume_from:
+        model = RewardModel.from_pretrained(folder)
+    else:
+        model = RewardModel(speed_up(GPT.from_pretrained(folder)), cfg.objective)
+    model.to(run.device).train()
     train_ex, held_ex = rm_data(cfg, tok, model.gpt.config)
     if not held_ex:
         raise ValueError("no validation examples: raise --eval_size or add data")

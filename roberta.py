@@ -18,7 +18,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from plumbing.utils import copy_checked, hub_download, read_hf_config, read_safetensors, resolve_checkpoint
+from plumbing.utils import (
+    copy_checked,
+    hub_download,
+    read_hf_config,
+    read_safetensors,
+    resolve_checkpoint,
+)
 
 SIEBERT = "siebert/sentiment-roberta-large-english"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # in order of preference

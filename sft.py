@@ -15,46 +15,63 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from plumbing.runs import run_main
 from data import (
-    Tokenizer, check_pairs, collate, held_out_sample, is_token_ids, load_reviews, load_tokenizer,
-    sft_sequences, split_pairs, stream_indices, synthetic_vocab,
+    Tokenizer,
+    check_pairs,
+    collate,
+    held_out_sample,
+    is_token_ids,
+    load_reviews,
+    load_tokenizer,
+    sft_sequences,
+    split_pairs,
+    stream_indices,
+    synthetic_vocab,
 )
 from model import GPT, GPTConfig, gpt_folder, token_logprobs
-from plumbing.runs import Run
+
+from plumbing.flags import arg
+from plumbing.runs import Run, run_main
 from plumbing.speed import adamw, speed_up
 from plumbing.utils import autocast, lr_at, read_jsonl
 
 
 @dataclass
 class SFTConfig:
-    out_dir: str = "runs/sft"  # run folder
-    init: str = "gpt2-large"  # GPT-2 size, checkpoint folder, or "scratch" (a new model, below)
-    dataset: str = "stanfordnlp/imdb"  # hub name, local parquet folder, or "synthetic"
-    pairs: str | None = None  # a pairs file: train on its chosen completions (Preferred-FT)
-    completions: str | None = None  # a completions file (preferences.py): prompt + reference
-    seed: int = 0  # data order, dropout
-    steps: int = 400  # optimizer steps (IMDb train: 25k reviews = 390 steps of 64)
-    batch_size: int = 64  # sequences per optimizer step
-    micro_batch: int = 8  # sequences per forward; batch_size / micro_batch accumulation steps
-    max_len: int = 128  # tokens kept per review: the policy writes 48 after a <= 8-token prompt
-    lr: float = 1e-5  # AdamW peak learning rate (the paper does not state the SFT recipe)
-    warmup: int = 40  # linear warm-up steps, then cosine decay to 10 %
-    weight_decay: float = 0.0  # AdamW weight decay
-    grad_clip: float = 1.0  # max global gradient norm
-    dropout: float = 0.0  # dropout while fine-tuning (0: as in every later stage)
-    eval_every: int = 100  # held-out loss every N steps
-    patience: int = 0  # stop once the held-out loss has not improved for N evaluations; 0: off
-    eval_size: int = 256  # held-out sequences (--pairs: pairs, whole prompts)
-    split_seed: int = 0  # --pairs: which prompts are held out; unlike seed, one for a whole sweep
-    save_every: int = 100  # checkpoint every N steps
-    device: str = "auto"  # cuda > mps > cpu
-    n_layer: int = 2  # --init scratch only
-    n_head: int = 2  # --init scratch only
-    n_embd: int = 64  # --init scratch only
-    block_size: int = 128  # --init scratch only: context length
-    vocab: str = "auto"  # --init scratch only: auto (synthetic: its compact one) | dialogue | gpt2
-    overwrite: bool = False  # delete an existing run folder with another config
+    out_dir: str = arg("runs/sft", "run folder")
+    init: str = arg("gpt2-large",
+                    'GPT-2 size, checkpoint folder, or "scratch" (a new model, below)')
+    dataset: str = arg("stanfordnlp/imdb", 'hub name, local parquet folder, or "synthetic"')
+    pairs: str | None = arg(None, "a pairs file: train on its chosen completions (Preferred-FT)")
+    completions: str | None = arg(None, "a completions file (preferences.py): prompt + reference")
+    seed: int = arg(0, "data order, dropout", ">= 0")
+    steps: int = arg(400, "optimizer steps (IMDb train: 25k reviews = 390 steps of 64)", "> 0")
+    batch_size: int = arg(64, "sequences per optimizer step", "> 0")
+    micro_batch: int = arg(
+        8, "sequences per forward; batch_size / micro_batch accumulation steps", "> 0")
+    max_len: int = arg(
+        128, "tokens kept per review: the policy writes 48 after a <= 8-token prompt", "> 0")
+    lr: float = arg(1e-5,
+                    "AdamW peak learning rate (the paper does not state the SFT recipe)", "> 0")
+    warmup: int = arg(40, "linear warm-up steps, then cosine decay to 10 %", ">= 0")
+    weight_decay: float = arg(0.0, "AdamW weight decay", ">= 0")
+    grad_clip: float = arg(1.0, "max global gradient norm", "> 0")
+    dropout: float = arg(0.0, "dropout while fine-tuning (0: as in every later stage)", (0.0, 1.0))
+    eval_every: int = arg(100, "held-out loss every N steps", "> 0")
+    patience: int = arg(
+        0, "stop once the held-out loss has not improved for N evaluations; 0: off", ">= 0")
+    eval_size: int = arg(256, "held-out sequences (--pairs: pairs, whole prompts)", ">= 0")
+    split_seed: int = arg(
+        0, "--pairs: which prompts are held out; unlike seed, one for a whole sweep", ">= 0")
+    save_every: int = arg(100, "checkpoint every N steps", "> 0")
+    device: str = arg("auto", "cuda > mps > cpu", "device")
+    n_layer: int = arg(2, "--init scratch only", "> 0")
+    n_head: int = arg(2, "--init scratch only", "> 0")
+    n_embd: int = arg(64, "--init scratch only", "> 0")
+    block_size: int = arg(128, "--init scratch only: context length", "> 0")
+    vocab: str = arg("auto",
+                     "--init scratch only: auto (synthetic: its compact one) | dialogue | gpt2")
+    overwrite: bool = arg(False, "delete an existing run folder with another config")
 
 
 def build_model(cfg: SFTConfig, resume_from: str | None) -> tuple[GPT, Tokenizer]:

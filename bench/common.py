@@ -12,6 +12,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from model import GPT  # noqa: E402
+
 from plumbing.speed import speed_up  # noqa: E402  (the fast paths, as every script applies them)
 
 SIZES = {  # name: (n_layer, n_head, n_embd)

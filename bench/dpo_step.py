@@ -9,7 +9,6 @@ reference on chosen and on rejected). Same loss required.
 import argparse
 
 import torch
-
 from common import add_size_args, interleaved, model_pair, setup_threads, table
 
 from data import collate  # noqa: E402

@@ -22,8 +22,9 @@ from common import SIZES  # noqa: E402
 from dpo import concatenated_logps, preference_loss  # noqa: E402
 from model import GPT, GPTConfig, token_logprobs  # noqa: E402
 from roberta import RobertaClassifier, RobertaConfig  # noqa: E402
-from plumbing.utils import autocast  # noqa: E402
+
 from plumbing.speed import adamw, speed_up  # noqa: E402
+from plumbing.utils import autocast  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 FLOP/s, datasheets
 

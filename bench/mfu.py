@@ -13,10 +13,10 @@ import argparse
 import time
 
 import torch
-
 from common import add_size_args, interleaved, model_pair, setup_threads, table
 
 from sft import lm_loss  # noqa: E402
+
 from plumbing.speed import adamw  # noqa: E402
 
 

@@ -9,7 +9,6 @@ transformers' generate (identical tokens required), and ours without the cache.
 import argparse
 
 import torch
-
 from common import add_size_args, interleaved, model_pair, setup_threads, table
 
 

@@ -8,10 +8,10 @@ GPT2LMHeadModel with the same weights (GPT-2 124M dimensions, batch 4 x 128 by d
 import argparse
 
 import torch
-
 from common import add_size_args, interleaved, model_pair, setup_threads, table
 
 from sft import lm_loss  # noqa: E402  (common.py put the repo root on sys.path)
+
 from plumbing.speed import adamw  # noqa: E402
 
 

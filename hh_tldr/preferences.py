@@ -51,9 +51,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from plumbing.flags import check_fields
-from plumbing.runs import run_main
 from data import PAIR_KEYS, Tokenizer, _load_dataset, load_tokenizer
+
+from plumbing.flags import arg, check_fields
+from plumbing.runs import run_main
 from plumbing.utils import atomic_write, resolve_checkpoint, seed_for
 from synthetic.dialogues import SYNTHETIC_SIZES, dialogue_vocab, synthetic_dialogues
 
@@ -69,15 +70,19 @@ TLDR = "TL;DR:"
 
 @dataclass
 class PreferencesConfig:
-    dataset: str = "Anthropic/hh-rlhf"  # hub name, local folder/.parquet/.jsonl, or "synthetic"
-    split: str = "train"  # train | test (TL;DR comparisons: valid1, valid2; TL;DR SFT: valid)
-    out: str = "data/hh_train.jsonl"  # the JSONL written (atomically; nothing on bad input)
-    format: str = "auto"  # auto (from the columns) | hh | tldr | tldr_sft | pairs
-    tokenizer: str = "auto"  # auto (synthetic: dialogue, else gpt2) | gpt2 | dialogue | checkpoint
-    max_length: int = 512  # prompt + longer response, in tokens (official DPO repo: 512)
-    max_prompt_length: int = 256  # a too-long pair's prompt keeps its last N tokens (official)
-    n: int | None = None  # only the first N rows of the split
-    seed: int = 0  # the synthetic dialogues
+    dataset: str = arg("Anthropic/hh-rlhf",
+                       'hub name, local folder/.parquet/.jsonl, or "synthetic"')
+    split: str = arg("train", "train | test (TL;DR comparisons: valid1, valid2; TL;DR SFT: valid)")
+    out: str = arg("data/hh_train.jsonl", "the JSONL written (atomically; nothing on bad input)")
+    format: str = arg("auto", "auto (from the columns) | hh | tldr | tldr_sft | pairs")
+    tokenizer: str = arg("auto",
+                         "auto (synthetic: dialogue, else gpt2) | gpt2 | dialogue | checkpoint")
+    max_length: int = arg(512,
+                          "prompt + longer response, in tokens (official DPO repo: 512)", "> 0")
+    max_prompt_length: int = arg(
+        256, "a too-long pair's prompt keeps its last N tokens (official)", "> 0")
+    n: int | None = arg(None, "only the first N rows of the split")
+    seed: int = arg(0, "the synthetic dialogues", ">= 0")
 
 
 # ----------------------------------------------------------------------------- loading

@@ -1,9 +1,9 @@
 """The paper's other two experiments (§6.2) in one command: single-turn dialogue on Anthropic HH and
 TL;DR summarization, each judged by its win rate against the test set's references.
 
-    python -m hh_tldr.run --experiment hh --preset tiny     # CPU, offline: synthetic dialogues, minutes
+    python -m hh_tldr.run --experiment hh --preset tiny    # CPU, offline: synthetic dialogues
     python -m hh_tldr.run --experiment hh --preset gpt2 --judge openai:gpt-4-0314
-    python -m hh_tldr.run --experiment tldr --preset gpt2   # judge: the learned reward model (offline)
+    python -m hh_tldr.run --experiment tldr --preset gpt2  # judge: the learned RM (offline)
 
 The steps, each a script's main(cfg) in this process, each skipped once done (a rerun resumes):
   1. the preference data as pairs files (preferences.py): train and test splits (and the
@@ -30,29 +30,33 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from plumbing.flags import check_fields
-
-from plumbing.runs import run_main
 from data import load_tokenizer
 from dpo import DPOConfig
 from dpo import main as dpo_main
-from plumbing.speed import speed_up
 from model import GPT
-from hh_tldr.preferences import PreferencesConfig
-from synthetic.dialogues import dialogue_reward
-from hh_tldr.preferences import main as preferences_main
 from reward import RMConfig
 from reward import train as rm_train
-from plumbing.runs import config_dict, is_done, open_run
 from sft import SFTConfig
 from sft import main as sft_main
-from plumbing.utils import (atomic_write_json, get_device, list_checkpoints, mean_stderr, read_jsonl,
-                   write_folder, write_jsonl)
-from hh_tldr.winrate import WinRateConfig
+
+from hh_tldr.preferences import PreferencesConfig
+from hh_tldr.preferences import main as preferences_main
+from hh_tldr.winrate import WinRateConfig, choose_prompts, load_test, plot_winrate, sample_block
 from hh_tldr.winrate import check_config as check_judge
-from hh_tldr.winrate import choose_prompts, load_test, sample_block
 from hh_tldr.winrate import main as winrate_main
-from hh_tldr.winrate import plot_winrate
+from plumbing.flags import arg, check_fields
+from plumbing.runs import config_dict, is_done, open_run, run_main
+from plumbing.speed import speed_up
+from plumbing.utils import (
+    atomic_write_json,
+    get_device,
+    list_checkpoints,
+    mean_stderr,
+    read_jsonl,
+    write_folder,
+    write_jsonl,
+)
+from synthetic.dialogues import dialogue_reward
 
 # name: (data steps, sft, dpo, rm, winrate). Data: {split name: PreferencesConfig overrides}; the
 # SFT step reads "sft_data" (pairs: the chosen responses; completions: prompt + reference).
@@ -115,13 +119,16 @@ PRESETS = {
 
 @dataclass
 class ExperimentConfig:
-    experiment: str = "hh"  # hh (dialogue, Anthropic HH) | tldr (summarization, TL;DR)
-    preset: str = "tiny"  # tiny (hh only: CPU, offline) | gpt2 (one GPU)
-    out_dir: str | None = None  # default runs/<experiment>_<preset>
-    base_model: str | None = None  # override the preset's base model (e.g. a local GPT-2 folder)
-    judge: str | None = None  # openai:<model> or rm:<folder> (default: the learned reward model)
-    device: str = "auto"  # cuda > mps > cpu
-    seeds: int = 1  # SFT, DPO, RM and win rates repeated with seeds 0 .. K-1 (the data is one)
+    experiment: str = arg("hh", "hh (dialogue, Anthropic HH) | tldr (summarization, TL;DR)")
+    preset: str = arg("tiny", "tiny (hh only: CPU, offline) | gpt2 (one GPU)")
+    out_dir: str | None = arg(None, "default runs/<experiment>_<preset>")
+    base_model: str | None = arg(None,
+                                 "override the preset's base model (e.g. a local GPT-2 folder)")
+    judge: str | None = arg(None,
+                            "openai:<model> or rm:<folder> (default: the learned reward model)")
+    device: str = arg("auto", "cuda > mps > cpu", "device")
+    seeds: int = arg(
+        1, "SFT, DPO, RM and win rates repeated with seeds 0 .. K-1 (the data is one)", "> 0")
 
 
 # ----------------------------------------------------------------------------- checkpoint choice
@@ -136,12 +143,13 @@ class ExperimentConfig:
 class SelectConfig:
     out_dir: str  # a finished run folder: its step_XXXXXX/ checkpoints are the candidates
     validation: str  # pairs JSONL of the validation split (its prompts; the rule judges)
-    n: int = 200  # distinct validation prompts, a seeded choice
-    temperatures: tuple[float, ...] = (0.0, 1.0)  # the score: mean correct share over these
-    max_new_tokens: int = 24
-    batch_size: int = 50
-    seed: int = 0  # which prompts, and the sampling
-    device: str = "auto"
+    n: int = arg(200, "distinct validation prompts, a seeded choice")
+    temperatures: tuple[float, ...] = arg((0.0, 1.0),
+                                          "the score: mean correct share over these", ">= 0")
+    max_new_tokens: int = arg(24, "", "> 0")
+    batch_size: int = arg(50, "", "> 0")
+    seed: int = arg(0, "which prompts, and the sampling", ">= 0")
+    device: str = arg("auto", "", "device")
 
 
 def select_checkpoint(cfg: SelectConfig) -> dict:

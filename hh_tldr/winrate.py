@@ -13,7 +13,7 @@ sigmoid(r_policy - r_reference), whose mean is an *expected* win rate.
         --judge openai:gpt-4-0314 --out_dir runs/winrate      # OPENAI_API_KEY, OPENAI_BASE_URL
     python -m hh_tldr.winrate --policies sft=runs/sft dpo=runs/dpo --test hh_test_pairs.jsonl \
         --judge rm:runs/rm --out_dir runs/winrate_rm
-    python -m hh_tldr.winrate plot runs/winrate/winrate.jsonl     # redraw winrate.png from the JSONL alone
+    python -m hh_tldr.winrate plot runs/winrate/winrate.jsonl   # redraw winrate.png from the JSONL
 
 The test file is a pairs JSONL (prompt_ids, chosen_ids, prompt, chosen, ...; reference = chosen)
 or a completions JSONL (prompt_ids, completion_ids, prompt, completion; reference = completion).
@@ -30,16 +30,24 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from plumbing.flags import check_fields
-from plumbing.runs import run_main
 from data import load_tokenizer
-from hh_tldr.judge import PROMPTS, openai_judge
-from plumbing.speed import speed_up
 from model import GPT, gpt_folder, sample_completions
 from reward import RewardModel, reward_folder, rm_tokens
+
+from hh_tldr.judge import PROMPTS, openai_judge
+from plumbing.flags import arg, check_fields
+from plumbing.runs import run_main
+from plumbing.speed import speed_up
 from plumbing.utils import (
-    append_jsonl, atomic_write, atomic_write_json, file_stamp, get_device, mean_stderr,
-    read_jsonl, seed_for, write_jsonl,
+    append_jsonl,
+    atomic_write,
+    atomic_write_json,
+    file_stamp,
+    get_device,
+    mean_stderr,
+    read_jsonl,
+    seed_for,
+    write_jsonl,
 )
 
 # ----------------------------------------------------------------------------- the reward judge
@@ -171,27 +179,34 @@ def sample_block(cfg, model, tok, prompts, temperature, t_index, best_of=None):
 
 @dataclass
 class WinRateConfig:
-    policies: tuple[str, ...] = ()  # NAME=FOLDER each: a checkpoint or run folder (its last step)
-    test: str = ""  # pairs JSONL (reference = chosen) or completions JSONL (= completion)
-    judge: str = "rm:runs/rm"  # openai:<model> (OPENAI_BASE_URL, OPENAI_API_KEY) or rm:<folder>
-    task: str = "auto"  # summarization | summarization_simple | dialogue | auto (by the file)
-    out_dir: str = "runs/winrate"  # winrate.jsonl, comparisons.jsonl, winrate.png, resume files
-    n: int = 256  # held-out prompts, a seeded choice of the test file's distinct prompts (0: all)
-    seed: int = 0  # which prompts, the sampling, and the A/B order
-    temperatures: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # sampling (0: greedy)
-    max_new_tokens: int = 128  # response length cap; a response also ends at EOS
-    batch_size: int = 16  # sequences per generate / reward-model forward
-    best_of: int = 0  # N > 0: add Best-of-N, the --best_of_rm favourite of N samples
-    best_of_policy: str = ""  # Best-of-N samples this one of --policies (default: the first)
-    best_of_rm: str = "runs/rm"  # the reward model that picks the best of N
-    concurrency: int = 8  # judge requests in flight at once
-    retries: int = 6  # retries of a request after 429, 5xx or a connection error
-    retry_delay: float = 1.0  # seconds before the first retry; doubles each time
-    timeout: float = 120.0  # seconds per request
-    judge_temperature: float | None = 0.0  # sent with each request (None: not sent)
-    judge_max_tokens: int | None = None  # max_tokens sent with each request (None: not sent)
-    cache: str | None = None  # judge cache JSONL, shareable (default: <out_dir>/judge_cache.jsonl)
-    device: str = "auto"  # cuda > mps > cpu
+    policies: tuple[str, ...] = arg((),
+                                    "NAME=FOLDER each: a checkpoint or run folder (its last step)")
+    test: str = arg("",
+                    "pairs JSONL (reference = chosen) or completions JSONL (= completion)", "file")
+    judge: str = arg("rm:runs/rm",
+                     "openai:<model> (OPENAI_BASE_URL, OPENAI_API_KEY) or rm:<folder>")
+    task: str = arg("auto", "summarization | summarization_simple | dialogue | auto (by the file)")
+    out_dir: str = arg("runs/winrate",
+                       "winrate.jsonl, comparisons.jsonl, winrate.png, resume files")
+    n: int = arg(256,
+                 "held-out prompts, a seeded choice of the test file's distinct prompts (0: all)")
+    seed: int = arg(0, "which prompts, the sampling, and the A/B order", ">= 0")
+    temperatures: tuple[float, ...] = arg((0.0, 0.25, 0.5, 0.75, 1.0),
+                                          "sampling (0: greedy)", ">= 0")
+    max_new_tokens: int = arg(128, "response length cap; a response also ends at EOS", "> 0")
+    batch_size: int = arg(16, "sequences per generate / reward-model forward", "> 0")
+    best_of: int = arg(0, "N > 0: add Best-of-N, the --best_of_rm favourite of N samples", ">= 0")
+    best_of_policy: str = arg("", "Best-of-N samples this one of --policies (default: the first)")
+    best_of_rm: str = arg("runs/rm", "the reward model that picks the best of N")
+    concurrency: int = arg(8, "judge requests in flight at once", "> 0")
+    retries: int = arg(6, "retries of a request after 429, 5xx or a connection error")
+    retry_delay: float = arg(1.0, "seconds before the first retry; doubles each time")
+    timeout: float = arg(120.0, "seconds per request")
+    judge_temperature: float | None = arg(0.0, "sent with each request (None: not sent)")
+    judge_max_tokens: int | None = arg(None, "max_tokens sent with each request (None: not sent)")
+    cache: str | None = arg(None,
+                            "judge cache JSONL, shareable (default: <out_dir>/judge_cache.jsonl)")
+    device: str = arg("auto", "cuda > mps > cpu", "device")
 
 
 def check_config(cfg: WinRateConfig):
@@ -368,5 +383,5 @@ if __name__ == "__main__":
         except (ValueError, OSError) as e:
             sys.exit(f"error: {e}")
     else:
-        run_main(main, WinRateConfig, epilog="python -m hh_tldr.winrate plot RESULTS.jsonl redraws the "
-                 "plot from a results file alone.")
+        run_main(main, WinRateConfig, epilog="python -m hh_tldr.winrate plot RESULTS.jsonl "
+                 "redraws the plot from a results file alone.")

@@ -1,25 +1,26 @@
 """A config dataclass as command-line flags, and the check of its fields' ranges.
 
-Each field of a script's config becomes `--field` (its `# comment` is the help text), so the flags,
-their defaults and `main(cfg)` called from a notebook are the same thing.
+Each field of a script's config, declared with `arg(default, help, check)`, becomes `--field`, so
+the flags, their defaults and `main(cfg)` called from a notebook are the same thing; check_fields
+holds each field to its declared range.
 """
 
 import argparse
 import dataclasses
-import inspect
 import os
 import re
 import types
 import typing
 
 
-def _field_comments(cls) -> dict:
-    """The `# comment` after each field of a config dataclass, used as its --help text."""
-    try:
-        src = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    return dict(re.findall(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", src, flags=re.M))
+def arg(default, help: str, check=None):
+    """A config field: its default, its --help text and the range check_fields holds it to.
+
+    check: None (any value); "> 0"; ">= 0"; (low, high): low <= x < high; (low, high, "]"):
+    low <= x <= high; "file" or "path": an input file (or file or folder) that must exist;
+    "device": auto, cpu, cuda, cuda:N or mps. None as a value means "not set" and is not checked.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "check": check})
 
 
 def _flag_type(tp):
@@ -46,10 +47,10 @@ def config_parser(cls, description: str | None = None,
     """An argparse parser with one --flag per field of the dataclass `cls`."""
     ap = argparse.ArgumentParser(description=description, epilog=epilog,
                                  formatter_class=_HelpFormatter)
-    comments, hints = _field_comments(cls), typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp, nargs = _flag_type(hints[f.name])
-        kw = dict(default=f.default, help=comments.get(f.name, " ").replace("%", "%%"),
+        kw = dict(default=f.default, help=f.metadata.get("help", " ").replace("%", "%%"),
                   dest=f.name)
         if tp is bool:
             ap.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, **kw)
@@ -76,60 +77,34 @@ def parse_config(cls, argv=None, description=None, epilog=None):
 
 
 # ----------------------------------------------------------------------------- field ranges
-# The range of every config field whose range is known, by field name: the scripts share their
-# names (lr, batch_size, ...), so one table checks them all: for every script's flags (run_main),
-# and for a config built in Python when its run starts (runs.Run, evaluate.main, frontier.main
-# before its first stage). A field that is None means "not set" and is skipped.
-
-POSITIVE = {  # > 0
-    "alpha", "batch_size", "beta", "block_size", "chunk", "cliprange", "cliprange_value",
-    "concurrency", "epochs", "eval_every", "every", "gen_batch", "grad_clip", "horizon", "lr",
-    "max_len", "max_length", "max_new_tokens", "max_prompt_length", "micro_batch", "mini_batch",
-    "n_embd", "n_head", "n_layer", "n_prefixes", "n_prompts", "ppo_epochs", "samples",
-    "save_every", "score_batch", "seeds", "steps", "target_kl", "M", "beta_min", "beta_max",
-    "n_betas",
-}
-NON_NEGATIVE = {  # best_of: 0 = none (winrate.py); patience: 0 = no early stopping; jobs: 0 = auto
-    "best_of", "eval_size", "init_kl_coef", "jobs", "patience", "seed", "split_seed", "vf_coef",
-    "warmup", "weight_decay", "temperatures"}
-INTERVALS = {  # name: (low, high, high included)
-    "dropout": (0.0, 1.0, False), "label_smoothing": (0.0, 0.5, False),
-    "gamma": (0.0, 1.0, True), "lam": (0.0, 1.0, True),
-}
-EXISTING_FILES = {"test"}  # inputs that must exist when the run starts (pairs: data.check_pairs)
-EXISTING_PATHS = {"runs"}  # evaluate.py's run folders: a typo must not silently drop a curve
 
 
 def check_fields(cfg, paths: bool = True):
-    """Raise one ValueError naming the flag of the first field out of its range (see above); with
-    paths, also a FileNotFoundError for an input file or folder that does not exist."""
+    """Raise one ValueError naming the flag of the first field out of its declared range (arg's
+    check); with paths, also a FileNotFoundError for an input file or folder that does not exist.
+    Run once per config: by plumbing.runs.Run, or at the top of a main that has no Run."""
     for f in dataclasses.fields(cfg):
-        v, flag = getattr(cfg, f.name), f"--{f.name}"
-        values = v if isinstance(v, (tuple, list)) else (v,)
-        for x in values:
-            if x is None or isinstance(x, (str, bool)):
+        v, flag, check = getattr(cfg, f.name), f"--{f.name}", f.metadata.get("check")
+        for x in (v if isinstance(v, (tuple, list)) else (v,)):
+            if check is None or x is None:
                 continue
-            if f.name in POSITIVE and not x > 0:
+            if check == "device":
+                if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", x):
+                    raise ValueError(f"{flag} must be auto, cpu, cuda, cuda:N or mps, not {x!r}")
+            elif check in ("file", "path"):
+                if paths and x and check == "file" and not os.path.isfile(x):
+                    raise FileNotFoundError(f"{flag} {x}: no such file")
+                if paths and x and check == "path" and not os.path.exists(x):
+                    raise FileNotFoundError(f"{flag} {x}: no such file or folder")
+            elif check == "> 0" and not x > 0:
                 raise ValueError(f"{flag} must be positive, got {x}")
-            if f.name in NON_NEGATIVE and not x >= 0:
+            elif check == ">= 0" and not x >= 0:
                 raise ValueError(f"{flag} must be non-negative, got {x}")
-            if f.name in INTERVALS:
-                lo, hi, closed = INTERVALS[f.name]
+            elif isinstance(check, tuple):
+                lo, hi, closed = check[0], check[1], check[2:] == ("]",)
                 if not (lo <= x <= hi if closed else lo <= x < hi):
                     raise ValueError(f"{flag} must lie in [{lo}, {hi}{']' if closed else ')'}, "
                                      f"got {x}")
-        if f.name == "device" and isinstance(v, str) and not re.fullmatch(
-                r"auto|cpu|mps|cuda(:\d+)?", v):
-            raise ValueError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {v!r}")
-        if not paths:
-            continue
-        for x in values:
-            if not isinstance(x, str) or not x:  # "": not given (the script says if it must be)
-                continue
-            if f.name in EXISTING_FILES and not os.path.isfile(x):
-                raise FileNotFoundError(f"{flag} {x}: no such file")
-            if f.name in EXISTING_PATHS and not os.path.exists(x):
-                raise FileNotFoundError(f"{flag} {x}: no such file or folder")
 
 
 def config_to_argv(cfg) -> list[str]:

@@ -14,13 +14,14 @@ import math
 import os
 
 from dpo import DPOConfig
-from theory.optimum import OptimumConfig
 from pairs import PairsConfig
 from ppo import PPOConfig
-from plumbing.presets import PRESETS, keeps_last, n_jobs
-from plumbing.prune import saved_steps
 from reward import RMConfig
 from sft import SFTConfig
+
+from plumbing.presets import PRESETS, keeps_last, n_jobs
+from plumbing.prune import saved_steps
+from theory.optimum import OptimumConfig
 
 GPT2_SIZES = {"gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280),
               "gpt2-xl": (48, 25, 1600)}  # (n_layer, n_head, n_embd)
@@ -63,6 +64,7 @@ def model_config(cfg):
     local --base_model: its config.json)."""
     from data import Tokenizer, synthetic_vocab
     from model import GPTConfig, config_from_hf
+
     from plumbing.utils import read_hf_config
 
     p = PRESETS[cfg.preset]

@@ -5,9 +5,10 @@ plumbing/plan.py (`frontier.py --plan`) counts and sizes those steps without run
 
 from dataclasses import dataclass, field
 
+from roberta import SIEBERT
+
 from plumbing.utils import fcntl, get_device
 from plumbing.workers import cpu_cores
-from roberta import SIEBERT
 
 
 @dataclass

@@ -14,6 +14,7 @@ import shutil
 
 from evaluate import EvalConfig, checkpoints_of
 from evaluate import main as evaluate_main
+
 from plumbing.runs import is_done, rng_state, set_rng_state
 from plumbing.utils import list_checkpoints, read_jsonl
 

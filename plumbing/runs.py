@@ -58,8 +58,19 @@ from tqdm import tqdm
 
 from plumbing.flags import check_fields, parse_config
 from plumbing.utils import (
-    append_jsonl, atomic_torch_save, atomic_write, atomic_write_json, ddp_barrier, ddp_init,
-    ddp_mean, get_device, list_checkpoints, read_jsonl, step_dir, write_folder, write_jsonl,
+    append_jsonl,
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_json,
+    ddp_barrier,
+    ddp_init,
+    ddp_mean,
+    get_device,
+    list_checkpoints,
+    read_jsonl,
+    step_dir,
+    write_folder,
+    write_jsonl,
 )
 
 

@@ -1,14 +1,14 @@
 """Synthetic dialogues: single-turn HH transcripts from a small fixed grammar, for the offline
 tiny HH preset and the tests (no download).
 
-A question asks one fact of a table. As in HH, where both replies are samples of one model and the chosen one
-is only the better of the two, each reply here is drawn alike: the correct fact with probability
-P_RIGHT, else a wrong value from the same table, in the same sentence, after opening words drawn
-independently ("Sure! "). The rule prefers the correct reply; of two correct or two wrong replies
-either is "chosen" (a coin flip: a pair without signal, as annotators' ties in HH). So the chosen
-side is right only 3/4 of the time and SFT on it learns that share; only the contrast between
-the two sides says which answer is right. (An earlier version made every chosen reply correct:
-SFT on the chosen side was then the optimum itself, and no method could improve on it.)
+A question asks one fact of a table. As in HH, where both replies are samples of one model and the
+chosen one is only the better of the two, each reply here is drawn alike: the correct fact with
+probability P_RIGHT, else a wrong value from the same table, in the same sentence, after opening
+words drawn independently ("Sure! "). The rule prefers the correct reply; of two correct or two
+wrong replies either is "chosen" (a coin flip: a pair without signal, as annotators' ties in HH).
+So the chosen side is right only 3/4 of the time and SFT on it learns that share; only the contrast
+between the two sides says which answer is right. (An earlier version made every chosen reply
+correct: SFT on the chosen side was then the optimum itself, and no method could improve on it.)
 
 hh_tldr/preferences.py reads them as `--dataset synthetic`; dialogue_reward is the rule as a judge.
 """
@@ -19,6 +19,7 @@ import random
 import re
 
 from data import GPT2_EOS, gpt2_encoding
+
 from plumbing.utils import atomic_write, seed_for
 
 # HH's transcript layout, which the rows follow: "\n\nHuman: <question>\n\nAssistant: <reply>"

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import data
-from plumbing import utils
 from data import (
     GPT2_EOS,
     Protocol,
@@ -22,6 +21,8 @@ from data import (
     stream_indices,
     synthetic_vocab,
 )
+
+from plumbing import utils
 from synthetic import reviews as grammar
 from synthetic.reviews import synthetic_reviews
 

@@ -320,6 +320,7 @@ def test_reference_cache_recomputes_under_another_precision(tiny_gpt, tmp_path, 
     than the policy: the loss at step 0 is no longer log 2. bf16 autocast is faked here on CPU
     by making utils.autocast_dtype answer bf16 (so the forward really runs in bf16)."""
     import dpo
+
     from plumbing import utils
     from plumbing.utils import write_jsonl
 

@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from plumbing import plan as budget
 import frontier
-from plumbing import presets
-from plumbing import prune
+
+from plumbing import plan as budget
+from plumbing import presets, prune
 from plumbing.utils import list_checkpoints, read_jsonl
 
 

@@ -6,10 +6,11 @@ import os
 
 import pytest
 
-from hh_tldr import run as hh_tldr
 import sft
-from synthetic.dialogues import dialogue_vocab
+
+from hh_tldr import run as hh_tldr
 from plumbing.utils import list_checkpoints, read_jsonl
+from synthetic.dialogues import dialogue_vocab
 
 
 def small(preset: dict) -> dict:
@@ -126,6 +127,7 @@ def test_tldr_layout_trains_sft_then_dpo(tmp_path):
     import pyarrow.parquet as pq
 
     import dpo
+
     from hh_tldr.preferences import PreferencesConfig
     from hh_tldr.preferences import main as convert
 
@@ -212,6 +214,7 @@ def test_select_checkpoint_takes_the_most_often_right(tmp_path, monkeypatch):
     import torch
 
     from data import Tokenizer
+
     from hh_tldr.preferences import ASSISTANT
     from plumbing.utils import resolve_checkpoint
 

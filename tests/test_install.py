@@ -10,12 +10,12 @@ import time
 import zipfile
 
 import pytest
+from conftest import closed_port
+
+import data
 
 from plumbing import flags as cli
-import data
 from plumbing import presets, utils
-
-from conftest import closed_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from model import GPT, KVCache, next_token_probs, token_logprobs
+
 from plumbing.speed import FastGPT, Linear, sample_index, speed_up
 
 # Different depth, width, heads, vocabulary, context and LayerNorm epsilon.

@@ -9,13 +9,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import randomize_
 
 import evaluate
-from theory import optimum
-from conftest import randomize_
 from data import PROTOCOL, load_prefixes
-from theory.optimum import OptimumConfig, log_betas, optimum_curve
+
 from plumbing.utils import read_jsonl
+from theory import optimum
+from theory.optimum import OptimumConfig, log_betas, optimum_curve
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -228,8 +229,9 @@ def tiny_cfg(root, ref, gt, **kw):
 
 def test_main_samples_and_scores_as_evaluate_does(tiny, compact_tok, monkeypatch):
     from model import GPT
-    from plumbing.speed import speed_up
     from reward import load_ground_truth
+
+    from plumbing.speed import speed_up
 
     root, ref, gt = tiny
     cfg = tiny_cfg(root, ref, gt)
@@ -283,6 +285,7 @@ def test_command_line(tiny):
     assert r.returncode == 0, r.stderr
     rows = read_jsonl(out)
     assert [row["M"] for row in rows] == [4, 4, 4] and rows[-1]["kl"] <= math.log(4) + 1e-9
-    r = subprocess.run([sys.executable, "-m", "theory.optimum", "--help"], cwd=REPO, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "theory.optimum", "--help"], cwd=REPO,
+                       capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and "KL-regularised optimum" in r.stdout and "--M" in r.stdout

@@ -18,6 +18,7 @@ import types
 
 import pytest
 import torch
+from conftest import without_timing
 from forkrun import run_all
 
 import dpo
@@ -25,23 +26,25 @@ import evaluate
 import pairs
 import ppo
 import reward
-from plumbing import runs
 import sft
 from data import (
-    PROTOCOL, load_reviews, load_tokenizer, make_prefixes, pair_row,
+    PROTOCOL,
+    load_reviews,
+    load_tokenizer,
+    make_prefixes,
+    pair_row,
 )
 from dpo import DPOConfig
 from evaluate import EvalConfig
-from model import GPT
+from model import GPT, gpt_folder
 from ppo import PPOConfig
 from reward import RMConfig
 from sft import SFTConfig
+
+from plumbing import runs
 from plumbing.runs import log_row
 from plumbing.utils import list_checkpoints, read_jsonl, write_jsonl
 from synthetic.reviews import _opinion
-from model import gpt_folder
-
-from conftest import without_timing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

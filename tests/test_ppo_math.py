@@ -14,8 +14,17 @@ import torch
 from data import collate
 from model import token_logprobs
 from ppo import (
-    RunningMoments, ValueHead, entropy, forward_lp_values, gae, kl_penalized_rewards, masked_mean,
-    policy_loss, update_kl_coef, value_loss, whiten,
+    RunningMoments,
+    ValueHead,
+    entropy,
+    forward_lp_values,
+    gae,
+    kl_penalized_rewards,
+    masked_mean,
+    policy_loss,
+    update_kl_coef,
+    value_loss,
+    whiten,
 )
 
 # ----------------------------------------------------------------------------- GAE

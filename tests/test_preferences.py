@@ -12,10 +12,11 @@ from collections import Counter
 
 import pytest
 
-from hh_tldr import preferences as P
-from synthetic import dialogues as D
 from data import PAIR_KEYS, Tokenizer, check_pairs
+
+from hh_tldr import preferences as P
 from plumbing.utils import read_jsonl
+from synthetic import dialogues as D
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -341,7 +342,8 @@ def test_cli(tmp_path, capsys):
     folder = write_parquet(tmp_path / "pq", "test", HH_ROWS)
     out = str(tmp_path / "data" / "hh_test.jsonl")
     argv = ["--dataset", folder, "--split", "test", "--out", out]
-    r = subprocess.run([sys.executable, "-m", "hh_tldr.preferences", *argv, "--format", "hh", "--max_length",
+    r = subprocess.run([sys.executable, "-m", "hh_tldr.preferences", *argv, "--format", "hh",
+                        "--max_length",
                         "64", "--max_prompt_length", "32"], cwd=REPO, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -6,8 +6,9 @@ import os
 import pytest
 
 import frontier
-from plumbing import presets
 import ppo
+
+from plumbing import presets
 
 
 @pytest.mark.parametrize("preset", list(presets.PRESETS))

@@ -36,16 +36,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
-from plumbing import flags as cli
-from plumbing import runs
-from plumbing.runs import run_main
-from plumbing import utils
-from synthetic.reviews import synthetic_reviews
-from model import GPT
-
 from conftest import without_timing
 from forkrun import run_all
+
+from model import GPT
+
+from plumbing import flags as cli
+from plumbing import runs, utils
+from plumbing.runs import run_main
+from synthetic.reviews import synthetic_reviews
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TMP_PATTERNS = ("*.tmp", "*.tmp[0-9]*")  # write_folder's step_XXXXXX.tmp, atomic_write's x.tmp<pid>

@@ -11,8 +11,8 @@ import shutil
 
 import pytest
 import torch
-
 from conftest import randomize_
+
 from data import load_reviews, make_prefixes
 from model import GPT, GPTConfig
 from reward import RewardModel, load_reward_model, rm_tokens

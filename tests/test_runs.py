@@ -18,13 +18,19 @@ import time
 import pytest
 import torch
 
-from plumbing import runs
-from plumbing import utils
-from plumbing.flags import config_to_argv, parse_config
-from plumbing.runs import run_main
-from plumbing import prune
 from evaluate import EvalConfig
-from plumbing.runs import check_finite, load_state, open_run, resume_log, save_checkpoint, start_run
+
+from plumbing import prune, runs, utils
+from plumbing.flags import arg, config_to_argv, parse_config
+from plumbing.runs import (
+    check_finite,
+    load_state,
+    open_run,
+    resume_log,
+    run_main,
+    save_checkpoint,
+    start_run,
+)
 from plumbing.utils import append_jsonl, atomic_write, list_checkpoints, read_jsonl, write_jsonl
 
 # ----------------------------------------------------------------------------- config <-> flags
@@ -32,20 +38,20 @@ from plumbing.utils import append_jsonl, atomic_write, list_checkpoints, read_js
 
 @dataclasses.dataclass
 class Cfg:
-    steps: int = 100  # optimizer steps to run
-    lr: float = 1e-6  # RMSprop learning rate
-    name: str = "dpo run"  # a label for the logs
-    sample: bool = False  # sample completions while training
-    shuffle: bool = True  # reshuffle every epoch
-    max_len: int | None = None  # cut sequences to this many tokens
-    betas: tuple[float, ...] = (0.05, 0.1, 1.0)  # the beta sweep
-    out_dir: str = "runs/test"  # where the run lives
-    overwrite: bool = False  # start over in an existing out_dir
+    steps: int = arg(100, "optimizer steps to run", "> 0")
+    lr: float = arg(1e-6, "RMSprop learning rate", "> 0")
+    name: str = arg("dpo run", "a label for the logs")
+    sample: bool = arg(False, "sample completions while training")
+    shuffle: bool = arg(True, "reshuffle every epoch")
+    max_len: int | None = arg(None, "cut sequences to this many tokens", "> 0")
+    betas: tuple[float, ...] = arg((0.05, 0.1, 1.0), "the beta sweep")
+    out_dir: str = arg("runs/test", "where the run lives")
+    overwrite: bool = arg(False, "start over in an existing out_dir")
 
 
 @dataclasses.dataclass
 class PercentCfg:
-    warmup: float = 0.1  # warm-up as a fraction of steps (10% by default)
+    warmup: float = arg(0.1, "warm-up as a fraction of steps (10% by default)", ">= 0")
 
 
 CONFIGS = [
@@ -310,8 +316,8 @@ def test_rng_state_round_trip():
 
 @dataclasses.dataclass
 class MainCfg:
-    n: int = 1  # how many
-    fail: bool = False  # raise a ValueError
+    n: int = arg(1, "how many")
+    fail: bool = arg(False, "raise a ValueError")
 
 
 def fake_main(cfg):
@@ -339,11 +345,12 @@ def test_run_main_subprocess(tmp_path):
     script.write_text(textwrap.dedent('''
         """A tiny script for the test."""
         import dataclasses
+        from plumbing.flags import arg
         from plumbing.runs import run_main
 
         @dataclasses.dataclass
         class C:
-            n: int = 1  # how many
+            n: int = arg(1, "how many")
 
         def main(cfg):
             raise ValueError(f"bad n {cfg.n}")
@@ -372,17 +379,18 @@ def test_run_main_subprocess(tmp_path):
 TOY = textwrap.dedent('''
     import dataclasses, json, os, sys, time
     import torch
+    from plumbing.flags import arg
     from plumbing.runs import Run, run_main
 
     @dataclasses.dataclass
     class ToyConfig:
-        out_dir: str = "runs/toy"  # run folder
-        steps: int = 30  # optimizer steps
-        lr: float = 0.05  # SGD learning rate
-        seed: int = 0  # data and noise
-        save_every: int = 5  # checkpoint every N steps
-        sleep: float = 0.0  # seconds per step
-        overwrite: bool = False  # start over
+        out_dir: str = arg("runs/toy", "run folder")
+        steps: int = arg(30, "optimizer steps", "> 0")
+        lr: float = arg(0.05, "SGD learning rate")
+        seed: int = arg(0, "data and noise", ">= 0")
+        save_every: int = arg(5, "checkpoint every N steps", "> 0")
+        sleep: float = arg(0.0, "seconds per step")
+        overwrite: bool = arg(False, "start over")
 
     class Weights:
         def __init__(self, model):

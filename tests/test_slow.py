@@ -174,8 +174,9 @@ def test_frontier_killed_while_evaluating_or_pruning_loses_and_repeats_nothing(p
     import random
     import signal
 
-    import frontier
     from test_frontier_plan import mini_preset
+
+    import frontier
 
     wrapper = tmp_path / "mini_frontier.py"
     wrapper.write_text(KILLING_WRAPPER.format(root=ROOT, tests=os.path.join(ROOT, "tests"),

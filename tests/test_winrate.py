@@ -22,16 +22,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from conftest import closed_port, randomize_
+
+from model import GPT, GPTConfig
+from reward import RewardModel
 
 from hh_tldr import winrate
 from hh_tldr.judge import chat_completion, judge_message, parse_judgment
-from model import GPT, GPTConfig
-from plumbing.speed import speed_up
-from reward import RewardModel
-from plumbing.utils import read_jsonl, seed_for, write_jsonl
 from hh_tldr.winrate import WinRateConfig
-
-from conftest import closed_port, randomize_
+from plumbing.speed import speed_up
+from plumbing.utils import read_jsonl, seed_for, write_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARK = "[reference]"  # in every reference text; no token of the compact vocabulary holds "["
@@ -348,7 +348,8 @@ def test_unreachable_endpoint_and_missing_key(tiny, judge, tmp_path, monkeypatch
 def test_cli_errors_are_one_line(tiny, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     base = [sys.executable, "-m", "hh_tldr.winrate", "--policies", f"sft={tiny.sft}",
-            "--test", tiny.pairs, "--judge", "openai:m", "--n", "2", "--temperatures", "0", "--max_new_tokens", "4",
+            "--test", tiny.pairs, "--judge", "openai:m", "--n", "2", "--temperatures", "0",
+            "--max_new_tokens", "4",
             "--retries", "1", "--retry_delay", "0.001", "--device", "cpu"]
     results = str(tmp_path / "winrate.jsonl")  # what winrate.py writes, by hand
     write_jsonl(results, [dict(policy=p, temperature=t, win_rate=w, stderr=0.05, judge="rm:x",

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from plumbing.flags import check_fields
-
-from plumbing.runs import run_main
 from data import PROTOCOL, load_prefixes, load_tokenizer
-from plumbing.speed import speed_up
 from model import GPT, gpt_folder, sample_completions
 from reward import load_ground_truth
+
+from plumbing.flags import arg, check_fields
+from plumbing.runs import run_main
+from plumbing.speed import speed_up
 from plumbing.utils import atomic_torch_save, file_stamp, get_device, write_jsonl
 
 # Trust the curve up to KL = TRUST * log M. Measured on a bandit whose rewards look like a confident
@@ -109,19 +109,21 @@ def reference_rewards(ref, scorer, prefixes, tok, M, seed, micro_batch=16, score
 
 @dataclass
 class OptimumConfig:
-    ref: str = "runs/sft"  # the reference policy (the SFT checkpoint)
-    ground_truth: str = "siebert/sentiment-roberta-large-english"  # see reward.load_ground_truth
-    dataset: str = "stanfordnlp/imdb"  # test prefixes come from its test split
-    out: str = "runs/optimum.jsonl"  # the curve (rewritten); the (P, M) rewards beside it (.pt)
-    M: int = 64  # reference completions per prefix: the estimated KL stays below log M
-    n_prefixes: int = PROTOCOL.n_test_prefixes  # held-out test prefixes (evaluate.py's)
-    seed: int = PROTOCOL.test_seed  # which prefixes, and the sampling
-    beta_min: float = 1e-4  # smallest beta: KL near log M for P(positive) rewards
-    beta_max: float = 10.0  # largest beta: KL near 0
-    n_betas: int = 41  # points on the curve, log-spaced in beta
-    micro_batch: int = 16  # sequences per generate() call
-    score_batch: int = 64  # texts per ground-truth batch
-    device: str = "auto"  # cuda > mps > cpu
+    ref: str = arg("runs/sft", "the reference policy (the SFT checkpoint)")
+    ground_truth: str = arg("siebert/sentiment-roberta-large-english",
+                            "see reward.load_ground_truth")
+    dataset: str = arg("stanfordnlp/imdb", "test prefixes come from its test split")
+    out: str = arg("runs/optimum.jsonl",
+                   "the curve (rewritten); the (P, M) rewards beside it (.pt)")
+    M: int = arg(64, "reference completions per prefix: the estimated KL stays below log M", "> 0")
+    n_prefixes: int = arg(PROTOCOL.n_test_prefixes, "held-out test prefixes (evaluate.py's)", "> 0")
+    seed: int = arg(PROTOCOL.test_seed, "which prefixes, and the sampling", ">= 0")
+    beta_min: float = arg(1e-4, "smallest beta: KL near log M for P(positive) rewards", "> 0")
+    beta_max: float = arg(10.0, "largest beta: KL near 0", "> 0")
+    n_betas: int = arg(41, "points on the curve, log-spaced in beta", "> 0")
+    micro_batch: int = arg(16, "sequences per generate() call", "> 0")
+    score_batch: int = arg(64, "texts per ground-truth batch", "> 0")
+    device: str = arg("auto", "cuda > mps > cpu", "device")
 
 
 def main(cfg: OptimumConfig):
