@@ -228,9 +228,8 @@ def evaluate_pairs(cfg, model, rows, idx, ref_c, ref_r, pad_id):
 
 
 def main(cfg: DPOConfig, on_checkpoint=None):
-    """Train; returns the log's rows. on_checkpoint(run folder), if given, is called after each
-    checkpoint is written (frontier.py evaluates it there)."""
-    run = Run(cfg, distributed=True)  # refuses a folder of another config; writes nothing yet
+    """Train; returns the log's rows. on_checkpoint(run folder): called after each checkpoint."""
+    run = Run(cfg, distributed=True)  # (the lines on `run` are plumbing: plumbing/runs.py)
     check_config(cfg)
     if run.done:
         return run.history
@@ -244,20 +243,14 @@ def main(cfg: DPOConfig, on_checkpoint=None):
     # the same held-out prompts for every run on this pairs file (always keeps one to train on)
     train_idx, eval_idx = split_pairs(rows, cfg.eval_size, cfg.split_seed)
     run.start()  # the inputs are good: now the run folder
-    if run.main_process:  # computed once (or found in the cache) ...
-        ref_c, ref_r = reference_logps(ref_path, cfg.pairs, rows, tok.eos_id, device,
-                                       cfg.micro_batch)
-    run.barrier()
-    if not run.main_process:  # ... then read from it by the other processes
-        ref_c, ref_r = reference_logps(ref_path, cfg.pairs, rows, tok.eos_id, device,
-                                       cfg.micro_batch)
+    # computed once by the first process (or found in the cache), then read by the others
+    ref_c, ref_r = run.first_then_others(reference_logps, ref_path, cfg.pairs, rows, tok.eos_id,
+                                         device, cfg.micro_batch)
     evaluate = lambda: evaluate_pairs(cfg, model, rows, eval_idx, ref_c, ref_r, tok.eos_id)
     steps = cfg.steps or max(1, len(train_idx) // cfg.batch_size)
     ddp = DDP(model) if run.world > 1 else model  # averages gradients over processes
-    if cfg.optimizer == "rmsprop":
-        opt = torch.optim.RMSprop(model.parameters(), lr=cfg.lr)
-    else:
-        opt = adamw(model.parameters(), cfg.lr, device, weight_decay=0.0)
+    opt = (torch.optim.RMSprop(model.parameters(), lr=cfg.lr) if cfg.optimizer == "rmsprop"
+           else adamw(model.parameters(), cfg.lr, device, weight_decay=0.0))  # (= Adam)
     if not run.restore(opt) and eval_idx and run.main_process:
         run.log(evaluate())  # step 0: loss log 2, accuracy 0 (policy = reference)
     if eval_idx:  # early stopping on the held-out loss (--patience; rank 0 evaluates)

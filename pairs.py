@@ -59,7 +59,7 @@ def pairs_of(prefix, comps, rewards, tok):
 def main(cfg: PairsConfig):
     if cfg.samples < 2:
         raise ValueError("need at least 2 samples per prefix to make a pair")
-    run = Run(cfg)  # refuses a folder of another config; writes nothing yet
+    run = Run(cfg)  # (the lines on `run` are plumbing: plumbing/runs.py)
     if run.done:
         return run.history
     init, device = gpt_folder(cfg.init), run.device

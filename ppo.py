@@ -274,13 +274,9 @@ def score_rollouts(cfg, scorer, tok, prompts, comps):
     return scorer([tok.decode(s) for s in seqs], batch_size=cfg.score_batch, progress=False)
 
 
-def main(cfg: PPOConfig, on_checkpoint=None):
-    """Train; returns the log's rows. on_checkpoint(run folder), if given, is called after each
-    checkpoint is written (frontier.py evaluates it there)."""
-    run = Run(cfg)  # refuses a folder of another config; writes nothing yet
-    check_config(cfg)
-    if run.done:
-        return run.history
+def load(cfg: PPOConfig, run: Run):
+    """The policy (from the SFT checkpoint, or the run's last one) and its value head, the frozen
+    reference, the tokenizer, the prompt pool and the scorer (learned RM or ground truth)."""
     init, device = gpt_folder(cfg.init), run.device
     policy = speed_up(GPT.from_pretrained(run.resume_from or init)).to(device).train()
     value_head = ValueHead(policy.config.n_embd)
@@ -296,6 +292,44 @@ def main(cfg: PPOConfig, on_checkpoint=None):
         scorer.check_tokenizer(tok, f"the policy {cfg.init}")
     else:
         scorer = load_ground_truth(cfg.ground_truth, device=device)
+    return policy, value_head, ref, tok, pool, scorer
+
+
+@torch.no_grad()
+def rollout(cfg, policy, value_head, ref, scorer, tok, prompts, generator, kl_coef, moments):
+    """Sample completions of `prompts` with the current policy, score them, and turn scores and
+    KL into per-token rewards, advantages and returns (GAE). Returns a dict of (B, T) tensors
+    (and the raw scores, the sequence KL and the completions)."""
+    device = next(policy.parameters()).device
+    policy.eval()
+    comps = sample_completions(policy, prompts, cfg.gen_batch, generator, tok.eos_id,
+                               **PROTOCOL.sampling())
+    x, m = collate(prompts, comps, tok.eos_id)
+    x, m = x.to(device), m.to(device)
+    mask = m[:, 1:].float()  # (B, T-1), aligned with token_logprobs
+    old_lp, old_values, ref_lp = rollout_stats(policy, value_head, ref, x, m, cfg.micro_batch)
+    raw_scores = score_rollouts(cfg, scorer, tok, prompts, comps).to(device).float()
+    scores = raw_scores
+    if cfg.normalize_score:
+        moments.update(raw_scores)
+        scores = moments.normalize(raw_scores)
+    rewards = kl_penalized_rewards(old_lp, ref_lp, scores, mask, kl_coef)
+    advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = whiten(advantages, mask)
+    kl_seq = ((old_lp - ref_lp) * mask).sum(-1).mean().item()
+    return dict(x=x, m=m, mask=mask, old_lp=old_lp, old_values=old_values, advantages=advantages,
+                returns=returns, raw_scores=raw_scores, kl_seq=kl_seq, comps=comps)
+
+
+def main(cfg: PPOConfig, on_checkpoint=None):
+    """Train; returns the log's rows. on_checkpoint(run folder): called after each checkpoint."""
+    run = Run(cfg)  # (the lines on `run` are the run folder's plumbing: plumbing/runs.py)
+    check_config(cfg)
+    if run.done:
+        return run.history
+    policy, value_head, ref, tok, pool, scorer = load(cfg, run)
+    device = run.device
     run.start()  # the inputs are good: now the run folder
     params = list(policy.parameters()) + list(value_head.parameters())
     opt = adamw(params, cfg.lr, device, weight_decay=0.0)  # = Adam
@@ -310,35 +344,20 @@ def main(cfg: PPOConfig, on_checkpoint=None):
     for step in run.steps(cfg.steps, desc=f"ppo {os.path.basename(cfg.out_dir)}"):
         # ---- rollout: sample, score, and value the batch with the current policy
         t0 = time.time()
-        policy.eval()
         prompts = [pool[i] for i in stream_indices(len(pool), cfg.batch_size, step, cfg.seed)]
         g = torch.Generator(device=device).manual_seed(seed_for(cfg.seed, step - 1))
-        comps = sample_completions(policy, prompts, cfg.gen_batch, g, tok.eos_id,
-                                   **PROTOCOL.sampling())
-        x, m = collate(prompts, comps, tok.eos_id)
-        x, m = x.to(device), m.to(device)
-        mask = m[:, 1:].float()  # (B, T-1), aligned with token_logprobs
-        old_lp, old_values, ref_lp = rollout_stats(policy, value_head, ref, x, m, cfg.micro_batch)
-        raw_scores = score_rollouts(cfg, scorer, tok, prompts, comps).to(device).float()
-        scores = raw_scores
-        if cfg.normalize_score:
-            moments.update(raw_scores)
-            scores = moments.normalize(raw_scores)
-        rewards = kl_penalized_rewards(old_lp, ref_lp, scores, mask, kl_coef)
-        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-        if cfg.whiten_advantages:
-            advantages = whiten(advantages, mask)
-        kl_seq = ((old_lp - ref_lp) * mask).sum(-1).mean().item()
+        b = rollout(cfg, policy, value_head, ref, scorer, tok, prompts, g, kl_coef, moments)
         t_rollout = time.time() - t0
 
         # ---- update: ppo_epochs passes of clipped policy + value steps over minibatches
         t0 = time.time()
-        stats = ppo_update(cfg, run, policy, value_head, opt, x, m, mask, old_lp, old_values,
-                           advantages, returns, seed_for(cfg.seed, step - 1))
+        stats = ppo_update(cfg, run, policy, value_head, opt, b["x"], b["m"], b["mask"],
+                           b["old_lp"], b["old_values"], b["advantages"], b["returns"],
+                           seed_for(cfg.seed, step - 1))
         t_update = time.time() - t0
 
-        n_tokens = sum(map(len, prompts)) + sum(map(len, comps))
-        row = {"score/mean": raw_scores.mean().item(), "kl/seq": kl_seq, "kl/coef": kl_coef,
+        kl_seq, n_tokens = b["kl_seq"], sum(map(len, prompts)) + sum(map(len, b["comps"]))
+        row = {"score/mean": b["raw_scores"].mean().item(), "kl/seq": kl_seq, "kl/coef": kl_coef,
                "lr": cfg.lr, "time/rollout": t_rollout, "time/update": t_update,
                "tokens_per_s": run.tokens_per_s(n_tokens),
                # through the policy with a backward pass (ppo_epochs passes); sampling aside

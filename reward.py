@@ -240,7 +240,7 @@ def rm_accuracy(cfg, model, examples, pad_id) -> tuple[float, float]:
 
 def train(cfg: RMConfig):
     """Fit the reward model; keep the checkpoint with the best validation accuracy in best/."""
-    run = Run(cfg)  # refuses a folder of another config; writes nothing yet
+    run = Run(cfg)  # (the lines on `run` are plumbing: plumbing/runs.py)
     check_config(cfg)
     if run.done:
         return run.history

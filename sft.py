@@ -161,9 +161,8 @@ def eval_loss(model, prompts, completions, pad_id, micro_batch, device):
 
 
 def main(cfg: SFTConfig, on_checkpoint=None):
-    """Train; returns the log's rows. on_checkpoint(run folder), if given, is called after each
-    checkpoint is written (frontier.py evaluates it there)."""
-    run = Run(cfg, distributed=True)  # refuses a folder of another config; writes nothing yet
+    """Train; returns the log's rows. on_checkpoint(run folder): called after each checkpoint."""
+    run = Run(cfg, distributed=True)  # (the lines on `run` are plumbing: plumbing/runs.py)
     if run.done:
         return run.history
     accum = run.micro_batches(cfg.batch_size, cfg.micro_batch)  # per process, per step

@@ -197,6 +197,14 @@ class Run:
         """Under torchrun, wait until every process gets here."""
         ddp_barrier(self.world)
 
+    def first_then_others(self, fn, *args):
+        """fn(*args) on the main process first, then on the others (under torchrun): for a
+        result the first call computes and caches on disk, which the others then read."""
+        if self.main_process:
+            out = fn(*args)
+        self.barrier()
+        return out if self.main_process else fn(*args)
+
     def mean(self, value: float) -> float:
         """The mean of a per-process number over all processes (for logging)."""
         return ddp_mean(value, self.world, self.device)
