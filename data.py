@@ -29,7 +29,7 @@ GPT2_EOS = 50256
 class Protocol:
     """How completions are sampled and measured: one setting for pair generation, PPO rollouts and
     evaluation. The paper (§6.1, App. C.1) gives the prefix lengths; the rest it leaves unstated,
-    so we fix it here and say so in the README."""
+    so we fix it here and say so in docs/presets.md."""
 
     min_prefix: int = 2  # prompt = the first 2..8 tokens of a review (paper)
     max_prefix: int = 8

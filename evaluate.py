@@ -275,7 +275,7 @@ def plot_frontier(jsonl: str, png: str | None = None, title: str | None = None,
     """Reward (y) against sequence KL (x) for every evaluated checkpoint, one colour and marker
     per method; best-of-N sits at its KL bound (hollow). A method run with several seeds also
     gets its envelope's mean over seeds as a step line, ± one standard error as a band (from the
-    KL where every seed has a point). The KL-regularised optimum (optimum.py's
+    KL where every seed has a point). The KL-regularised optimum (theory/optimum.py's
     optimum.jsonl beside the results, if there) is the black line: solid where its estimate is
     trusted, dotted beyond. When a few points lie far out in KL, a second panel zooms on the
     region where the others are (zoom_limit). Returns the PNG's path."""

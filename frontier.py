@@ -21,7 +21,7 @@ goes (a finished run never resumes), and so do the step checkpoints of the finis
 and label classifier (later stages read their best/). --keep_checkpoints keeps everything and
 evaluates each run when it is done. A checkpoint is deleted only once its row is in
 frontier.jsonl, so a kill at any moment resumes with nothing evaluated twice and nothing lost
-(that bookkeeping is prune.py's).
+(that bookkeeping is plumbing/prune.py's).
 """
 
 import dataclasses
@@ -124,7 +124,7 @@ def plan(cfg: FrontierConfig):
     trained = [c.out_dir for _, _, c in steps[1:] if os.path.basename(c.out_dir) not in
                ("gt", "pairs", "rm")]
     # the KL-regularised optimum of the ground truth, from M samples of the SFT model per test
-    # prefix: the reference line of the plot (optimum.py)
+    # prefix: the reference line of the plot (theory/optimum.py)
     steps.append(("optimum", optimum_main, OptimumConfig(
         ref=sft, ground_truth=gt, dataset=dataset, out=os.path.join(out, "optimum.jsonl"), M=64,
         n_prefixes=p.eval["n_prefixes"], micro_batch=p.eval["micro_batch"], **common)))
@@ -201,14 +201,14 @@ def run_step(i: int, n: int, name: str, fn, c, final: EvalConfig, cfg: FrontierC
 
 
 # ----------------------------------------------------------------------------- steps in parallel
-# The tiny model's time goes to small kernels that two cores do not share well (one DPO run is
-# only 1.3x faster on 2 threads than on 1), so on the CPU the tiny preset trains its independent
-# sweep runs side by side, one process and one thread each (workers.py). A process writes its own
+# The tiny model's time goes to small kernels that two cores do not share well (one DPO run is only
+# 1.3x faster on 2 threads than on 1), so on the CPU the tiny preset trains its independent sweep
+# runs side by side, one process and one thread each (plumbing/workers.py). A process writes its own
 # run folder; their rows meet in frontier.jsonl through whole-line appends under a lock
-# (utils.append_jsonl); files several may write (the pairs' reference log-prob cache, by the
-# first DPO-family runs) are written atomically, with the same content. A run's results depend
-# only on its config and seed, not on which process ran it or when; its floats may differ in the
-# last bits from a one-process run (1 thread against 2).
+# (utils.append_jsonl); files several may write (the pairs' reference log-prob cache, by the first
+# DPO-family runs) are written atomically, with the same content. A run's results depend only on its
+# config and seed, not on which process ran it or when; its floats may differ in the last bits from
+# a one-process run (1 thread against 2).
 
 
 def run_parallel(steps: list, n: int, final: EvalConfig, cfg: FrontierConfig, jobs: int) -> dict:

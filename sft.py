@@ -1,6 +1,6 @@
 """Supervised fine-tuning: next-token loss on IMDb reviews (the paper's SFT model, App. C.1), on
 the chosen completions of a pairs file (the Preferred-FT baseline; the paper's SFT for HH), or on
-prompts and their reference completions (TL;DR's SFT set, written by preferences.py).
+prompts and their reference completions (TL;DR's SFT set, written by hh_tldr/preferences.py).
 
 Tiny CPU run (synthetic corpus, a small GPT from scratch, compact vocabulary):
     python sft.py --init scratch --dataset synthetic --out_dir runs/sft_tiny --steps 50 \
@@ -43,7 +43,8 @@ class SFTConfig:
                     'GPT-2 size, checkpoint folder, or "scratch" (a new model, below)')
     dataset: str = arg("stanfordnlp/imdb", 'hub name, local parquet folder, or "synthetic"')
     pairs: str | None = arg(None, "a pairs file: train on its chosen completions (Preferred-FT)")
-    completions: str | None = arg(None, "a completions file (preferences.py): prompt + reference")
+    completions: str | None = arg(
+        None, "a completions file (hh_tldr/preferences.py): prompt + reference")
     seed: int = arg(0, "data order, dropout", ">= 0")
     steps: int = arg(400, "optimizer steps (IMDb train: 25k reviews = 390 steps of 64)", "> 0")
     batch_size: int = arg(64, "sequences per optimizer step", "> 0")
@@ -82,7 +83,7 @@ def build_model(cfg: SFTConfig, resume_from: str | None) -> tuple[GPT, Tokenizer
     # from scratch: a synthetic corpus gets its compact vocabulary (see data.Tokenizer)
     if cfg.vocab not in ("auto", "dialogue", "gpt2"):
         raise ValueError(f"--vocab must be auto, dialogue or gpt2, not {cfg.vocab!r}")
-    if cfg.vocab == "dialogue":  # preferences.py's synthetic dialogues
+    if cfg.vocab == "dialogue":  # synthetic/dialogues.py's dialogues
         from synthetic.dialogues import dialogue_vocab
 
         tok = Tokenizer(dialogue_vocab())

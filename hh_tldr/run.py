@@ -80,14 +80,13 @@ PRESETS = {
                   validation=dict(dataset="synthetic", split="validation", max_length=64,
                                   max_prompt_length=40)),
         sft_data="train",
-        # SFT and DPO each run to a cap of 3 passes over the ~17,700 training pairs (1,650 steps
-        # of 32), saving every 50 steps, and are taken at the checkpoint whose answers to 200
+        # SFT and DPO each run to a cap of 3 passes over the ~17,700 training pairs (1,650 steps of
+        # 32), saving every 50 steps, and are taken at the checkpoint whose answers to 200
         # validation prompts are right most often, at T = 0 and 1 (select_checkpoint): their own
-        # held-out losses are logged but stop nothing, since DPO's keeps improving while its
-        # answers get worse (README). The judge RM trains 3 epochs and keeps its checkpoint of
-        # best held-out accuracy (the paper's RM protocol). DPO warms up over App. B's 150
-        # steps: RMSprop's square average starts at 0, so its first steps are several times the
-        # lr.
+        # held-out losses are logged but stop nothing, since DPO's keeps improving while its answers
+        # get worse (docs/hh_tldr.md). The judge RM trains 3 epochs and keeps its checkpoint of best
+        # held-out accuracy (the paper's RM protocol). DPO warms up over App. B's 150 steps:
+        # RMSprop's square average starts at 0, so its first steps are several times the lr.
         sft=dict(init="scratch", vocab="dialogue", steps=1650, batch_size=32, micro_batch=32,
                  lr=3e-3, warmup=20, eval_every=50, save_every=50, n_layer=2, n_head=2,
                  n_embd=64, block_size=64, eval_size=256),
@@ -133,8 +132,8 @@ class ExperimentConfig:
 
 # ----------------------------------------------------------------------------- checkpoint choice
 # On the synthetic dialogues DPO's own held-out signal, the pair loss, keeps improving while its
-# samples get worse (the README shows it), so the tiny preset takes each trained policy (SFT and
-# DPO alike) at the checkpoint whose samples are right most often on validation prompts: a third
+# samples get worse (docs/hh_tldr.md shows it), so the tiny preset takes each trained policy (SFT
+# and DPO alike) at the checkpoint whose samples are right most often on validation prompts: a third
 # split of the grammar, never the test one. The checkpoint is copied to <run>/best/, which every
 # later step loads for the run folder (utils.resolve_checkpoint), as the reward model's best/.
 

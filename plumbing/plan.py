@@ -5,7 +5,7 @@ peak disk with and without pruning, and an estimate of the time. Nothing is load
 Counts follow each script's own arithmetic. Sizes come from the model's config, built on the meta
 device (shapes, no weights). Pairs are taken as n_prefixes x 6 (pairs.py drops exact ties, so a
 real file may hold a few fewer, and the RM and a one-epoch DPO a few fewer steps). Times scale
-measured throughputs: the tiny preset's stage times on 2 CPU cores, and the README's GPU
+measured throughputs: the tiny preset's stage times on 2 CPU cores, and docs/benchmarks.md's GPU
 benchmarks for GPT-2 sizes.
 """
 
@@ -30,9 +30,9 @@ PAIR_LEN = 56  # tokens of a prompt + completion (at most 8 + 48)
 PAIR_ROW = {"synthetic": 830}  # bytes of a pairs.jsonl row, measured on tiny; IMDb's ~1.3 kB
 LOG_ROW = 300  # bytes of a log.jsonl row, roughly
 STATE_EXTRA = 32_000  # bytes of state.pt besides the optimizer's tensors: RNG states, counters
-# Seconds and units of work of each stage of the tiny preset on a 2-core CPU, measured in the run
-# of `--seeds 3` (README: 36 min) from seed 0's stages; the CPU estimate is these rates times a
-# step's units. A sweep run's stage time there includes evaluating its checkpoints as they were
+# Seconds and units of work of each stage of the tiny preset on a 2-core CPU, measured in the run of
+# `--seeds 3` (docs/results.md: 36 min) from seed 0's stages; the CPU estimate is these rates times
+# a step's units. A sweep run's stage time there includes evaluating its checkpoints as they were
 # written: that share (0.81 s per checkpoint, the evaluate rate below) is taken out. The evaluate
 # rate is the previous version's measurement (7.1 min run), where evaluation was a stage of its own.
 CPU_RUN = {
@@ -47,7 +47,7 @@ CPU_RUN = {
 # thread than alone on two, hence not 2x). The peak disk above assumes one run at a time: with
 # jobs, add up to jobs - 1 runs' checkpoint in training.
 PARALLEL_SPEEDUP = 1.39
-# README "Benchmarks": bench/gpu.py on one H100 80GB (bf16 autocast, eager), the SFT step's
+# docs/benchmarks.md: bench/gpu.py on one H100 80GB (bf16 autocast, eager), the SFT step's
 # tokens/s, the DPO step's pairs/s, forward tokens/s, sampled 48-token sequences/s, RoBERTa-large
 # (siebert's shape) texts/s.
 GPU_RUN = {
@@ -273,12 +273,12 @@ def print_plan(cfg, steps) -> dict:
     print("  not counted: the Hugging Face cache (the base model, siebert 1.4 GB, IMDb)")
     total = sum(r["seconds"] + r["eval_seconds"] for r in rows)
     if sz["rate"] is None:
-        basis = ("scaled from the tiny preset's stage times on a 2-core CPU (README; seconds "
-                 "/ units: " + ", ".join(
+        basis = ("scaled from the tiny preset's stage times on a 2-core CPU (docs/results.md; "
+                 "seconds / units: " + ", ".join(
                      f"{k} {t:g} / {u:,}" for k, (t, u) in CPU_RUN.items()) + ")")
     else:
         r = sz["rate"]
-        basis = (f"estimated from the README's Benchmarks (bench/gpu.py, one H100, bf16; {r['at']}"
+        basis = (f"estimated from docs/benchmarks.md (bench/gpu.py, one H100, bf16; {r['at']}"
                  f"): SFT step {r['sft']:,.0f} tokens/s (SFT, Preferred-FT, PPO updates), DPO step "
                  f"{r['dpo']:,.0f} pairs/s (DPO, Unlikelihood, RM), forward {r['forward']:,.0f} "
                  f"tokens/s, sampling {r['sample']:,.0f} sequences/s, RoBERTa-large "

@@ -45,11 +45,11 @@ class Preset:
 # during those stages loses up to that many steps, the frontier loses no point.
 PRESETS = {
     # CPU only, offline: the synthetic corpus, a 2-layer 64-wide GPT trained from scratch as the
-    # base (compact vocabulary), the label classifier as ground truth. Its settings follow one
-    # rule for every method (README, "The rule"): the paper's four sweep values; one learning rate,
-    # 1e-4, for everything that trains the policy, each with its own optimizer; each run trains
-    # until its own validation signal has not improved for 2 evaluations (patience), capped at
-    # about 3 passes over its data.
+    # base (compact vocabulary), the label classifier as ground truth. Its settings follow one rule
+    # for every method (docs/results.md, "The rule"): the paper's four sweep values; one learning
+    # rate, 1e-4, for everything that trains the policy, each with its own optimizer; each run
+    # trains until its own validation signal has not improved for 2 evaluations (patience), capped
+    # at about 3 passes over its data.
     "tiny": Preset(
         dataset="synthetic", ground_truth=None,
         sft=dict(init="scratch", steps=300, batch_size=32, micro_batch=32, lr=3e-3, warmup=20,
@@ -75,7 +75,8 @@ PRESETS = {
         best_of=(4, 16),
         parallel=True,
     ),
-    # GPT-2 124M on IMDb with siebert, sized for one consumer GPU (see README for the estimate).
+    # GPT-2 124M on IMDb with siebert, sized for one consumer GPU (docs/presets.md has the
+    # estimate).
     "gpt2": Preset(
         dataset="stanfordnlp/imdb", ground_truth=SIEBERT,
         sft=dict(init="gpt2", steps=400, batch_size=64, micro_batch=16, lr=5e-5, warmup=40,

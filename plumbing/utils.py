@@ -1,7 +1,7 @@
 """Small pieces every script shares: the device and autocast, torchrun helpers, atomic files and
 JSONL logs, checkpoint folders and their files (config.json, safetensors, heads), the
 learning-rate schedule. The life of a run folder is in runs.py; config -> flags in
-cli.py; the CPU speed tricks in speed.py.
+flags.py; the CPU and GPU fast paths in speed.py.
 """
 
 import contextlib

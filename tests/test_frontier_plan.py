@@ -1,5 +1,6 @@
-"""frontier.py --plan (budget.py) against what a sweep really writes, and the sweep's pruning
-(prune.py): each sweep run evaluated as soon as it is done, then only its last checkpoint kept."""
+"""frontier.py --plan (plumbing/plan.py) against what a sweep really writes, and the sweep's
+pruning (plumbing/prune.py): each sweep run evaluated as soon as it is done, then only its last
+checkpoint kept."""
 
 import dataclasses
 import json
@@ -77,7 +78,7 @@ def test_plan_on_the_command_line():
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "gpt2-large (774.0M parameters)" in p.stdout and "3.10 GB each" in p.stdout
-    assert "estimated from the README's Benchmarks" in p.stdout
+    assert "estimated from docs/benchmarks.md" in p.stdout
 
 
 def test_plan_of_the_presets_numbers():

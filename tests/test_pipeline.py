@@ -594,7 +594,7 @@ HELP = {"sft": ["sft.py"], "reward": ["reward.py", "train"], "pairs": ["pairs.py
         "winrate": ["-m", "hh_tldr.winrate"],
         "winrate plot": ["-m", "hh_tldr.winrate", "plot"], "hh_tldr": ["-m", "hh_tldr.run"],
         "evaluate report": ["evaluate.py", "report"]}
-# the scripts whose flags come from a config dataclass (cli.run_main)
+# the scripts whose flags come from a config dataclass (runs.run_main)
 CONFIG_SCRIPTS = ("sft", "reward", "pairs", "dpo", "ppo", "evaluate", "frontier", "optimum",
                   "preferences", "winrate", "hh_tldr")
 

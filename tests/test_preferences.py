@@ -349,7 +349,7 @@ def test_cli(tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     assert "-> 4 pairs in" in r.stdout and "2 prompt_mismatch" in r.stdout
     assert "tokens/s" in r.stdout and len(read_jsonl(out)) == 4
-    # bad input: one "error:" line, exit status 1, nothing written (in-process: cli.run_main)
+    # bad input: one "error:" line, exit status 1, nothing written (in-process: runs.run_main)
     from plumbing.runs import run_main
 
     with pytest.raises(SystemExit) as e:

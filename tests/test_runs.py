@@ -1,6 +1,6 @@
-"""runs.py (the life of a run folder: Run and its pieces), cli.py (config <-> flags, run_main) and
-utils.py's JSONL logs and atomic files. The Run tests drive a toy training loop written against
-Run exactly as the scripts are, so every guarantee of the scripts is checked here once."""
+"""plumbing/runs.py (the life of a run folder: Run and its pieces, run_main), flags.py (config <->
+flags) and utils.py's JSONL logs and atomic files. The Run tests drive a toy training loop written
+against Run exactly as the scripts are, so every guarantee of the scripts is checked here once."""
 
 import dataclasses
 import glob
@@ -488,7 +488,7 @@ def test_run_refuses_another_config_and_bad_input_leaves_no_folder(toy, tmp_path
     assert p.wait(timeout=60) == 1
     assert p.stderr.read().strip() == "error: sleep must not be negative"
     assert not os.path.exists(out)
-    p = toy("--out_dir", out, "--steps", "0")  # a field out of its range (cli.check_fields)
+    p = toy("--out_dir", out, "--steps", "0")  # a field out of its range (flags.check_fields)
     assert p.wait(timeout=60) == 1 and p.stderr.read().strip() == \
         "error: --steps must be positive, got 0"
     assert not os.path.exists(out)
