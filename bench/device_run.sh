@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one GPU session behind the README's GPU table: the paper-scale throughput of bench/gpu.py
+# The one GPU run behind docs/benchmarks.md's GPU table: the paper-scale throughput of bench/gpu.py
 # (gpt2-large and GPT-2 124M, eager and torch.compile) and the tiny preset run on the GPU, which
 # exercises every CUDA code path of the loops (bf16 autocast, fused AdamW, CUDA generators).
 #   OUT=gpu_results bash bench/device_run.sh        # from the repository root, on a CUDA machine

@@ -374,8 +374,9 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "plot":
         import argparse
 
-        ap = argparse.ArgumentParser(prog="winrate.py plot", description="Redraw the win-rate plot "
-                                     "(<results>.png beside it) from a results file alone.")
+        ap = argparse.ArgumentParser(prog="python -m hh_tldr.winrate plot",
+                                     description="Redraw the win-rate plot (<results>.png beside "
+                                     "it) from a results file alone.")
         ap.add_argument("results", help="a winrate.jsonl written by winrate.py")
         args = ap.parse_args(sys.argv[2:])
         try:

@@ -42,10 +42,10 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def config_parser(cls, description: str | None = None,
-                  epilog: str | None = None) -> argparse.ArgumentParser:
+def config_parser(cls, description: str | None = None, epilog: str | None = None,
+                  prog: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one --flag per field of the dataclass `cls`."""
-    ap = argparse.ArgumentParser(description=description, epilog=epilog,
+    ap = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                  formatter_class=_HelpFormatter)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -66,9 +66,9 @@ def _none_or(tp):
     return convert
 
 
-def parse_config(cls, argv=None, description=None, epilog=None):
+def parse_config(cls, argv=None, description=None, epilog=None, prog=None):
     """Build a config dataclass from command-line flags (defaults = the dataclass defaults)."""
-    ns = config_parser(cls, description, epilog).parse_args(argv)
+    ns = config_parser(cls, description, epilog, prog).parse_args(argv)
     values = vars(ns)
     for f in dataclasses.fields(cls):
         if isinstance(values[f.name], list):

@@ -269,8 +269,11 @@ def run_main(main, cls, argv=None, epilog=None):
     main(config), and turn bad input into one readable line and exit status 1 (set DPO_DEBUG=1
     for the traceback); Ctrl-C into where the run stopped and exit status 130. --help shows the
     first paragraph of the script's docstring. The fields are checked by main (Run checks them)."""
-    doc = sys.modules[main.__module__].__doc__
-    cfg = parse_config(cls, argv, description=first_paragraph(doc), epilog=epilog)
+    module = sys.modules[main.__module__]
+    spec = getattr(module, "__spec__", None)  # python -m hh_tldr.run: say so in the usage line
+    prog = f"python -m {spec.name}" if spec and "." in spec.name else None
+    cfg = parse_config(cls, argv, description=first_paragraph(module.__doc__), epilog=epilog,
+                       prog=prog)
     try:
         main(cfg)
     except (ValueError, OSError, FloatingPointError) as e:

@@ -1,6 +1,6 @@
 """The benches run on a tiny config and the implementations they compare agree. Timings are not
-tested (machines are noisy), beyond MFU being a fraction: the benches print them, the README
-records them."""
+tested (machines are noisy), beyond MFU being a fraction: the benches print them,
+docs/benchmarks.md records them."""
 
 import math
 import os

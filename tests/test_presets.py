@@ -65,8 +65,8 @@ def test_a_finished_stage_of_another_config_is_refused_not_skipped(tmp_path):
 
 
 def test_the_tiny_preset_follows_one_rule():
-    """README "The rule": four values per sweep (Preferred-FT: four seeds); one learning rate
-    for every stage that trains the policy; every trained stage (the RM too) stops on its own
+    """docs/results.md, "The rule": four values per sweep (Preferred-FT: four seeds); one learning
+    rate for every stage that trains the policy; every trained stage (the RM too) stops on its own
     validation signal (patience), within a cap of about 3 passes over its data."""
     p = presets.PRESETS["tiny"]
     assert len(p.betas) == len(p.alphas) == len(p.target_kls) == len(p.pft_seeds) == 4
