@@ -2,7 +2,9 @@
 log-probs, and loading and saving the Hugging Face files.
 
 The weights use GPT-2's own names, so loading the hub files is the identity map except for the
-Conv1D layers, which GPT-2 stores as (in, out) and nn.Linear as (out, in).
+Conv1D layers, which GPT-2 stores as (in, out) and nn.Linear as (out, in). This is plain PyTorch;
+the scripts wrap every model they load in plumbing/speed.py's speed_up(model), which adds the CPU
+and GPU fast paths without changing what is computed.
 
     python model.py --init gpt2 --prompt "This movie was"      # needs the hub (or a local folder)
     python -c "from model import *; m = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64)); print(m)"
