@@ -261,54 +261,64 @@ def seed_envelopes(rows: list[dict], budgets) -> dict:
     return out
 
 
-def zoom_limit(kls: list[float]) -> float | None:
-    """The right edge of a zoomed panel when a few points lie far out in KL (they would squash
-    the rest into the left of the axis): 1.2 x the 90th percentile of KL, or None when the
-    points spread evenly enough (largest KL under twice that)."""
-    kls = sorted(kls)
-    edge = 1.2 * kls[int(0.9 * (len(kls) - 1))]
-    return edge if edge > 0 and kls[-1] > 2 * edge else None
+def beyond(rows: list[dict], xmax: float) -> dict:
+    """{method: how many of its points lie past KL xmax}, for the methods that have any: drawn at
+    the axis' right edge rather than left out or allowed to stretch the axis."""
+    out = {}
+    for r in rows:
+        if r["kl"] > xmax:
+            out[r["method"]] = out.get(r["method"], 0) + 1
+    return out
 
 
-def plot_frontier(jsonl: str, png: str | None = None, title: str | None = None,
-                  optimum: str | None = None) -> str:
-    """Reward (y) against sequence KL (x) for every evaluated checkpoint, one colour and marker
-    per method; best-of-N sits at its KL bound (hollow). A method run with several seeds also
-    gets its envelope's mean over seeds as a step line, ± one standard error as a band (from the
-    KL where every seed has a point). The KL-regularised optimum (theory/optimum.py's
-    optimum.jsonl beside the results, if there) is the black line: solid where its estimate is
-    trusted, dotted beyond. When a few points lie far out in KL, a second panel zooms on the
-    region where the others are (zoom_limit). Returns the PNG's path."""
+def frontier_figure(rows: list[dict], opt: list[dict], title: str | None = None,
+                    xmax: float = 20.0, zoom: float | None = 5.0):
+    """The figure of plot_frontier: a main panel of KL 0..xmax (the paper's Figure 2 axis: 0-20
+    nats) and, with zoom, a second panel of KL 0..zoom, where the methods differ. Points past a
+    panel's right edge are drawn on it as triangles (▶) and counted in its title and in their
+    method's legend entry. The legend sits beside the panels, so it hides no point, with every
+    method in full colour. Above the optimum line (grey) no policy can be: it is the limit."""
     from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 
-    rows = read_jsonl(jsonl)
-    if not rows:
-        raise ValueError(f"{jsonl} holds no results to plot")
-    png = png or os.path.splitext(jsonl)[0] + ".png"
-    optimum = optimum or os.path.join(os.path.dirname(os.path.abspath(jsonl)), "optimum.jsonl")
-    opt = sorted(read_jsonl(optimum), key=lambda r: r["kl"])
-    zoom = zoom_limit([r["kl"] for r in rows])
-    fig = Figure(figsize=(11, 4.5) if zoom else (6, 4.5))
-    axes = fig.subplots(1, 2 if zoom else 1, squeeze=False)[0]
+    if zoom is not None and not 0 < zoom < xmax:
+        raise ValueError(f"the zoomed panel's KL ({zoom}) must lie in (0, {xmax})")
+    if not xmax > 0:
+        raise ValueError(f"the KL axis must end above 0, not at {xmax}")
+    limits = [xmax] + ([zoom] if zoom else [])
+    fig = Figure(figsize=(6 * len(limits) + 2.6, 4.8))
+    axes = fig.subplots(1, len(limits), squeeze=False)[0]
     methods = sorted({r["method"] for r in rows},
                      key=lambda m: list(STYLE).index(m) if m in STYLE else 99)
     lo = min(0.4, min(r["reward"] for r in rows) - 0.02)
+    opt = sorted(opt, key=lambda r: r["kl"])
     trusted = [r for r in opt if r.get("trusted", True)]
-    beyond = trusted[-1:] + [r for r in opt if not r.get("trusted", True)]
-    for k, ax in enumerate(axes):
-        if opt:
+    past = trusted[-1:] + [r for r in opt if not r.get("trusted", True)]
+    far = beyond(rows, xmax)
+    for ax, edge in zip(axes, limits):
+        if opt:  # the limit: nothing lies above the optimum's (trusted) curve
+            ax.fill_between([r["kl"] for r in trusted], [r["reward"] for r in trusted], 1.0,
+                            color="0.85", lw=0, zorder=0, label="above the optimum: unreachable")
             ax.plot([r["kl"] for r in trusted], [r["reward"] for r in trusted], color="black",
-                    lw=1.2, label=f"optimum π* (estimated, M = {opt[0]['M']})")
-            ax.plot([r["kl"] for r in beyond], [r["reward"] for r in beyond], color="black",
-                    lw=1.0, ls=":", label="optimum, past its trusted KL")
+                    lw=2.0, zorder=5, label=f"optimum π* (the limit; estimated, M = {opt[0]['M']})")
+            ax.plot([r["kl"] for r in past], [r["reward"] for r in past], color="black", lw=1.2,
+                    ls=":", zorder=5, label="optimum, past its trusted KL")
         for method in methods:
             pts = [r for r in rows if r["method"] == method]
+            inside = [r for r in pts if r["kl"] <= edge]
+            out = [r for r in pts if r["kl"] > edge]
             colour, marker = STYLE.get(method, ("gray", "."))
             label = method + (" (KL at its bound)" if method == "Best-of-N" else "")
+            if far.get(method):
+                label += f" ({far[method]} beyond {xmax:g} nats)"
             several = method not in ("SFT", "Best-of-N") and len({r.get("seed") for r in pts}) > 1
-            ax.scatter([r["kl"] for r in pts], [r["reward"] for r in pts], marker=marker, s=28,
-                       alpha=0.35 if several else 0.8, label=label, edgecolors=colour,
-                       facecolors="none" if method == "Best-of-N" else colour)
+            best_of = method == "Best-of-N"
+            ax.scatter([r["kl"] for r in inside], [r["reward"] for r in inside], marker=marker,
+                       s=90 if best_of else 28, alpha=0.35 if several else 0.9, label=label,
+                       edgecolors=colour, facecolors="none" if best_of else colour,
+                       linewidths=1.6 if best_of else 1.0, zorder=4 if best_of else 3)
+            if out:  # at the edge, so that no run disappears from the plot
+                ax.scatter([edge] * len(out), [r["reward"] for r in out], marker=">", s=36,
+                           color=colour, alpha=0.8, clip_on=False, zorder=4)
             if several:  # the envelope's mean over seeds, ± one standard error as a band
                 grid = sorted({r["kl"] for r in pts})
                 env = seed_envelopes(pts, grid)[method]
@@ -320,16 +330,37 @@ def plot_frontier(jsonl: str, png: str | None = None, title: str | None = None,
                                 [m + e for m, e in zip(mean, se)], step="post", color=colour,
                                 alpha=0.2, lw=0)
         ax.set_ylim(lo, 1.0)
-        ax.set_xlim(0, zoom if k == 1 else max(r["kl"] for r in rows) * 1.05)
+        ax.set_xlim(0, edge)
         ax.set_xlabel("KL(π ‖ π_ref), nats per completion")
         ax.grid(alpha=0.3)
-        if k == 1:
-            n_out = sum(r["kl"] > zoom for r in rows)
-            ax.set_title(f"zoomed: KL ≤ {zoom:.1f} ({n_out} points beyond)", fontsize=10)
+        n_out = sum(r["kl"] > edge for r in rows)
+        what = f"KL ≤ {edge:g}" + (f"; {n_out} points beyond, at the edge (▶)" if n_out else "")
+        ax.set_title(what if ax is not axes[0] else f"{title or 'Reward vs KL'}\n{what}",
+                     fontsize=10)
     axes[0].set_ylabel("reward: ground-truth P(positive)")
-    axes[0].set_title(title or "Reward vs KL")
-    axes[0].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    legend = fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="center right")
+    for handle in legend.legend_handles:  # full colour in the legend, whatever the points' alpha
+        handle.set_alpha(1.0)
+    fig.tight_layout(rect=(0, 0, 1 - 2.6 / fig.get_figwidth(), 1))
+    return fig
+
+
+def plot_frontier(jsonl: str, png: str | None = None, title: str | None = None,
+                  optimum: str | None = None, xmax: float = 20.0,
+                  zoom: float | None = 5.0) -> str:
+    """Reward (y) against sequence KL (x) for every evaluated checkpoint, one colour and marker
+    per method; best-of-N sits at its KL bound (hollow). A method run with several seeds also
+    gets its envelope's mean over seeds as a step line, ± one standard error as a band (from the
+    KL where every seed has a point). The KL-regularised optimum (theory/optimum.py's
+    optimum.jsonl beside the results, if there) is the black line: solid where its estimate is
+    trusted, dotted beyond. Panels: KL 0..xmax and 0..zoom (frontier_figure). Returns the PNG's
+    path."""
+    rows = read_jsonl(jsonl)
+    if not rows:
+        raise ValueError(f"{jsonl} holds no results to plot")
+    png = png or os.path.splitext(jsonl)[0] + ".png"
+    optimum = optimum or os.path.join(os.path.dirname(os.path.abspath(jsonl)), "optimum.jsonl")
+    fig = frontier_figure(rows, read_jsonl(optimum), title, xmax, zoom)
     atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     return png
 
@@ -400,9 +431,14 @@ if __name__ == "__main__":
                                      "plot (<results>.png beside it) from a results file alone.")
         ap.add_argument("results", help="a frontier.jsonl written by evaluate.py")
         ap.add_argument("--title", default=None, help="the plot's title (default: Reward vs KL)")
+        ap.add_argument("--xmax", type=float, default=20.0,
+                        help="the main panel's KL axis ends here (default: 20, the paper's)")
+        ap.add_argument("--zoom", type=float, default=5.0,
+                        help="a second panel of KL 0..ZOOM (default: 5); 0: none")
         args = ap.parse_args(sys.argv[2:])
         try:
-            print(plot_frontier(args.results, title=args.title))
+            print(plot_frontier(args.results, title=args.title, xmax=args.xmax,
+                                zoom=args.zoom or None))
         except (ValueError, OSError) as e:
             sys.exit(f"error: {e}")
     elif len(sys.argv) > 1 and sys.argv[1] == "report":

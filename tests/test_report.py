@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,3 +84,38 @@ def test_seed_envelopes_by_hand(tmp_path):
     path = tmp_path / "frontier.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in rows))
     assert os.path.getsize(evaluate.plot_frontier(str(path))) > 0  # the band is drawn
+
+
+def test_frontier_figure_axes_edge_points_and_legend(tmp_path):
+    """The paper's 0-20 nats axis and a 0-5 nats panel; runs past an axis are drawn at its edge
+    and counted; every method is in the legend, in full colour; the optimum is the limit."""
+    r = lambda m, kl, reward, seed=0: dict(method=m, seed=seed, kl=kl, reward=reward)
+    rows = [r("SFT", 0.0, 0.5, None), r("DPO", 1.0, 0.8), r("DPO", 3.0, 0.9), r("DPO", 50.0, 0.95),
+            r("DPO", 330.0, 0.2), r("Unlikelihood", 7.0, 0.6), r("PPO", 4.0, 0.97),
+            r("Best-of-N", 1.84, 0.97, None)]
+    opt = [dict(kl=0.0, reward=0.5, M=64, trusted=True), dict(kl=1.0, reward=0.9, M=64,
+                                                             trusted=True),
+           dict(kl=4.0, reward=0.99, M=64, trusted=False)]
+    assert evaluate.beyond(rows, 20) == {"DPO": 2}
+    assert evaluate.beyond(rows, 5) == {"DPO": 2, "Unlikelihood": 1}
+    fig = evaluate.frontier_figure(rows, opt, "T")
+    main, zoom = fig.axes[:2]
+    assert main.get_xlim() == (0, 20) and zoom.get_xlim() == (0, 5)
+    assert "2 points beyond" in main.get_title() and "3 points beyond" in zoom.get_title()
+    # the points past the edge sit on it: one scatter of 2 triangles at x = 20 in the main panel
+    edge = [c.get_offsets() for c in main.collections
+            if len(c.get_offsets()) and (c.get_offsets()[:, 0] == 20).all()]
+    assert [len(e) for e in edge] == [2]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    for method in ("SFT", "DPO", "Unlikelihood", "PPO", "Best-of-N"):
+        assert any(t.startswith(method) for t in labels), (method, labels)
+    assert "DPO (2 beyond 20 nats)" in labels and any("the limit" in t for t in labels)
+    assert all(h.get_alpha() in (None, 1.0) for h in fig.legends[0].legend_handles)
+    assert len(evaluate.frontier_figure(rows, opt, zoom=None).axes) == 1
+    with pytest.raises(ValueError, match="zoomed panel"):
+        evaluate.frontier_figure(rows, opt, zoom=30.0)
+    path = tmp_path / "frontier.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    p = subprocess.run([sys.executable, "evaluate.py", "plot", str(path), "--xmax", "10",
+                        "--zoom", "0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and os.path.getsize(tmp_path / "frontier.png") > 10_000, p.stderr
