@@ -36,7 +36,7 @@ from plumbing.utils import (
     read_jsonl,
 )
 
-LOSSES = ("dpo", "ipo", "hinge", "unlikelihood", "unlikelihood_token")
+LOSSES = ("dpo", "ipo", "hinge", "simpo", "unlikelihood", "unlikelihood_token")
 
 # ----------------------------------------------------------------------------- losses
 
@@ -81,6 +81,20 @@ def implicit_rewards(policy_chosen_logps, policy_rejected_logps, ref_chosen_logp
             beta * (policy_rejected_logps - ref_rejected_logps).detach())
 
 
+def simpo_loss(policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths,
+               beta, gamma_beta_ratio):
+    """SimPO (Meng et al. 2024), per example (B,): reference-free and length-normalised,
+    -log sigmoid(beta [log pi(y_w|x) / |y_w| - log pi(y_l|x) / |y_l|] - gamma), gamma = the
+    target reward margin, written as gamma_beta_ratio * beta (as SimPO's own code does).
+
+    The log-probs are summed over the completions' tokens, (B,) each; the lengths are their
+    token counts, (B,) each. No reference model: its implicit reward is beta times the mean
+    log-prob per token, not a log-ratio to pi_ref.
+    """
+    h = policy_chosen_logps / chosen_lengths - policy_rejected_logps / rejected_lengths
+    return -F.logsigmoid(beta * (h - gamma_beta_ratio))
+
+
 def unlikelihood_loss(policy_chosen_logps, policy_rejected_logps, alpha):
     """The paper's Unlikelihood baseline, per example (B,): -log pi(y_w|x) + alpha log pi(y_l|x).
 
@@ -115,13 +129,15 @@ class DPOConfig:
     ref: str | None = arg(None, "reference checkpoint (default: init)")
     pairs: str = arg("runs/pairs/pairs.jsonl", "pairs file written by pairs.py")
     seed: int = arg(0, "data order", ">= 0")
-    loss: str = arg("dpo", "dpo | ipo | hinge | unlikelihood | unlikelihood_token")
+    loss: str = arg("dpo", "dpo | ipo | hinge | simpo | unlikelihood | unlikelihood_token")
     beta: float = arg(0.1,
                       "KL strength beta (paper default 0.1; IMDb sweep 0.05, 0.1, 1, 5)", "> 0")
     alpha: float = arg(1.0, "unlikelihood coefficient (IMDb sweep 0.05, 0.1, 0.5, 1)", "> 0")
     label_smoothing: float = arg(0.0,
                                  "conservative DPO: assumed label-flip probability", (0.0, 0.5))
     reference_free: bool = arg(False, "ignore the reference (uniform pi_ref)")
+    gamma_beta_ratio: float = arg(0.5, "SimPO: its target margin gamma as a fraction of beta",
+                                  ">= 0")
     steps: int | None = arg(None,
                             "optimizer steps (None: one epoch over the training pairs)", "> 0")
     batch_size: int = arg(64, "pairs per optimizer step (App. B: 64)", "> 0")
@@ -203,6 +219,10 @@ def batch_loss(cfg, model, rows, ref_c, ref_r, pad_id):
         pc, pr = concatenated_logps(model, rows, pad_id)
         if cfg.loss == "unlikelihood":
             losses = unlikelihood_loss(pc, pr, cfg.alpha)
+        elif cfg.loss == "simpo":  # its length normalisation: the completions' token counts
+            lengths = [torch.tensor([len(r[k]) for r in rows], device=device, dtype=pc.dtype)
+                       for k in ("chosen_ids", "rejected_ids")]
+            losses = simpo_loss(pc, pr, *lengths, cfg.beta, cfg.gamma_beta_ratio)
         else:
             losses = preference_loss(pc, pr, ref_c, ref_r, cfg.beta, cfg.loss,
                                      cfg.label_smoothing, cfg.reference_free)[0]

@@ -108,7 +108,10 @@ def describe_run(run_dir: str) -> tuple[str, str, float | None]:
     if "loss" in c:
         if c["loss"].startswith("unlikelihood"):
             return "Unlikelihood", "alpha", c["alpha"]
-        return {"dpo": "DPO", "ipo": "IPO", "hinge": "SLiC"}[c["loss"]], "beta", c["beta"]
+        if c["loss"] == "dpo" and c.get("label_smoothing"):  # conservative DPO
+            return "cDPO", "beta", c["beta"]
+        return ({"dpo": "DPO", "ipo": "IPO", "hinge": "SLiC", "simpo": "SimPO"}[c["loss"]], "beta",
+                c["beta"])
     if "reward" in c:
         return ("PPO" if c["reward"] == "rm" else "PPO-GT"), "target_kl", c["target_kl"]
     if c.get("pairs"):
@@ -232,6 +235,7 @@ def best_of_n(sft, rm, scorer, prefixes, tok, n, cfg, device, checkpoint):
 
 STYLE = {  # method: (colour, marker), close to the paper's Figure 2
     "DPO": ("tab:red", "o"), "IPO": ("tab:pink", "o"), "SLiC": ("tab:brown", "o"),
+    "cDPO": ("tab:olive", "o"), "SimPO": ("tab:gray", "P"),
     "Unlikelihood": ("tab:orange", "s"), "PPO": ("tab:blue", "^"),
     "PPO-GT": ("tab:cyan", "v"), "Preferred-FT": ("tab:green", "D"),
     "Best-of-N": ("tab:purple", "*"), "SFT": ("black", "X"),
@@ -259,6 +263,23 @@ def seed_envelopes(rows: list[dict], budgets) -> dict:
                     if (v := envelope([r for r in mine if r.get("seed") == s], b)) is not None]
             out[method][b] = (*mean_stderr(vals), len(vals))
     return out
+
+
+def print_budget_table(rows: list[dict], budgets=(1, 2, 3, 5)):
+    """The best reward of each method within each KL budget (seed_envelopes): mean ± standard
+    error over the seeds that reach the budget, their count in brackets; the SFT row is its
+    reference point."""
+    table = seed_envelopes(rows, budgets)
+    methods = sorted(table, key=lambda m: list(STYLE).index(m) if m in STYLE else 99)
+    print("best reward within a KL budget (mean ± SE over seeds, [seeds]):")
+    print(f"  {'method':<14}" + "".join(f"{f'KL <= {b:g}':>22}" for b in budgets))
+    for m in methods:
+        cells = [("—" if mean is None else f"{mean:.3f}" + (f" ± {se:.3f}" if se else "")
+                  + f" [{n}]") for mean, se, n in (table[m][b] for b in budgets)]
+        print(f"  {m:<14}" + "".join(f"{c:>22}" for c in cells))
+    sft = [r["reward"] for r in rows if r["method"] == "SFT"]
+    if sft:
+        print(f"  {'SFT':<14}{sft[0]:>22.3f}  (KL 0)")
 
 
 def beyond(rows: list[dict], xmax: float) -> dict:

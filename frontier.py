@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from dpo import DPOConfig
 from dpo import main as dpo_main
-from evaluate import EvalConfig
+from evaluate import EvalConfig, print_budget_table
 from evaluate import main as evaluate_main
 from pairs import PairsConfig
 from pairs import main as pairs_main
@@ -72,6 +72,18 @@ class FrontierConfig:
         1, "every trained method repeated with seeds 0 .. K-1 (the plot: mean and band)", "> 0")
     jobs: int = arg(
         0, "sweep runs trained at once, a process each; 0: the preset's rule (n_jobs)", ">= 0")
+    losses: bool = arg(False, "also sweep DPO's variants over the same betas (VARIANTS)")
+
+
+# --losses: the other preference losses of dpo.py, each under DPO's own settings and the same
+# four betas (one rule for every loss): IPO, conservative DPO (labels taken as flipped with
+# probability 0.1), SLiC's hinge, and SimPO (reference-free, length-normalised; margin 0.5 beta).
+VARIANTS = {  # run folder prefix: (method name, the DPOConfig fields that make it)
+    "ipo": ("IPO", dict(loss="ipo")),
+    "cdpo": ("cDPO", dict(loss="dpo", label_smoothing=0.1)),
+    "slic": ("SLiC", dict(loss="hinge")),
+    "simpo": ("SimPO", dict(loss="simpo", gamma_beta_ratio=0.5)),
+}
 
 
 def plan(cfg: FrontierConfig):
@@ -105,6 +117,11 @@ def plan(cfg: FrontierConfig):
             steps.append((f"DPO beta={b}{at}", dpo_main, DPOConfig(
                 out_dir=run(f"dpo_beta{b}{tag}"), init=sft, pairs=pairs_file, beta=b, seed=seed,
                 **common, **p.dpo)))
+        for prefix, (method, fields) in VARIANTS.items() if cfg.losses else ():
+            for b in p.betas:
+                steps.append((f"{method} beta={b}{at}", dpo_main, DPOConfig(
+                    out_dir=run(f"{prefix}_beta{b}{tag}"), init=sft, pairs=pairs_file, beta=b,
+                    seed=seed, **fields, **common, **p.dpo)))
         for a in p.alphas:
             steps.append((f"Unlikelihood alpha={a}{at}", dpo_main, DPOConfig(
                 out_dir=run(f"unlikelihood_alpha{a}{tag}"), init=sft, pairs=pairs_file,
@@ -163,6 +180,7 @@ def main(cfg: FrontierConfig):
     print(f"frontier: {len(results)} points in {final.out}, plot {png}")
     for name, t in timings.items():
         print(f"  {name}: {t:.0f} s")
+    print_budget_table(results)
     return results
 
 

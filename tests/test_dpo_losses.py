@@ -10,7 +10,13 @@ import random
 import pytest
 import torch
 
-from dpo import concatenated_logps, preference_loss, token_unlikelihood_loss, unlikelihood_loss
+from dpo import (
+    concatenated_logps,
+    preference_loss,
+    simpo_loss,
+    token_unlikelihood_loss,
+    unlikelihood_loss,
+)
 from model import GPT, GPTConfig
 
 BETAS = [0.05, 0.1, 0.5, 1.0, 5.0]
@@ -423,3 +429,29 @@ def test_dpo_bandit_reaches_closed_form(K, beta):
     assert max(implied) - min(implied) < 1e-3
     # the test can fail: the optimum is far from the reference at these settings
     assert kl(star, pi_ref) > 1e-3
+
+
+# ----------------------------------------------------------------------------- SimPO
+
+
+def test_simpo_loss_by_hand_and_its_length_normalisation():
+    """SimPO: -log sigmoid(beta (log pi_w / |y_w| - log pi_l / |y_l|) - gamma), gamma =
+    ratio x beta; no reference; a completion twice as long with twice the log-prob scores the
+    same (the mean per token is what counts)."""
+    pc, pr = t64([-10.0, -30.0, -8.0], [-20.0, -12.0, -8.0])
+    lc, lr = t64([5.0, 10.0, 4.0], [10.0, 4.0, 4.0])
+    beta, ratio = 2.0, 0.5
+    got = simpo_loss(pc, pr, lc, lr, beta, ratio)
+    for i in range(3):
+        h = pc[i].item() / lc[i].item() - pr[i].item() / lr[i].item()
+        assert got[i].item() == pytest.approx(-py_logsigmoid(beta * h - ratio * beta), rel=1e-12)
+    assert simpo_loss(*t64([-8.0], [-8.0], [4.0], [4.0]), beta, 0.0).item() == \
+        pytest.approx(math.log(2))
+    doubled = simpo_loss(2 * pc, pr, 2 * lc, lr, beta, ratio)
+    torch.testing.assert_close(doubled, got)
+    # the gradient raises the chosen log-prob and lowers the rejected one, each per token
+    pc_, pr_ = pc.clone().requires_grad_(), pr.clone().requires_grad_()
+    simpo_loss(pc_, pr_, lc, lr, beta, ratio).sum().backward()
+    assert (pc_.grad < 0).all() and (pr_.grad > 0).all()
+    sig = torch.sigmoid(-(beta * (pc / lc - pr / lr) - ratio * beta))
+    torch.testing.assert_close(pc_.grad, -beta * sig / lc)

@@ -320,3 +320,28 @@ def test_the_tiny_preset_runs_its_sweep_in_parallel_on_the_cpu(monkeypatch):
     assert presets.n_jobs(tiny) == 4
     monkeypatch.setattr(presets, "fcntl", None)  # no file locks (Windows): one process
     assert presets.n_jobs(tiny) == 1
+
+
+def test_losses_adds_every_variant_over_the_same_betas():
+    """--losses: IPO, conservative DPO, SLiC-hinge and SimPO, each over the preset's four betas
+    with DPO's own settings, per seed; off by default."""
+    base = frontier.plan(frontier.FrontierConfig(preset="tiny"))
+    more = frontier.plan(frontier.FrontierConfig(preset="tiny", losses=True, seeds=2))
+    variants = [c for _, _, c in more if os.path.basename(c.out_dir if hasattr(c, "out_dir")
+                                                            else "").split("_")[0] in
+                frontier.VARIANTS]
+    tiny = presets.PRESETS["tiny"]
+    assert len(variants) == 2 * 4 * len(tiny.betas) and not any(
+        os.path.basename(getattr(c, "out_dir", "")).startswith("simpo") for _, _, c in base)
+    dpo_runs = {c.beta: c for _, _, c in base if os.path.basename(getattr(c, "out_dir", ""))
+                .startswith("dpo_beta")}
+    for c in variants:
+        ref = dpo_runs[c.beta]
+        for k in ("steps", "batch_size", "lr", "warmup", "patience", "eval_every", "save_every"):
+            assert getattr(c, k) == getattr(ref, k), (c.out_dir, k)
+    by_name = {os.path.basename(c.out_dir): c for c in variants}
+    assert by_name["cdpo_beta0.1"].label_smoothing == 0.1 and by_name["cdpo_beta0.1"].loss == "dpo"
+    assert by_name["simpo_beta5.0_seed1"].loss == "simpo" and by_name["ipo_beta1.0"].loss == "ipo"
+    assert by_name["slic_beta0.05"].loss == "hinge"
+    final = more[-1][2]
+    assert set(by_name[n].out_dir for n in by_name) <= set(final.runs)  # all evaluated

@@ -392,6 +392,28 @@ def test_unlikelihood_trains(pipeline, tmp_path):
     assert [s for s, _ in list_checkpoints(cfg_tok.out_dir)] == [8]
 
 
+def test_simpo_and_cdpo_train_and_are_named(pipeline, tmp_path):
+    """--loss simpo over-fits one batch (its loss falls, the chosen completions' mean log-prob
+    per token overtakes the rejected ones'); frontier's variants get their own method names."""
+    path = str(tmp_path / "pairs32.jsonl")
+    rows = read_jsonl(pipeline.pairs)[:32]
+    write_jsonl(path, rows)
+    cfg = DPOConfig(out_dir=str(tmp_path / "simpo"), init=pipeline.sft, pairs=path, loss="simpo",
+                    beta=2.0, gamma_beta_ratio=0.5, steps=8, batch_size=32, micro_batch=32,
+                    lr=1e-4, warmup=2, eval_size=0, save_every=8, device="cpu")
+    log = dpo.main(cfg)
+    assert len(log) == 8 and all(math.isfinite(r["loss/train"]) for r in log)
+    assert log[-1]["loss/train"] < log[0]["loss/train"] - 0.1
+    per_token = lambda r: (r["logps/chosen"] / sum(len(x["chosen_ids"]) for x in rows) * 32
+                           - r["logps/rejected"] / sum(len(x["rejected_ids"]) for x in rows) * 32)
+    assert per_token(log[-1]) > per_token(log[0])
+    assert evaluate.describe_run(cfg.out_dir) == ("SimPO", "beta", 2.0)
+    cdpo = dataclasses.replace(cfg, out_dir=str(tmp_path / "cdpo"), loss="dpo",
+                               label_smoothing=0.1, beta=0.1, steps=2, save_every=2)
+    dpo.main(cdpo)
+    assert evaluate.describe_run(cdpo.out_dir) == ("cDPO", "beta", 0.1)
+
+
 # ----------------------------------------------------------------------------- PPO
 
 
