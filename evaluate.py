@@ -360,7 +360,8 @@ def frontier_figure(rows: list[dict], opt: list[dict], title: str | None = None,
                      fontsize=10)
     axes[0].set_ylabel("reward: ground-truth P(positive)")
     legend = fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="center right")
-    for handle in legend.legend_handles:  # full colour in the legend, whatever the points' alpha
+    handles = getattr(legend, "legend_handles", None) or legend.legendHandles  # matplotlib < 3.7
+    for handle in handles:  # full colour in the legend, whatever the points' alpha
         handle.set_alpha(1.0)
     fig.tight_layout(rect=(0, 0, 1 - 2.6 / fig.get_figwidth(), 1))
     return fig
