@@ -89,7 +89,8 @@ def simpo_loss(policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejec
 
     The log-probs are summed over the completions' tokens, (B,) each; the lengths are their
     token counts, (B,) each. No reference model: its implicit reward is beta times the mean
-    log-prob per token, not a log-ratio to pi_ref.
+    log-prob per token, not a log-ratio to pi_ref (dpo.py still logs DPO's log-ratio rewards
+    for it, as for every loss, so that runs compare on one scale).
     """
     h = policy_chosen_logps / chosen_lengths - policy_rejected_logps / rejected_lengths
     return -F.logsigmoid(beta * (h - gamma_beta_ratio))
@@ -226,7 +227,9 @@ def batch_loss(cfg, model, rows, ref_c, ref_r, pad_id):
         else:
             losses = preference_loss(pc, pr, ref_c, ref_r, cfg.beta, cfg.loss,
                                      cfg.label_smoothing, cfg.reference_free)[0]
-    rc, rr = implicit_rewards(pc, pr, ref_c, ref_r, cfg.beta)  # logged for every loss type
+    # logged for every loss type: DPO's beta log-ratios to the reference (SimPO too, which trains
+    # without one), so that every run's rewards/* read on one scale
+    rc, rr = implicit_rewards(pc, pr, ref_c, ref_r, cfg.beta)
     stats = {"rewards/chosen": rc, "rewards/rejected": rr, "rewards/margins": rc - rr,
              "rewards/accuracy": (rc > rr).float(), "logps/chosen": pc.detach(),
              "logps/rejected": pr.detach()}
@@ -272,7 +275,7 @@ def main(cfg: DPOConfig, on_checkpoint=None):
     opt = (torch.optim.RMSprop(model.parameters(), lr=cfg.lr) if cfg.optimizer == "rmsprop"
            else adamw(model.parameters(), cfg.lr, device, weight_decay=0.0))  # (= Adam)
     if not run.restore(opt) and eval_idx and run.main_process:
-        run.log(evaluate())  # step 0: loss log 2, accuracy 0 (policy = reference)
+        run.log(evaluate())  # step 0: policy = reference (DPO's loss is log 2, accuracy 0)
     if eval_idx:  # early stopping on the held-out loss (--patience; rank 0 evaluates)
         run.stop_when_stalled("loss/eval", cfg.patience)
 
@@ -318,6 +321,11 @@ def check_config(cfg: DPOConfig):
         raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, not {cfg.loss!r}")
     if cfg.optimizer not in ("rmsprop", "adamw"):
         raise ValueError(f"--optimizer must be rmsprop or adamw, not {cfg.optimizer!r}")
+    if cfg.label_smoothing and cfg.loss != "dpo":
+        raise ValueError(f"--label_smoothing is conservative DPO's: --loss dpo, not {cfg.loss}")
+    if cfg.reference_free and cfg.loss not in ("dpo", "ipo", "hinge"):
+        raise ValueError(f"--reference_free applies to dpo, ipo and hinge; --loss {cfg.loss} "
+                         f"{'has no reference' if cfg.loss == 'simpo' else 'uses none'}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from dpo import DPOConfig
 from dpo import main as dpo_main
-from evaluate import EvalConfig, print_budget_table
+from evaluate import EvalConfig
 from evaluate import main as evaluate_main
 from pairs import PairsConfig
 from pairs import main as pairs_main
@@ -49,6 +49,7 @@ from plumbing.prune import evaluate_live, evaluate_run, prune
 from plumbing.runs import is_done, open_run, run_main, stopped
 from plumbing.utils import list_checkpoints, read_jsonl
 from plumbing.workers import cpu_cores, run_in_workers
+from report.figure import print_budget_table
 from theory.optimum import OptimumConfig
 from theory.optimum import main as optimum_main
 

@@ -4,7 +4,8 @@ log-probs, and loading and saving the Hugging Face files.
 The weights use GPT-2's own names, so loading the hub files is the identity map except for the
 Conv1D layers, which GPT-2 stores as (in, out) and nn.Linear as (out, in). This is plain PyTorch;
 the scripts wrap every model they load in plumbing/speed.py's speed_up(model), which adds the CPU
-and GPU fast paths without changing what is computed.
+and GPU fast paths: the same forward up to float rounding, and a sampler that draws from the same
+distribution by another method (so other tokens for the same seed).
 
     python model.py --init gpt2 --prompt "This movie was"      # needs the hub (or a local folder)
     python -c "from model import *; m = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64)); print(m)"
@@ -415,7 +416,7 @@ if __name__ == "__main__":
     ap.add_argument("--num_samples", type=int, default=3)
     args = ap.parse_args()
     tok = load_tokenizer(gpt_folder(args.init))
-    model = GPT.from_pretrained(args.init).eval()
+    model = GPT.from_pretrained(args.init).eval()  # plain: torch.multinomial draws (see speed.py)
     tokens, mask = model.generate([tok.encode(args.prompt)] * args.num_samples, 48,
                                   generator=torch.Generator().manual_seed(0))
     for c in completions(tokens, mask):

@@ -19,7 +19,11 @@ def arg(default, help: str, check=None):
     check: None (any value); "> 0"; ">= 0"; (low, high): low <= x < high; (low, high, "]"):
     low <= x <= high; "file" or "path": an input file (or file or folder) that must exist;
     "device": auto, cpu, cuda, cuda:N or mps. None as a value means "not set" and is not checked.
+    An unknown check is a TypeError here, when the config class is defined.
     """
+    if not (check in (None, "> 0", ">= 0", "file", "path", "device")
+            or isinstance(check, tuple) and len(check) in (2, 3) and check[2:] in ((), ("]",))):
+        raise TypeError(f"arg: unknown check {check!r}")
     return dataclasses.field(default=default, metadata={"help": help, "check": check})
 
 
@@ -88,6 +92,9 @@ def check_fields(cfg, paths: bool = True):
         for x in (v if isinstance(v, (tuple, list)) else (v,)):
             if check is None or x is None:
                 continue
+            numeric = check in ("> 0", ">= 0") or isinstance(check, tuple)
+            if numeric and (isinstance(x, bool) or not isinstance(x, (int, float))):
+                raise ValueError(f"{flag} must be a number, not {x!r}")
             if check == "device":
                 if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", x):
                     raise ValueError(f"{flag} must be auto, cpu, cuda, cuda:N or mps, not {x!r}")

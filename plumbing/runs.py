@@ -348,13 +348,18 @@ def config_dict(cfg) -> dict:
 def open_run(cfg) -> bool:
     """Check cfg.out_dir against cfg before anything is loaded or written. True: a run of this
     config is there to continue. False: a new run, or --overwrite. Another config there: refuse,
-    naming the first differing field."""
+    naming the first differing field. A field added since the old run was written (absent from
+    its run_config.json) counts as equal when it has its default now: the old code behaved so."""
     out, new = cfg.out_dir, config_dict(cfg)
     path = os.path.join(out, "run_config.json")
     if not os.path.exists(path) or getattr(cfg, "overwrite", False):
         return False
     with open(path) as f:
         old = json.load(f)
+    defaults = config_dict(type(cfg)()) if all(
+        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        for f in dataclasses.fields(cfg)) else {}
+    old = {**{k: v for k, v in defaults.items() if k not in old and new.get(k) == v}, **old}
     if old != new:
         key = next(k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
         raise ValueError(f"{out} holds a run with another config ({key}: {old.get(key)!r} "

@@ -1,6 +1,8 @@
 """The speed tricks, kept out of the lesson: model.py is plain GPT-2, and `speed_up(model)` turns a
 GPT into its fast twin in one call, with the same parameters, state dict and files. Each trick
-computes the same thing up to float rounding; docs/benchmarks.md has the measurements.
+computes the same thing up to float rounding, except the sampler, which draws from the same
+distribution by another method (other tokens for one seed); docs/benchmarks.md has the
+measurements.
 
 - Linear: nn.Linear that multiplies a few rows as W @ x.T on the CPU (sampling sends one token per
   sequence), where MKL streams the weights faster than for F.linear's x @ W.T.
@@ -24,7 +26,8 @@ MASKED_CUDA_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 def speed_up(model: GPT) -> GPT:
     """The model, its modules switched in place to the fast classes below (same parameters, same
-    state dict, same results up to rounding); returns it, so `speed_up(GPT.from_pretrained(p))`."""
+    state dict, same forward up to rounding, samples from the same distribution); returns it, so
+    `speed_up(GPT.from_pretrained(p))`."""
     for module in model.modules():
         if type(module) is nn.Linear:
             module.__class__ = Linear
@@ -44,12 +47,12 @@ class FastGPT(GPT):
         # second one for its sum with the output layer's gradient (page faults on every step);
         # autograd adds the sparse one to the output layer's dense gradient, so the weight's .grad
         # ends dense, as the optimizers need. On CUDA those costs are small: dense.
-        wte = self.transformer.wte
+        wte, was_sparse = self.transformer.wte, self.transformer.wte.sparse
         wte.sparse = idx.device.type == "cpu" and self.lm_head.weight is wte.weight
         try:
             return super().forward(idx, attention_mask, position_ids, cache)
         finally:
-            wte.sparse = False  # hidden() alone (reward and value heads) stays dense
+            wte.sparse = was_sparse  # hidden() alone (reward and value heads) stays as it was
 
     def draw(self, probs, generator=None):
         return sample_index(probs, generator)

@@ -455,3 +455,17 @@ def test_simpo_loss_by_hand_and_its_length_normalisation():
     assert (pc_.grad < 0).all() and (pr_.grad > 0).all()
     sig = torch.sigmoid(-(beta * (pc / lc - pr / lr) - ratio * beta))
     torch.testing.assert_close(pc_.grad, -beta * sig / lc)
+
+
+@pytest.mark.parametrize("flags,msg", [
+    (dict(loss="simpo", label_smoothing=0.1), "conservative DPO's: --loss dpo, not simpo"),
+    (dict(loss="ipo", label_smoothing=0.1), "--loss dpo, not ipo"),
+    (dict(loss="simpo", reference_free=True), "simpo has no reference"),
+    (dict(loss="unlikelihood", reference_free=True), "unlikelihood uses none"),
+    (dict(loss="dpo", optimizer="sgd"), "rmsprop or adamw"),
+])
+def test_dpo_refuses_flags_its_loss_would_ignore(flags, msg):
+    from dpo import DPOConfig, check_config
+    with pytest.raises(ValueError, match=msg):
+        check_config(DPOConfig(**flags))
+    check_config(DPOConfig(loss="dpo", label_smoothing=0.1, reference_free=True))  # both DPO's

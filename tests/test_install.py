@@ -95,7 +95,8 @@ def test_check_fields_names_the_flag(tmp_path):
              (DPOConfig(device="gpu"), "--device"),
              (PPOConfig(gamma=1.5), "--gamma"),
              (SFTConfig(warmup=-1), "--warmup must be non-negative"),
-             (EvalConfig(best_of=(4, -1)), "--best_of must be non-negative")]
+             (EvalConfig(best_of=(4, -1)), "--best_of must be non-negative"),
+             (DPOConfig(beta="0.1"), "--beta must be a number, not '0.1'")]  # from a notebook
     for cfg, needle in cases:
         with pytest.raises(ValueError, match=needle):
             cli.check_fields(cfg, paths=False)
@@ -106,6 +107,8 @@ def test_check_fields_names_the_flag(tmp_path):
         cli.check_fields(EvalConfig(runs=(str(tmp_path / "typo"),)))
     cli.check_fields(PPOConfig(target_kl=None), paths=False)  # None: not set, fine
     cli.check_fields(SFTConfig(device="cuda:1"), paths=False)
+    with pytest.raises(TypeError, match="unknown check '>0'"):  # a typo in a config class
+        cli.arg(1, "a field", ">0")
 
 
 def test_every_preset_is_in_range():

@@ -285,7 +285,7 @@ def test_frontier_notebook_shows_the_committed_frontier_by_default():
         if r.get("kl_is_bound"):
             assert f"best-of-{r['value']:<3d} KL bound" in out
             assert f"reward {r['reward']:.3f}" in out
-    assert images(nb) == 3  # the k1/k3 check, the frontier and evaluate.frontier_figure
+    assert images(nb) == 3  # the k1/k3 check, the frontier and report.figure.frontier_figure
     tables = [o["data"]["text/markdown"] for c in code_cells(nb) for o in c.outputs
               if "text/markdown" in o.get("data", {})]
     assert len(tables) == 3 and tables[0].startswith("| method | KL ≤ 2 | KL ≤ 5 | KL ≤ 10 |")

@@ -15,6 +15,7 @@ import evaluate
 from data import PROTOCOL, load_prefixes
 
 from plumbing.utils import read_jsonl
+from report import figure
 from theory import optimum
 from theory.optimum import OptimumConfig, log_betas, optimum_curve
 
@@ -271,8 +272,8 @@ def test_main_samples_and_scores_as_evaluate_does(tiny, compact_tok, monkeypatch
     with pytest.raises(AssertionError, match="sampled again"):
         optimum.main(tiny_cfg(root, ref, gt, n_betas=5))
 
-    # evaluate.plot_frontier draws the file as it stands
-    assert os.path.getsize(evaluate.plot_frontier(cfg.out)) > 0
+    # report.figure.plot_frontier draws the file as it stands
+    assert os.path.getsize(figure.plot_frontier(cfg.out)) > 0
 
 
 def test_command_line(tiny):

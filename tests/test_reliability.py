@@ -502,7 +502,7 @@ def test_dpo_reference_cache_written_atomically(tiny, tmp_path, monkeypatch):
 def test_frontier_plot_written_atomically(tmp_path, monkeypatch):
     import matplotlib.figure
 
-    import evaluate
+    from report import figure
 
     jsonl = str(tmp_path / "frontier.jsonl")
     for method, kl, rew in (("SFT", 0.0, 0.5), ("DPO", 2.0, 0.8), ("PPO", 3.0, 0.7)):
@@ -517,15 +517,15 @@ def test_frontier_plot_written_atomically(tmp_path, monkeypatch):
     with monkeypatch.context() as m:  # no plot yet: none after a failed write
         m.setattr(matplotlib.figure.Figure, "savefig", broken)
         with pytest.raises(OSError, match="No space"):
-            evaluate.plot_frontier(jsonl)
+            figure.plot_frontier(jsonl)
     assert sorted(os.listdir(tmp_path)) == ["frontier.jsonl"]
-    assert evaluate.plot_frontier(jsonl) == png
+    assert figure.plot_frontier(jsonl) == png
     good = file_bytes(png)
     assert good.startswith(b"\x89PNG\r\n")
     with monkeypatch.context() as m:  # an old plot survives a failed rewrite
         m.setattr(matplotlib.figure.Figure, "savefig", broken)
         with pytest.raises(OSError, match="No space"):
-            evaluate.plot_frontier(jsonl)
+            figure.plot_frontier(jsonl)
     assert file_bytes(png) == good
     assert sorted(os.listdir(tmp_path)) == ["frontier.jsonl", "frontier.png"]
 

@@ -1,4 +1,4 @@
-"""evaluate.report: what each run of a sweep learned, beside where its KL ended."""
+"""report.sweep.report: what each run of a sweep learned, beside where its KL ended."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import evaluate
+from report import figure, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +45,7 @@ def make_sweep(root):
 
 def test_report_reads_accuracy_and_kl(tmp_path):
     make_sweep(str(tmp_path))
-    rows = {r["run"]: r for r in evaluate.report(str(tmp_path))}
+    rows = {r["run"]: r for r in sweep.report(str(tmp_path))}
     assert set(rows) == {"dpo_beta0.1", "rm", "ppo_kl3.0"}  # sft: nothing learned from pairs
     d = rows["dpo_beta0.1"]
     assert (d["method"], d["param"], d["value"]) == ("DPO", "beta", 0.1)
@@ -57,10 +57,10 @@ def test_report_reads_accuracy_and_kl(tmp_path):
 
 def test_report_command(tmp_path):
     make_sweep(str(tmp_path))
-    r = subprocess.run([sys.executable, "evaluate.py", "report", str(tmp_path)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "report.sweep", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "dpo_beta0.1" in r.stdout and "1.500 -> 2.500" in r.stdout
-    r = subprocess.run([sys.executable, "evaluate.py", "report", str(tmp_path / "nothing")],
+    r = subprocess.run([sys.executable, "-m", "report.sweep", str(tmp_path / "nothing")],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stderr.startswith("error:")
 
@@ -72,7 +72,7 @@ def test_seed_envelopes_by_hand(tmp_path):
             r("DPO", 0, 0.5, 0.7), r("DPO", 0, 1.5, 0.8), r("DPO", 0, 2.5, 0.95),
             r("DPO", 1, 0.8, 0.6), r("DPO", 1, 2.0, 0.9),
             r("PPO", 0, 2.5, 0.9)]
-    t = evaluate.seed_envelopes(rows, (1, 2, 3))
+    t = figure.seed_envelopes(rows, (1, 2, 3))
     assert "SFT" not in t
     mean, se, n = t["DPO"][1]
     assert n == 2 and abs(mean - 0.65) < 1e-12 and abs(se - 0.05) < 1e-12  # (0.7, 0.6)
@@ -83,7 +83,7 @@ def test_seed_envelopes_by_hand(tmp_path):
     assert t["PPO"][1] == (None, None, 0) and t["PPO"][3] == (0.9, None, 1)
     path = tmp_path / "frontier.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in rows))
-    assert os.path.getsize(evaluate.plot_frontier(str(path))) > 0  # the band is drawn
+    assert os.path.getsize(figure.plot_frontier(str(path))) > 0  # the band is drawn
 
 
 def test_frontier_figure_axes_edge_points_and_legend(tmp_path):
@@ -96,9 +96,9 @@ def test_frontier_figure_axes_edge_points_and_legend(tmp_path):
     opt = [dict(kl=0.0, reward=0.5, M=64, trusted=True), dict(kl=1.0, reward=0.9, M=64,
                                                              trusted=True),
            dict(kl=4.0, reward=0.99, M=64, trusted=False)]
-    assert evaluate.beyond(rows, 20) == {"DPO": 2}
-    assert evaluate.beyond(rows, 5) == {"DPO": 2, "Unlikelihood": 1}
-    fig = evaluate.frontier_figure(rows, opt, "T")
+    assert figure.beyond(rows, 20) == {"DPO": 2}
+    assert figure.beyond(rows, 5) == {"DPO": 2, "Unlikelihood": 1}
+    fig = figure.frontier_figure(rows, opt, "T")
     main, zoom = fig.axes[:2]
     assert main.get_xlim() == (0, 20) and zoom.get_xlim() == (0, 5)
     assert "2 points beyond" in main.get_title() and "3 points beyond" in zoom.get_title()
@@ -111,9 +111,9 @@ def test_frontier_figure_axes_edge_points_and_legend(tmp_path):
         assert any(t.startswith(method) for t in labels), (method, labels)
     assert "DPO (2 beyond 20 nats)" in labels and any("the limit" in t for t in labels)
     assert all(h.get_alpha() in (None, 1.0) for h in fig.legends[0].legend_handles)
-    assert len(evaluate.frontier_figure(rows, opt, zoom=None).axes) == 1
+    assert len(figure.frontier_figure(rows, opt, zoom=None).axes) == 1
     with pytest.raises(ValueError, match="zoomed panel"):
-        evaluate.frontier_figure(rows, opt, zoom=30.0)
+        figure.frontier_figure(rows, opt, zoom=30.0)
     path = tmp_path / "frontier.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in rows))
     p = subprocess.run([sys.executable, "evaluate.py", "plot", str(path), "--xmax", "10",

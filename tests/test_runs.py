@@ -144,6 +144,22 @@ def test_open_run_new_resume_refuse_overwrite(tmp_path):
     assert open_and_start(Cfg(out_dir=out, steps=6)) is True
 
 
+def test_open_run_accepts_a_field_added_since(tmp_path):
+    # a run folder written before a field existed: the field at its default continues the run,
+    # any other value is another config
+    out = str(tmp_path / "run")
+    start_run(Cfg(out_dir=out, steps=5))
+    path = os.path.join(out, "run_config.json")
+    with open(path) as f:
+        saved = json.load(f)
+    del saved["lr"]
+    with open(path, "w") as f:
+        json.dump(saved, f)
+    assert open_run(Cfg(out_dir=out, steps=5)) is True
+    with pytest.raises(ValueError, match=r"lr: None there, 0.001 now"):
+        open_run(Cfg(out_dir=out, steps=5, lr=1e-3))
+
+
 def test_start_run_clears_killed_writes(tmp_path):
     out = str(tmp_path / "run")
     cfg = Cfg(out_dir=out, steps=5)

@@ -129,7 +129,7 @@ class OptimumConfig:
 def main(cfg: OptimumConfig):
     """Sample and score (or reuse the saved rewards of the same ref, prefixes, seed and M), trace
     the curve, write it as rows {"method": "optimum", "beta", "kl", "reward", "M", ...}."""
-    check_fields(cfg)  # ranges (run_main checks flags; this, a config built in Python)
+    check_fields(cfg)  # the ranges: this main has no Run to check them
     if cfg.M < 2:
         raise ValueError(f"--M must be at least 2 (one sample has KL 0 at every beta), not {cfg.M}")
     betas = log_betas(cfg.beta_min, cfg.beta_max, cfg.n_betas)
