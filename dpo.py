@@ -193,17 +193,23 @@ def reference_logps(ref_path: str, pairs_path: str, rows, pad_id, device, micro_
     if os.path.exists(cache):
         return torch.load(cache)
     ref = speed_up(GPT.from_pretrained(ref_path)).to(device).eval()
-    chosen, rejected = [], []
-    with torch.no_grad():
-        for i in tqdm(range(0, len(rows), micro_batch), desc="reference log-probs",
-                      mininterval=1.0):
-            c, r = concatenated_logps(ref, rows[i: i + micro_batch], pad_id)
-            chosen.append(c.float().cpu())
-            rejected.append(r.float().cpu())
-    out = torch.cat(chosen), torch.cat(rejected)
+    out = sequence_logps(ref, rows, pad_id, micro_batch)
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     atomic_torch_save(out, cache)
     return out
+
+
+@torch.no_grad()
+def sequence_logps(model, rows, pad_id, micro_batch, progress=True):
+    """(chosen (N,), rejected (N,)) summed completion log-probs of every pair under `model`,
+    float32 on the CPU, micro_batch pairs per forward."""
+    chosen, rejected = [], []
+    for i in tqdm(range(0, len(rows), micro_batch), desc="reference log-probs",
+                  mininterval=1.0, disable=not progress):
+        c, r = concatenated_logps(model, rows[i: i + micro_batch], pad_id)
+        chosen.append(c.float().cpu())
+        rejected.append(r.float().cpu())
+    return torch.cat(chosen), torch.cat(rejected)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -250,13 +256,49 @@ def evaluate_pairs(cfg, model, rows, idx, ref_c, ref_r, pad_id):
     return {k if k == "loss/eval" else f"eval/{k}": v / n for k, v in sums.items()}
 
 
+def optimizer(cfg, model, device):
+    return (torch.optim.RMSprop(model.parameters(), lr=cfg.lr) if cfg.optimizer == "rmsprop"
+            else adamw(model.parameters(), cfg.lr, device, weight_decay=0.0))  # (= Adam)
+
+
+def train_step(cfg, run, ddp, opt, rows, batch, ref_c, ref_r, pad_id) -> dict:
+    """One optimizer step on the pairs rows[i] for i in batch (the global batch: this process
+    takes its share, in micro-batches); returns the step's log row."""
+    model = getattr(ddp, "module", ddp)
+    lr = lr_at(run.step, cfg.lr, cfg.warmup)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    accum = run.micro_batches(cfg.batch_size, cfg.micro_batch)  # per process
+    sums, n_tokens = {}, 0
+    for k in range(accum):
+        j = k * run.world + run.rank  # this process's share of the global batch
+        b = batch[j * cfg.micro_batch: (j + 1) * cfg.micro_batch]
+        with run.accumulate(ddp, k, accum):  # one gradient all-reduce per step
+            # chosen and rejected in one forward; the loss of Eq. 7 (or a variant)
+            loss, losses, stats = batch_loss(cfg, ddp, [rows[i] for i in b], ref_c[b], ref_r[b],
+                                             pad_id)
+            (loss / accum).backward()
+        for key, v in [("loss/train", losses)] + list(stats.items()):
+            sums[key] = sums.get(key, 0.0) + v.sum()  # summed on the device: no host sync
+        n_tokens += sum(len(rows[i]["prompt_ids"]) * 2 + len(rows[i]["chosen_ids"])
+                        + len(rows[i]["rejected_ids"]) for i in b)
+    sums = dict(zip(sums, torch.stack(list(sums.values())).tolist()))  # one host sync
+    run.check(torch.tensor(sums["loss/train"]))
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return {**{k: run.mean(v) * run.world / len(batch) for k, v in sums.items()}, "lr": lr,
+            "grad_norm": grad_norm.item(), "tokens_per_s": run.tokens_per_s(n_tokens),
+            "tokens": n_tokens * run.world}  # through the policy, forward + backward
+
+
 def main(cfg: DPOConfig, on_checkpoint=None):
     """Train; returns the log's rows. on_checkpoint(run folder): called after each checkpoint."""
     run = Run(cfg, distributed=True)  # (the lines on `run` are plumbing: plumbing/runs.py)
     check_config(cfg)
     if run.done:
         return run.history
-    accum = run.micro_batches(cfg.batch_size, cfg.micro_batch)  # per process, per step
+    run.micro_batches(cfg.batch_size, cfg.micro_batch)  # the batch splits evenly, or an error
     init, device = gpt_folder(cfg.init), run.device
     tok = load_tokenizer(init)
     model = speed_up(GPT.from_pretrained(run.resume_from or init)).to(device).train()  # dropout 0
@@ -272,46 +314,22 @@ def main(cfg: DPOConfig, on_checkpoint=None):
     evaluate = lambda: evaluate_pairs(cfg, model, rows, eval_idx, ref_c, ref_r, tok.eos_id)
     steps = cfg.steps or max(1, len(train_idx) // cfg.batch_size)
     ddp = DDP(model) if run.world > 1 else model  # averages gradients over processes
-    opt = (torch.optim.RMSprop(model.parameters(), lr=cfg.lr) if cfg.optimizer == "rmsprop"
-           else adamw(model.parameters(), cfg.lr, device, weight_decay=0.0))  # (= Adam)
+    opt = optimizer(cfg, model, device)
     if not run.restore(opt) and eval_idx and run.main_process:
         run.log(evaluate())  # step 0: policy = reference (DPO's loss is log 2, accuracy 0)
     if eval_idx:  # early stopping on the held-out loss (--patience; rank 0 evaluates)
         run.stop_when_stalled("loss/eval", cfg.patience)
 
     for step in run.steps(steps, desc=f"{cfg.loss} {os.path.basename(cfg.out_dir)}"):
-        lr = lr_at(step, cfg.lr, cfg.warmup)
-        for g in opt.param_groups:
-            g["lr"] = lr
         batch = [train_idx[i] for i in stream_indices(len(train_idx), cfg.batch_size, step,
                                                       cfg.seed)]
-        sums, n_tokens = {}, 0
-        for k in range(accum):
-            j = k * run.world + run.rank  # this process's share of the global batch
-            b = batch[j * cfg.micro_batch: (j + 1) * cfg.micro_batch]
-            with run.accumulate(ddp, k, accum):  # one gradient all-reduce per step
-                # chosen and rejected in one forward; the loss of Eq. 7 (or a variant)
-                loss, losses, stats = batch_loss(cfg, ddp, [rows[i] for i in b], ref_c[b],
-                                                 ref_r[b], tok.eos_id)
-                (loss / accum).backward()
-            for key, v in [("loss/train", losses)] + list(stats.items()):
-                sums[key] = sums.get(key, 0.0) + v.sum()  # summed on the device: no host sync
-            n_tokens += sum(len(rows[i]["prompt_ids"]) * 2 + len(rows[i]["chosen_ids"])
-                            + len(rows[i]["rejected_ids"]) for i in b)
-        sums = dict(zip(sums, torch.stack(list(sums.values())).tolist()))  # one host sync
-        run.check(torch.tensor(sums["loss/train"]))
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        row = {**{k: run.mean(v) * run.world / len(batch) for k, v in sums.items()}, "lr": lr,
-               "grad_norm": grad_norm.item(), "tokens_per_s": run.tokens_per_s(n_tokens),
-               "tokens": n_tokens * run.world}  # through the policy, forward + backward
+        row = train_step(cfg, run, ddp, opt, rows, batch, ref_c, ref_r, tok.eos_id)
         if eval_idx and run.main_process and run.due(cfg.eval_every):
             row.update(evaluate())
         run.log(row, show=("loss/train", "rewards/accuracy"))
         if run.due(cfg.save_every):
             run.save(opt, model, tok)
-            if on_checkpoint:
+            if on_checkpoint and run.main_process:  # the process that wrote it
                 on_checkpoint(run.dir)
     return run.finish()
 

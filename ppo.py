@@ -372,7 +372,7 @@ def main(cfg: PPOConfig, on_checkpoint=None):
         if run.due(cfg.save_every):
             run.save(opt, policy, tok, value_head, kl_coef=kl_coef,
                      moments=dict(moments.__dict__))
-            if on_checkpoint:
+            if on_checkpoint and run.main_process:  # the process that wrote it
                 on_checkpoint(run.dir)
     return run.finish()
 

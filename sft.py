@@ -212,7 +212,7 @@ def main(cfg: SFTConfig, on_checkpoint=None):
         run.log(row, show=("loss/train",))
         if run.due(cfg.save_every):
             run.save(opt, model, tok)
-            if on_checkpoint:
+            if on_checkpoint and run.main_process:  # the process that wrote it
                 on_checkpoint(run.dir)
     return run.finish()
 

@@ -18,7 +18,7 @@ its loop straight down the page:
         run.log({"loss/train": ...})   # one row of log.jsonl, with this step's number
         if run.due(cfg.save_every):    # (also true at the step early stopping ends the run)
             run.save(opt, model, tok)  # step_XXXXXX/ and state.pt, each written atomically
-            if on_checkpoint:          # the caller's own use of it (frontier.py: evaluate it)
+            if on_checkpoint and run.main_process:  # the caller's (frontier.py: evaluate it)
                 on_checkpoint(run.dir)
     return run.finish()                # `done`
 
