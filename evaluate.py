@@ -98,6 +98,8 @@ def describe_run(run_dir: str) -> tuple[str, str, float | None]:
     """(method, hyper-parameter name, value) of a run folder, from its run_config.json."""
     with open(os.path.join(run_dir, "run_config.json")) as f:
         c = json.load(f)
+    if "refresh_every" in c:  # online/dpo.py
+        return ("Online DPO" if c["reward"] == "rm" else "Online DPO-GT"), "beta", c["beta"]
     if "loss" in c:
         if c["loss"].startswith("unlikelihood"):
             return "Unlikelihood", "alpha", c["alpha"]

@@ -1,5 +1,7 @@
 """The whole IMDb experiment in one command: SFT -> ground truth -> pairs -> reward model -> DPO,
 Unlikelihood, Preferred-FT, PPO and PPO-GT sweeps -> best-of-N -> evaluation -> frontier.png.
+--losses adds IPO, conservative DPO, SLiC-hinge and SimPO over DPO's betas (VARIANTS, below);
+--online adds online DPO, labelled by the learned RM and by the ground truth (online/dpo.py).
 
 Every step calls a script's main(cfg) and writes its own run folder under runs/<preset>/; a
 folder with its `done` marker is skipped, and an unfinished one resumes, so an interrupted sweep
@@ -42,6 +44,8 @@ from reward import train as rm_train
 from sft import SFTConfig
 from sft import main as sft_main
 
+from online.dpo import OnlineDPOConfig
+from online.dpo import main as online_dpo_main
 from plumbing.flags import arg, check_fields
 from plumbing.plan import print_plan
 from plumbing.presets import PRESETS, keeps_last, n_jobs
@@ -74,6 +78,8 @@ class FrontierConfig:
     jobs: int = arg(
         0, "sweep runs trained at once, a process each; 0: the preset's rule (n_jobs)", ">= 0")
     losses: bool = arg(False, "also sweep DPO's variants over the same betas (VARIANTS)")
+    online: bool = arg(False, "also online DPO (pairs from the current policy, labelled by the "
+                       "learned RM) and online DPO-GT (by the ground truth) over DPO's betas")
 
 
 # --losses: the other preference losses of dpo.py, each under DPO's own settings and the same
@@ -123,6 +129,14 @@ def plan(cfg: FrontierConfig):
                 steps.append((f"{method} beta={b}{at}", dpo_main, DPOConfig(
                     out_dir=run(f"{prefix}_beta{b}{tag}"), init=sft, pairs=pairs_file, beta=b,
                     seed=seed, **fields, **common, **p.dpo)))
+        for reward in ("rm", "gt") if cfg.online else ():  # online/dpo.py, DPO's settings
+            for b in p.betas:
+                name = f"online_dpo{'_gt' if reward == 'gt' else ''}_beta{b}{tag}"
+                steps.append((f"Online DPO{'-GT' if reward == 'gt' else ''} beta={b}{at}",
+                              online_dpo_main, OnlineDPOConfig(
+                                  out_dir=run(name), init=sft, pairs=pairs_file, beta=b,
+                                  seed=seed, reward=reward, rm=run("rm"), ground_truth=gt,
+                                  dataset=dataset, **common, **{**p.dpo, **p.online})))
         for a in p.alphas:
             steps.append((f"Unlikelihood alpha={a}{at}", dpo_main, DPOConfig(
                 out_dir=run(f"unlikelihood_alpha{a}{tag}"), init=sft, pairs=pairs_file,

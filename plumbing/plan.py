@@ -19,6 +19,7 @@ from ppo import PPOConfig
 from reward import RMConfig
 from sft import SFTConfig
 
+from online.dpo import OnlineDPOConfig
 from plumbing.presets import PRESETS, keeps_last, n_jobs
 from plumbing.prune import saved_steps
 from theory.optimum import OptimumConfig
@@ -39,7 +40,9 @@ CPU_RUN = {
     "sft": (12, 300 * 32), "ground truth": (15, 625 * 32), "pairs": (7, 1024 * 4),
     "reward model": (17, 400 * 32), "dpo": (138 + 92 - 0.81 * (28 + 23), (1375 + 1100) * 32),
     "preferred-ft": (37 - 0.81 * 14, 650 * 32), "ppo": (397 - 0.81 * 76, 760 * 64),
-    "optimum": (47, 64 * 256), "evaluate": (80, 79 * 256 + 256 * (4 + 16)),  # sampled sequences
+    "optimum": (47, 64 * 256),
+    # online/dpo.py alone, beta 0.1, 60 steps of 32 pairs, 6 pools, no evaluation (its first run)
+    "online dpo": (4.5, 60 * 32), "evaluate": (80, 79 * 256 + 256 * (4 + 16)),  # sampled sequences
 }
 # frontier.py --jobs 2 against one process, the same tiny sweep on the same 2-core machine (with
 # the torch.multinomial sampler of the time): the sweep runs and the optimum took
@@ -124,6 +127,8 @@ def stage(c, pairs: PairsConfig):
                 "reviews" if label else "pairs")
     if isinstance(c, PairsConfig):
         return "pairs", -(-c.n_prefixes // c.chunk), c.n_prefixes * c.samples, "completions"
+    if isinstance(c, OnlineDPOConfig):  # (before DPOConfig: it is one)
+        return "online dpo", c.steps, c.steps * c.batch_size, "pairs"
     if isinstance(c, DPOConfig):
         s = c.steps or max(1, (n_pairs - held(c.eval_size)) // c.batch_size)
         return "dpo", s, s * c.batch_size, "pairs"
@@ -147,6 +152,9 @@ def seconds(kind: str, n: int, c, rate: dict | None) -> float:
         "sft": getattr(c, "max_len", 0) / rate["sft"], "preferred-ft": train,
         "ground truth": getattr(c, "max_len", 0) / rate["sft"], "reward model": 1 / rate["dpo"],
         "dpo": 1 / rate["dpo"], "pairs": gen + score, "optimum": gen + score,
+        # a DPO step, plus per pair its share of the pool's samples, scores and reference pass
+        "online dpo": 1 / rate["dpo"] + online_samples_per_pair(c) * (gen + score)
+        + 2 * PAIR_LEN / rate["forward"],
         # rollout, the old policy's and reference's forwards, the reward, ppo_epochs updates
         "ppo": gen + 2 * fwd + (score if getattr(c, "reward", "") == "gt" else fwd)
         + getattr(c, "ppo_epochs", 0) * train,
@@ -154,6 +162,14 @@ def seconds(kind: str, n: int, c, rate: dict | None) -> float:
         "checkpoint": gen + 2 * fwd + score,
     }
     return n * per_unit[kind]
+
+
+def online_samples_per_pair(c) -> float:
+    """Completions online DPO samples per pair it trains on: a pool's samples over the pairs its
+    refresh_every steps use (0 with refresh_every 0: one pool, negligible)."""
+    if not getattr(c, "refresh_every", 0):
+        return 0.0
+    return c.pool_prompts * c.samples / (c.refresh_every * c.batch_size)
 
 
 def gpu_rate(sz: dict) -> dict:
@@ -181,7 +197,7 @@ def budget(cfg, steps) -> tuple[list[dict], dict]:
         kind, n_steps, examples, unit = stage(c, pairs)
         every = getattr(c, "save_every", None)
         ckpts = saved_steps(n_steps, every) if every else []
-        floats = 4 if kind == "dpo" and c.optimizer == "rmsprop" else 8  # per parameter
+        floats = 4 if kind in ("dpo", "online dpo") and c.optimizer == "rmsprop" else 8  # a param
         state = (STATE_EXTRA + floats * sz["params"] * (kind != "pairs")
                  if kind not in ("optimum", "evaluate") else 0)
         head = kind in ("reward model", "ground truth", "ppo")  # reward_head, value_head
@@ -192,6 +208,9 @@ def budget(cfg, steps) -> tuple[list[dict], dict]:
         if kind == "dpo" and not any(r["kind"] == "dpo" for r in rows):  # once per sweep
             files += 8 * n_pairs  # the reference log-probs' cache
             t += 2 * n_pairs * PAIR_LEN / rate["forward"] if rate else 0
+        if kind == "online dpo":  # its current pool (and the one before, until a checkpoint)
+            files += 2 * c.pool_prompts * c.samples * (c.samples - 1) // 2 * PAIR_ROW.get(
+                pairs.dataset, 1300)
         if kind == "optimum":
             files += 4 * c.M * c.n_prefixes
         if kind == "evaluate":

@@ -29,6 +29,7 @@ class Preset:
     ppo: dict
     target_kls: tuple  # PPO and PPO-GT sweeps
     eval: dict
+    online: dict  # online/dpo.py's settings beyond DPO's (frontier.py --online)
     best_of: tuple = ()
     keep_last: bool = True  # keep each sweep run's last checkpoint (the default of --keep_last)
     parallel: bool = False  # on the CPU, train the sweep runs side by side (n_jobs)
@@ -72,6 +73,9 @@ PRESETS = {
                  normalize_score=True, horizon=800, init_kl_coef=0.1),
         target_kls=(3.0, 6.0, 9.0, 12.0),
         eval=dict(n_prefixes=256, micro_batch=64),
+        # online DPO: DPO's settings above; every 10 steps a pool of 64 prompts x 6 pairs (384
+        # pairs for the 320 the 10 steps use), from PPO's 2,000 training prompts
+        online=dict(refresh_every=10, pool_prompts=64, n_prompts=2000, gen_batch=256),
         best_of=(4, 16),
         parallel=True,
     ),
@@ -92,6 +96,7 @@ PRESETS = {
                  n_prompts=25000, save_every=5, normalize_score=True, horizon=1280),
         target_kls=(3.0, 6.0, 9.0, 12.0),
         eval=dict(n_prefixes=512, micro_batch=64),
+        online=dict(refresh_every=10, pool_prompts=128, n_prompts=25000, gen_batch=128),
         best_of=(4, 16, 64),
         keep_last=False,  # 19 last checkpoints would be 9.5 GB: the rows are kept
     ),
@@ -111,6 +116,9 @@ PRESETS = {
                  save_every=5, normalize_score=True, horizon=12800),
         target_kls=(3.0, 6.0, 9.0, 12.0),
         eval=dict(n_prefixes=512, micro_batch=32),
+        # DPO there runs one epoch of the 150k pairs (2,340 steps of 64): online DPO as many
+        online=dict(steps=2340, refresh_every=10, pool_prompts=128, n_prompts=25000,
+                    gen_batch=128),
         best_of=(4, 16, 64, 128),
         keep_last=False,  # 19 last checkpoints would be 59 GB: the rows are kept
     ),

@@ -11,6 +11,7 @@ from plumbing.utils import atomic_write, mean_stderr, read_jsonl
 STYLE = {  # method: (colour, marker), close to the paper's Figure 2
     "DPO": ("tab:red", "o"), "IPO": ("tab:pink", "o"), "SLiC": ("tab:brown", "o"),
     "cDPO": ("tab:olive", "o"), "SimPO": ("tab:gray", "P"),
+    "Online DPO": ("darkred", "h"), "Online DPO-GT": ("teal", "h"),
     "Unlikelihood": ("tab:orange", "s"), "PPO": ("tab:blue", "^"),
     "PPO-GT": ("tab:cyan", "v"), "Preferred-FT": ("tab:green", "D"),
     "Best-of-N": ("tab:purple", "*"), "SFT": ("black", "X"),
