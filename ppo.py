@@ -360,8 +360,8 @@ def main(cfg: PPOConfig, on_checkpoint=None):
         row = {"score/mean": b["raw_scores"].mean().item(), "kl/seq": kl_seq, "kl/coef": kl_coef,
                "lr": cfg.lr, "time/rollout": t_rollout, "time/update": t_update,
                "tokens_per_s": run.tokens_per_s(n_tokens),
-               # through the policy with a backward pass (ppo_epochs passes); sampling aside
-               "tokens": cfg.ppo_epochs * n_tokens}
+               # through the policy with a backward pass (ppo_epochs passes), and sampled
+               "tokens": cfg.ppo_epochs * n_tokens, "tokens/sampled": n_tokens}
         row.update(stats)
         if run.due(cfg.eval_every):
             window = [r["score/mean"] for r in run.history

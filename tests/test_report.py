@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -23,11 +24,12 @@ def make_sweep(root):
                "rm": dict(objective="bt"), "sft": dict(init="scratch"),
                "ppo_kl3.0": dict(reward="rm", target_kl=3.0)}
     logs = {"dpo_beta0.1": [{"step": 0, "loss/eval": 0.69, "eval/rewards/accuracy": 0.0},
-                            {"step": 5, "loss/train": 0.5},
+                            {"step": 5, "loss/train": 0.5, "tokens": 2e6},
                             {"step": 10, "loss/eval": 0.41, "eval/rewards/accuracy": 0.84}],
             "rm": [{"step": 10, "loss/eval": 0.2, "eval/rm/accuracy": 0.93}],
             "sft": [{"step": 10, "loss/eval": 1.0}],
-            "ppo_kl3.0": [{"step": 1, "kl/seq": 1.0}]}
+            "ppo_kl3.0": [{"step": 1, "kl/seq": 1.0, "tokens": 4e6, "tokens/sampled": 1e6},
+                          {"step": 2, "kl/seq": 1.0, "tokens": 4e6, "tokens/sampled": 1e6}]}
     for name, c in configs.items():
         os.makedirs(os.path.join(root, name), exist_ok=True)
         with open(os.path.join(root, name, "run_config.json"), "w") as f:
@@ -53,6 +55,8 @@ def test_report_reads_accuracy_and_kl(tmp_path):
     assert (d["kl_before"], d["kl_last"]) == (1.5, 2.5)  # ordered by step, not by file order
     assert rows["rm"]["heldout_accuracy"] == 0.93 and rows["rm"]["kl_last"] is None
     assert rows["ppo_kl3.0"]["kl_last"] == 3.1 and rows["ppo_kl3.0"]["kl_before"] is None
+    assert (d["tokens"], d["sampled"]) == (2e6, None)  # compute: summed over the log's steps
+    assert (rows["ppo_kl3.0"]["tokens"], rows["ppo_kl3.0"]["sampled"]) == (8e6, 2e6)
 
 
 def test_report_command(tmp_path):
@@ -60,6 +64,8 @@ def test_report_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "report.sweep", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "dpo_beta0.1" in r.stdout and "1.500 -> 2.500" in r.stdout
+    # the compute per method: PPO's 8M tokens forward + backward and 2M sampled
+    assert re.search(r"PPO\s+1\s+8\.00\s+2\.00", r.stdout), r.stdout
     r = subprocess.run([sys.executable, "-m", "report.sweep", str(tmp_path / "nothing")],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stderr.startswith("error:")
