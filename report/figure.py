@@ -68,6 +68,15 @@ def beyond(rows: list[dict], xmax: float) -> dict:
     return out
 
 
+def optimum_label(opt: list[dict]) -> str:
+    """The optimum line's legend entry: how it was estimated (theory/optimum.py's estimator field;
+    rows without one are the reference's) and, for the mixture, how far it is trusted."""
+    if opt[0].get("estimator", "reference") == "mixture":
+        reach = max((r["kl"] for r in opt if r.get("trusted", True)), default=0.0)
+        return f"optimum π* (mixture IS, trusted to {reach:.1f} nats)"
+    return f"optimum π* (the limit; estimated, M = {opt[0]['M']})"
+
+
 def frontier_figure(rows: list[dict], opt: list[dict], title: str | None = None,
                     xmax: float = 20.0, zoom: float | None = 5.0):
     """The figure of plot_frontier: a main panel of KL 0..xmax (the paper's Figure 2 axis: 0-20
@@ -96,7 +105,7 @@ def frontier_figure(rows: list[dict], opt: list[dict], title: str | None = None,
             ax.fill_between([r["kl"] for r in trusted], [r["reward"] for r in trusted], 1.0,
                             color="0.85", lw=0, zorder=0, label="above the optimum: unreachable")
             ax.plot([r["kl"] for r in trusted], [r["reward"] for r in trusted], color="black",
-                    lw=2.0, zorder=5, label=f"optimum π* (the limit; estimated, M = {opt[0]['M']})")
+                    lw=2.0, zorder=5, label=optimum_label(opt))
             ax.plot([r["kl"] for r in past], [r["reward"] for r in past], color="black", lw=1.2,
                     ls=":", zorder=5, label="optimum, past its trusted KL")
         for method in methods:

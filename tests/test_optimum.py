@@ -1,6 +1,8 @@
 """optimum.py: the SNIS estimate of the KL-regularised optimum against bandits whose optimum is
-known exactly, its finite-M limits, and the sampling path on a tiny GPT and ground truth."""
+known exactly, its finite-M limits, the mixture estimate and its trust rule, and the sampling paths
+on a tiny GPT and ground truth."""
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -17,7 +19,7 @@ from data import PROTOCOL, load_prefixes
 from plumbing.utils import read_jsonl
 from report import figure
 from theory import optimum
-from theory.optimum import OptimumConfig, log_betas, optimum_curve
+from theory.optimum import OptimumConfig, log_betas, mixture_curve, mixture_log_q, optimum_curve
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -194,7 +196,136 @@ def test_bad_inputs():
         optimum.main(OptimumConfig(M=1))
 
 
-# ----------------------------------------------------------------------------- (e) sampling
+# ----------------------------------------------------------------------------- (e) the mixture
+
+
+def noisy_optimum(logp, r, b, noise, seed):
+    """Log-probs of a stand-in for a trained policy: the optimum p exp(r' / b) / Z of a noisy reward
+    r' = r + noise * N(0, 1) per arm (a learned reward's errors), near pi*_b but not pi*_b."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.log_softmax(logp + (r + noise * torch.randn(r.shape, generator=g,
+                                                             dtype=torch.float64)) / b, -1)
+
+
+def mixture_draw(logp, r, components, counts, seed):
+    """counts[c] arms of each row drawn from each component (log-probs (P, K)), laid out component
+    by component as mixture_samples lays them: (P, N) rewards, (C, P, N) log-probs under each."""
+    g = torch.Generator().manual_seed(seed)
+    arms = torch.cat([torch.multinomial(lp.exp(), n, replacement=True, generator=g)
+                      for lp, n in zip(components, counts)], 1)
+    return r.gather(1, arms), torch.stack([lp.gather(1, arms) for lp in components])
+
+
+# (b, noise) of each policy: like the tiny sweep's, two optima of a noisier reward (0.2 and 1.8
+# nats), three of a better one (2.4-4.3 nats, like PPO-GT's) and a far optimum of a wrong reward
+# (7.4 nats, like DPO's at small beta), on the classifier bandit; 16 samples each, 64 of pi_ref
+TINY_LIKE = [(0.5, 0.2), (0.15, 0.2), (0.05, 0.05), (0.03, 0.05), (0.02, 0.05), (0.002, 0.6)]
+SHORT = [(0.3, 0.1), (0.2, 0.1), (0.15, 0.1)]  # 0.4, 0.9 and 1.3 nats
+WRONG = [(0.05, 0.6), (0.02, 0.6)]  # 6.7 and 7.2 nats, toward a reward that is mostly noise
+BETAS = log_betas(1e-5, 10.0, 41)
+
+
+def mixture_rows(policies, P=1000, seed=0):
+    logp, r = classifier_bandit(P=P, seed=seed)
+    components = [logp] + [noisy_optimum(logp, r, b, s, 100 + i)
+                           for i, (b, s) in enumerate(policies)]
+    counts = [64] + [16] * len(policies)
+    rewards, log_probs = mixture_draw(logp, r, components, counts, seed=7)
+    rows = optimum.mixture_optimum(rewards, log_probs, counts, BETAS)
+    exact = exact_optimum(logp, r, BETAS)
+    for row in rows:  # the vertical gap of the plot: exact reward at the row's KL minus its own
+        row["gap"] = reward_at_kl(exact, [row["kl"]])[0] - row["reward"]
+    return rows
+
+
+def test_mixture_of_the_reference_alone_is_optimum_curve():
+    g = torch.Generator().manual_seed(0)
+    betas = [math.inf, 10.0, 1.0, 0.1, 1e-3, 1e-9]
+    for M in (2, 64, 300):
+        rewards = torch.rand(40, M, generator=g, dtype=torch.float64)
+        log_ref = -10 * torch.rand(40, M, generator=g, dtype=torch.float64)
+        log_q = mixture_log_q(log_ref[None], [M])  # one component: q = pi_ref, bit for bit
+        assert torch.equal(log_q, log_ref)
+        mixed = mixture_curve(rewards, log_ref, log_q, betas)
+        assert [c[:3] for c in mixed] == optimum_curve(rewards, betas)  # exactly the same numbers
+        assert all(1 <= ess <= M for *_, ess in mixed)
+        # the reference twice, as two components: the same q up to rounding
+        twice = mixture_curve(rewards, log_ref, mixture_log_q(torch.stack([log_ref] * 2),
+                                                              [M // 2, M - M // 2]), betas)
+        assert np.allclose([c[:3] for c in twice], optimum_curve(rewards, betas), atol=1e-12)
+
+
+def test_mixture_log_q_and_weights_by_hand():
+    a = torch.tensor([[-1.0, -3.0]], dtype=torch.float64)
+    b = torch.tensor([[-2.0, -0.5]], dtype=torch.float64)
+    log_q = mixture_log_q(torch.stack([a, b]), [2, 6])  # q = 1/4 pi_a + 3/4 pi_b
+    assert torch.allclose(log_q, (0.25 * a.exp() + 0.75 * b.exp()).log(), atol=1e-15)
+    # one prefix, two samples: rho = pi_ref / q, w ∝ rho exp(r / beta), KL = sum w log(w / u)
+    r, beta = torch.tensor([[0.0, 1.0]], dtype=torch.float64), 0.5
+    ((_, kl, reward, ess),) = mixture_curve(r, a, log_q, [beta])
+    rho = (a - log_q).exp()[0]
+    u, w = rho / rho.sum(), rho * torch.exp(r[0] / beta)
+    w = w / w.sum()
+    assert reward == pytest.approx(float(w[1]), abs=1e-12)
+    assert kl == pytest.approx(float((w * (w / u).log()).sum()), abs=1e-12)
+    assert ess == pytest.approx(float(1 / (w * w).sum()), abs=1e-12)
+
+
+def test_mixture_is_trusted_beyond_5_nats_and_right_where_trusted():
+    """Policies that cover pi* imperfectly, as trained ones do: every trusted point within 0.005 of
+    the exact optimum (0.0005-0.0013 over seeds 0-4; the rule's bound, over harder sets too, is
+    0.009: HALVES_TOL's comment), the trusted points one stretch from KL 0 to beyond 5 nats."""
+    rows = sorted(mixture_rows(TINY_LIKE), key=lambda row: row["kl"])
+    trusted = [row for row in rows if row["trusted"]]
+    assert max(abs(row["gap"]) for row in trusted) < 0.005
+    assert trusted[-1]["kl"] >= 5.0 and trusted == rows[: len(trusted)]
+    assert all(abs(row["shift"]) <= optimum.HALVES_TOL and row["kl"] <= row["reach"]
+               for row in trusted)
+    assert rows[0]["kl"] < 1e-3 and rows[0]["ess"] > 20  # at KL 0 the samples all count
+
+
+def test_mixture_distrusts_what_the_policies_do_not_cover():
+    """Policies up to 1.3 nats: nothing is trusted beyond them, though the curve goes on to ~5
+    nats and the halving alone would trust some of it. Far policies of a wrong reward reach 7 nats,
+    but the halving stops the trust early, before the estimate falls 0.01 below the optimum."""
+    rows = mixture_rows(SHORT)
+    reach = rows[0]["reach"]
+    assert 1.0 < reach < 1.5  # the farthest policy's KL, measured on its own samples
+    beyond = [row for row in rows if row["kl"] > reach]
+    assert max(row["kl"] for row in rows) > 4.0 and not any(row["trusted"] for row in beyond)
+    assert any(row["shift"] is not None and abs(row["shift"]) <= optimum.HALVES_TOL
+               for row in beyond if row["kl"] > 2.0)
+    rows = mixture_rows(WRONG)
+    assert rows[0]["reach"] > 6.0
+    trusted = [row for row in rows if row["trusted"]]
+    assert max(row["kl"] for row in trusted) < 1.0 and max(abs(r["gap"]) for r in trusted) < 0.01
+    assert max(abs(row["gap"]) for row in rows) > 0.02  # what it would have let through
+
+
+def test_mixture_agrees_with_the_m64_estimate_where_that_is_trusted():
+    logp, r = classifier_bandit()
+    grid = np.linspace(0, optimum.TRUST * math.log(64), 21)
+    mixed = reward_at_kl([(b, row["kl"], row["reward"]) for b, row in
+                          zip(BETAS, mixture_rows(TINY_LIKE))], grid)
+    m64 = reward_at_kl(optimum_curve(draw(logp, r, 64, seed=1), BETAS), grid)
+    exact = reward_at_kl(exact_optimum(logp, r, BETAS), grid)
+    assert np.abs(mixed - m64).max() < 0.01
+    assert np.abs(mixed - exact).max() < 0.005 and np.abs(m64 - exact).max() < 0.01
+
+
+def test_mixture_bad_inputs():
+    rewards, log_probs = torch.rand(3, 6), torch.randn(2, 3, 6)
+    with pytest.raises(ValueError, match="even"):
+        optimum.mixture_optimum(rewards, log_probs, [3, 3], [1.0])
+    with pytest.raises(ValueError, match="adding up"):
+        optimum.mixture_optimum(rewards, log_probs, [2, 2], [1.0])
+    with pytest.raises(ValueError, match="alike"):
+        mixture_curve(rewards, log_probs[0], log_probs[0, :, :4], [1.0])
+    with pytest.raises(ValueError, match="positive"):
+        mixture_curve(rewards, log_probs[0], log_probs[1], [-1.0])
+
+
+# ----------------------------------------------------------------------------- (f) sampling
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +370,7 @@ def test_main_samples_and_scores_as_evaluate_does(tiny, compact_tok, monkeypatch
     rows = optimum.main(cfg)
     assert len(rows) == cfg.n_betas and read_jsonl(cfg.out) == rows
     assert all(r["method"] == "optimum" and r["M"] == 8 and r["n_prefixes"] == 6 for r in rows)
+    assert all(r["estimator"] == "reference" for r in rows)
     assert all(0 <= r["kl"] <= math.log(8) + 1e-9 and 0 <= r["reward"] <= 1 for r in rows)
     assert rows[0]["trusted"] and rows[0]["kl"] < 1e-2
     saved = torch.load(os.path.splitext(cfg.out)[0] + ".rewards.pt")
@@ -276,6 +408,103 @@ def test_main_samples_and_scores_as_evaluate_does(tiny, compact_tok, monkeypatch
     assert os.path.getsize(figure.plot_frontier(cfg.out)) > 0
 
 
+@pytest.fixture(scope="module")
+def policy(tiny, compact_tok):
+    """A "trained" policy: the reference's weights perturbed, as a run folder's last checkpoint."""
+    from model import GPT
+
+    root, ref, _ = tiny
+    model = GPT.from_pretrained(ref)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    model.save_pretrained(str(root / "policy_run" / "step_000002"))
+    compact_tok.save(str(root / "policy_run" / "step_000002"))
+    return str(root / "policy_run")
+
+
+def test_mixture_samples_by_hand_and_as_the_reference_path(tiny, policy, compact_tok):
+    from model import GPT, gpt_folder, sample_completions
+    from reward import load_ground_truth
+
+    from plumbing.speed import speed_up
+
+    root, ref, gt = tiny
+    prefixes = load_prefixes("synthetic", "test", 5, PROTOCOL.test_seed, compact_tok)
+    scorer = load_ground_truth(gt)
+    folders, counts = [ref, gpt_folder(policy)], [6, 4]
+    rewards, log_probs = optimum.mixture_samples(folders, counts, scorer, prefixes, compact_tok,
+                                                 seed=3, micro_batch=8)
+    assert rewards.shape == (5, 10) and log_probs.shape == (2, 5, 10)
+    models = [speed_up(GPT.from_pretrained(f)).eval() for f in folders]  # as the scripts load them
+    # the reference's block: reference_rewards' completions and scores
+    assert torch.equal(rewards[:, :6], optimum.reference_rewards(
+        models[0], scorer, prefixes, compact_tok, 6, 3, 8).double())
+    # every log-prob by hand: each block sampled again (seed + c), each sequence scored alone
+    for c, block in enumerate(optimum.blocks(counts)):
+        n, g = counts[c], torch.Generator().manual_seed(3 + c)
+        comps = sample_completions(models[c], [p for p in prefixes for _ in range(n)], 8, g,
+                                   compact_tok.eos_id, **PROTOCOL.sampling())
+        for k, comp in enumerate(comps):
+            i, j = divmod(k, n)
+            seq = torch.tensor([prefixes[i] + comp])
+            for m, model in enumerate(models):
+                with torch.no_grad():
+                    lp = torch.log_softmax(model(seq)[0, :-1].double(), -1)
+                by_hand = lp[len(prefixes[i]) - 1:].gather(1, seq[0, len(prefixes[i]):, None])
+                assert log_probs[m, i, block.start + j] == pytest.approx(by_hand.sum().item(),
+                                                                         abs=1e-4)
+    # q is the mixture 6/10 pi_ref + 4/10 pi_1, and E_q[pi_ref / q] = 1 (the samples are q's)
+    log_q = mixture_log_q(log_probs, counts)
+    assert torch.allclose(log_q.exp(), 0.6 * log_probs[0].exp() + 0.4 * log_probs[1].exp())
+    rho = (log_probs[0] - log_q).exp()
+    assert rho.max() <= 10 / 6 + 1e-9 and abs(rho.mean().item() - 1) < 0.2, rho.mean()
+    assert 0.5 < optimum.component_kls(log_probs, counts)[1] < 5  # moved, as a trained policy
+
+    # with the reference alone: reference_rewards' samples, optimum_curve's curve
+    rewards, log_probs = optimum.mixture_samples([ref], [6], scorer, prefixes, compact_tok, 3, 8)
+    betas = log_betas(1e-3, 10.0, 5)
+    mixed = mixture_curve(rewards, log_probs[0], mixture_log_q(log_probs, [6]), betas)
+    ref_rewards = optimum.reference_rewards(models[0], scorer, prefixes, compact_tok, 6, 3, 8)
+    assert [c[:3] for c in mixed] == optimum_curve(ref_rewards.double(), betas)
+
+
+def test_main_with_policies(tiny, policy, monkeypatch):
+    from model import gpt_folder
+
+    root, ref, gt = tiny
+    cfg = tiny_cfg(root, ref, gt, policies=(policy,), M=4, n_per_policy=2,
+                   out=str(root / "mixture" / "optimum.jsonl"))
+    rows = optimum.main(cfg)
+    assert len(rows) == cfg.n_betas and read_jsonl(cfg.out) == rows
+    assert all(r["estimator"] == "mixture" and r["components"] == 2 and r["N"] == 6
+               and r["n_per_policy"] == 2 and r["M"] == 4 for r in rows)
+    assert rows[0]["trusted"] and rows[0]["kl"] < 1e-2 and 1 <= rows[0]["ess"] <= 6
+    trusted = [r["trusted"] for r in sorted(rows, key=lambda r: r["kl"])]
+    assert trusted == sorted(trusted, reverse=True)  # one stretch from KL 0
+    saved = torch.load(os.path.splitext(cfg.out)[0] + ".mixture.pt")
+    assert saved["rewards"].shape == (6, 6) and saved["log_probs"].shape == (2, 6, 6)
+    label = figure.optimum_label(rows)
+    assert "mixture IS, trusted to" in label and "M =" not in label
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled again")
+
+    monkeypatch.setattr(optimum, "mixture_samples", no_sampling)
+    assert len(optimum.main(dataclasses.replace(cfg, n_betas=5))) == 5
+    weights = os.path.join(gpt_folder(policy), "model.safetensors")  # retrained: resampled
+    st = os.stat(weights)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="sampled again"):
+        optimum.main(cfg)
+    os.makedirs(root / "empty_run", exist_ok=True)
+    with pytest.raises(ValueError, match="--policies .*empty_run: no checkpoint"):
+        optimum.main(tiny_cfg(root, ref, gt, policies=(str(root / "empty_run"),)))
+    with pytest.raises(ValueError, match="even"):
+        optimum.main(tiny_cfg(root, ref, gt, policies=(policy,), n_per_policy=3))
+
+
 def test_command_line(tiny):
     root, ref, gt = tiny
     out = str(root / "cli" / "optimum.jsonl")
@@ -286,7 +515,15 @@ def test_command_line(tiny):
     assert r.returncode == 0, r.stderr
     rows = read_jsonl(out)
     assert [row["M"] for row in rows] == [4, 4, 4] and rows[-1]["kl"] <= math.log(4) + 1e-9
+    os.makedirs(root / "no_checkpoint", exist_ok=True)
+    r = subprocess.run([sys.executable, "-m", "theory.optimum", "--ref", ref, "--ground_truth", gt,
+                        "--dataset", "synthetic", "--policies", str(root / "no_checkpoint"),
+                        "--out", out, "--device", "cpu"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.startswith("error: --policies")
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     r = subprocess.run([sys.executable, "-m", "theory.optimum", "--help"], cwd=REPO,
                        capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and "KL-regularised optimum" in r.stdout and "--M" in r.stdout
+    assert "--policies" in r.stdout and "--n_per_policy" in r.stdout

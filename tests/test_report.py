@@ -125,3 +125,25 @@ def test_frontier_figure_axes_edge_points_and_legend(tmp_path):
     p = subprocess.run([sys.executable, "evaluate.py", "plot", str(path), "--xmax", "10",
                         "--zoom", "0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and os.path.getsize(tmp_path / "frontier.png") > 10_000, p.stderr
+
+
+def test_the_optimum_legend_says_its_estimator_and_trusted_range():
+    """Reference rows (with or without an estimator field): M in the legend. Mixture rows: how far
+    the line is trusted, the KL of its last trusted row; solid up to it, dotted beyond."""
+    rows = [dict(method="SFT", seed=None, kl=0.0, reward=0.5), dict(method="PPO", seed=0, kl=4.0,
+                                                                   reward=0.97)]
+    mixture = [dict(estimator="mixture", kl=kl, reward=rew, M=64, trusted=kl < 7)
+               for kl, rew in ((0.0, 0.5), (2.0, 0.95), (6.24, 0.985), (7.5, 0.986))]
+    fig = figure.frontier_figure(rows, mixture, zoom=None)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "optimum π* (mixture IS, trusted to 6.2 nats)" in labels
+    assert "optimum, past its trusted KL" in labels and not any("M = 64" in t for t in labels)
+    solid, dotted = [line for line in fig.axes[0].get_lines() if line.get_color() == "black"]
+    assert list(solid.get_xdata()) == [0.0, 2.0, 6.24] and list(dotted.get_xdata()) == [6.24, 7.5]
+    assert dotted.get_linestyle() == ":"
+    for estimator in ({}, {"estimator": "reference"}):
+        reference = [dict(kl=kl, reward=0.5 + kl / 10, M=64, trusted=kl <= 1.0, **estimator)
+                     for kl in (0.0, 1.0, 3.0)]
+        labels = [t.get_text() for t in figure.frontier_figure(rows, reference, zoom=None)
+                  .legends[0].get_texts()]
+        assert "optimum π* (the limit; estimated, M = 64)" in labels
