@@ -155,11 +155,21 @@ def plan(cfg: FrontierConfig):
             dataset=dataset, **common, **p.pft)))
     trained = [c.out_dir for _, _, c in steps[1:] if os.path.basename(c.out_dir) not in
                ("gt", "pairs", "rm")]
-    # the KL-regularised optimum of the ground truth, from M samples of the SFT model per test
-    # prefix: the reference line of the plot (theory/optimum.py)
+    # the KL-regularised optimum of the ground truth, the reference line of the plot
+    # (theory/optimum.py). Where the sweep runs keep their last checkpoints (tiny): after the
+    # sweep, from a mixture of M samples of the SFT model per test prefix and 16 of each seed-0
+    # PPO-GT run (the KL-penalised optimisers of the ground truth itself, nearest pi* in kind),
+    # and 16 each of its highest-target run sampled at temperatures 0.7 and 0.5, sharper, to reach
+    # further KL: trusted further than the SFT model's samples alone, which is what the other
+    # presets use, beside the sweep.
+    mixture = cfg.keep_checkpoints or keeps_last(cfg)
+    ppo_gt = [run(f"ppo_gt_kl{t}") for t in p.target_kls]
+    policies, temperatures = (*ppo_gt, ppo_gt[-1], ppo_gt[-1]), (1.0,) * len(ppo_gt) + (0.7, 0.5)
     steps.append(("optimum", optimum_main, OptimumConfig(
         ref=sft, ground_truth=gt, dataset=dataset, out=os.path.join(out, "optimum.jsonl"), M=64,
-        n_prefixes=p.eval["n_prefixes"], micro_batch=p.eval["micro_batch"], **common)))
+        policies=policies if mixture else (), temperatures=temperatures if mixture else (),
+        n_per_policy=16, beta_min=1e-5 if mixture else 1e-4, n_prefixes=p.eval["n_prefixes"],
+        micro_batch=p.eval["micro_batch"], **common)))
     steps.append(("evaluate", evaluate_main, EvalConfig(
         runs=tuple(trained), ref=sft, ground_truth=gt, dataset=dataset,
         out=os.path.join(out, "frontier.jsonl"), best_of=p.best_of, rm=run("rm"), **common,
@@ -176,20 +186,23 @@ def main(cfg: FrontierConfig):
         return print_plan(cfg, steps)
     final, n = steps[-1][2], len(steps)
     jobs = n_jobs(cfg)
-    # the chain sft -> ground truth -> pairs -> reward model, in order; then the sweep runs and the
-    # optimum, which need only those, `jobs` at a time; the evaluation (best-of-N, plot) last
+    # the chain sft -> ground truth -> pairs -> reward model, in order; then the sweep runs (and
+    # the optimum of the SFT model's samples alone), which need only those, `jobs` at a time; the
+    # optimum of the mixture, which needs the sweep's checkpoints, and the evaluation last
     first = next(i for i, (_, _, c) in enumerate(steps) if getattr(c, "out_dir", None) in
                  final.runs)
+    last = n - 2 if steps[-2][2].policies else n - 1  # steps[last:] run after the sweep
     timings = {}
     for i, (name, fn, c) in enumerate(steps[:first], 1):
         timings.update(run_step(i, n, name, fn, c, final, cfg))
-    middle = [(i, *s) for i, s in enumerate(steps[first:-1], first + 1)]
+    middle = [(i, *s) for i, s in enumerate(steps[first:last], first + 1)]
     if jobs == 1:
         for i, name, fn, c in middle:
             timings.update(run_step(i, n, name, fn, c, final, cfg))
     else:
         timings.update(run_parallel(middle, n, final, cfg, jobs))
-    timings.update(run_step(n, n, *steps[-1], final, cfg))
+    for i, (name, fn, c) in enumerate(steps[last:], last + 1):
+        timings.update(run_step(i, n, name, fn, c, final, cfg))
     results = read_jsonl(final.out)
     png = os.path.splitext(final.out)[0] + ".png"
     print(f"frontier: {len(results)} points in {final.out}, plot {png}")
@@ -205,6 +218,13 @@ def run_step(i: int, n: int, name: str, fn, c, final: EvalConfig, cfg: FrontierC
     folder, t0, timings = getattr(c, "out_dir", None), time.time(), {}
     if c is final:  # a run pruned to nothing (--no-keep_last) has all its rows already
         c = dataclasses.replace(c, runs=tuple(r for r in c.runs if list_checkpoints(r)))
+    if getattr(c, "policies", ()) and not all(map(list_checkpoints, c.policies)):
+        # the mixture's policies were pruned by an earlier --no-keep_last: keep its rows if it
+        # has them, else the optimum of the SFT model's samples alone
+        if any(r.get("estimator") == "mixture" for r in read_jsonl(c.out)):
+            print(f"[{i}/{n}] {name}: kept ({c.out}; its policies' checkpoints are gone)")
+            return timings
+        c = dataclasses.replace(c, policies=(), temperatures=(), beta_min=1e-4)
     sweep_run = folder in final.runs
     if folder and open_run(c) and is_done(folder):  # open_run: refuses another config
         print(f"[{i}/{n}] {name}: done, skipped ({folder})", flush=True)

@@ -41,6 +41,9 @@ CPU_RUN = {
     "reward model": (17, 400 * 32), "dpo": (138 + 92 - 0.81 * (28 + 23), (1375 + 1100) * 32),
     "preferred-ft": (37 - 0.81 * 14, 650 * 32), "ppo": (397 - 0.81 * 76, 760 * 64),
     "optimum": (47, 64 * 256),
+    # theory/optimum.py alone on the tiny sweep's 6 policies (16 samples each per prefix beside the
+    # reference's 64; every sample scored under the 7 models), measured on the 1-seed run
+    "optimum, mixture": (78, 160 * 256),
     # online/dpo.py alone, beta 0.1, 60 steps of 32 pairs, 6 pools, no evaluation (its first run)
     "online dpo": (4.5, 60 * 32), "evaluate": (80, 79 * 256 + 256 * (4 + 16)),  # sampled sequences
 }
@@ -134,8 +137,9 @@ def stage(c, pairs: PairsConfig):
         return "dpo", s, s * c.batch_size, "pairs"
     if isinstance(c, PPOConfig):
         return "ppo", c.steps, c.steps * c.batch_size, "rollouts"
-    if isinstance(c, OptimumConfig):
-        return "optimum", 0, c.M * c.n_prefixes, "samples"
+    if isinstance(c, OptimumConfig):  # the reference's samples, and the policies' (a mixture)
+        n = (c.M + len(c.policies) * c.n_per_policy) * c.n_prefixes
+        return ("optimum, mixture" if c.policies else "optimum"), 0, n, "samples"
     return "evaluate", 0, c.n_prefixes * sum(c.best_of), "best-of-N samples"
 
 
@@ -152,6 +156,8 @@ def seconds(kind: str, n: int, c, rate: dict | None) -> float:
         "sft": getattr(c, "max_len", 0) / rate["sft"], "preferred-ft": train,
         "ground truth": getattr(c, "max_len", 0) / rate["sft"], "reward model": 1 / rate["dpo"],
         "dpo": 1 / rate["dpo"], "pairs": gen + score, "optimum": gen + score,
+        # each sample also scored under every component, the reference included
+        "optimum, mixture": gen + score + (1 + len(getattr(c, "policies", ()))) * fwd,
         # a DPO step, plus per pair its share of the pool's samples, scores and reference pass
         "online dpo": 1 / rate["dpo"] + online_samples_per_pair(c) * (gen + score)
         + 2 * PAIR_LEN / rate["forward"],
@@ -199,7 +205,7 @@ def budget(cfg, steps) -> tuple[list[dict], dict]:
         ckpts = saved_steps(n_steps, every) if every else []
         floats = 4 if kind in ("dpo", "online dpo") and c.optimizer == "rmsprop" else 8  # a param
         state = (STATE_EXTRA + floats * sz["params"] * (kind != "pairs")
-                 if kind not in ("optimum", "evaluate") else 0)
+                 if not kind.startswith(("optimum", "evaluate")) else 0)
         head = kind in ("reward model", "ground truth", "ppo")  # reward_head, value_head
         rm_json = 17 * (kind in ("reward model", "ground truth"))  # reward_head.json
         t, files = seconds(kind, examples, c, rate), n_steps * LOG_ROW
@@ -211,8 +217,8 @@ def budget(cfg, steps) -> tuple[list[dict], dict]:
         if kind == "online dpo":  # its current pool (and the one before, until a checkpoint)
             files += 2 * c.pool_prompts * c.samples * (c.samples - 1) // 2 * PAIR_ROW.get(
                 pairs.dataset, 1300)
-        if kind == "optimum":
-            files += 4 * c.M * c.n_prefixes
+        if kind.startswith("optimum"):  # its samples' rewards (and log-probs under each model)
+            files += 8 * examples * (2 + len(c.policies)) if c.policies else 4 * examples
         if kind == "evaluate":
             files += 120_000  # frontier.jsonl and .png
             t += seconds("checkpoint", c.n_prefixes * len(c.best_of), c, rate) if rate else 0

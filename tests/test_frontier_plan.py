@@ -345,3 +345,19 @@ def test_losses_adds_every_variant_over_the_same_betas():
     assert by_name["slic_beta0.05"].loss == "hinge"
     final = more[-1][2]
     assert set(by_name[n].out_dir for n in by_name) <= set(final.runs)  # all evaluated
+
+
+def test_the_optimum_is_a_mixture_where_the_sweep_keeps_its_checkpoints():
+    """tiny keeps each run's last checkpoint: its optimum samples the seed-0 PPO-GT runs beside
+    the SFT model (the last one also at temperatures 0.7 and 0.5), after the sweep; with
+    --no-keep_last (the GPU presets' default) it has only the SFT model's samples."""
+    opt = lambda cfg: next(c for _, _, c in frontier.plan(cfg) if hasattr(c, "policies"))
+    tiny = frontier.FrontierConfig(preset="tiny", out_dir="runs/t", seeds=2)
+    kls = presets.PRESETS["tiny"].target_kls
+    gt = tuple(f"runs/t/ppo_gt_kl{t}" for t in kls)
+    assert opt(tiny).policies == gt + gt[-1:] * 2
+    assert opt(tiny).temperatures == (1.0,) * len(kls) + (0.7, 0.5)
+    assert opt(tiny).n_per_policy == 16 and opt(tiny).beta_min == 1e-5
+    assert opt(dataclasses.replace(tiny, keep_last=False)).policies == ()
+    assert opt(frontier.FrontierConfig(preset="gpt2")).policies == ()
+    assert opt(dataclasses.replace(tiny, keep_last=False, keep_checkpoints=True)).policies

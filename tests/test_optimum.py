@@ -470,6 +470,42 @@ def test_mixture_samples_by_hand_and_as_the_reference_path(tiny, policy, compact
     assert [c[:3] for c in mixed] == optimum_curve(ref_rewards.double(), betas)
 
 
+def test_mixture_component_at_a_temperature(tiny, policy, compact_tok):
+    """A component sampled at temperature 0.5 is scored at 0.5 (its own density, by hand) and
+    under the reference at 1; it is sharper, so further from the reference than at 1; the
+    reference's temperature must be 1."""
+    from model import GPT, gpt_folder, sample_completions
+    from reward import load_ground_truth
+
+    from plumbing.speed import speed_up
+
+    root, ref, gt = tiny
+    prefixes = load_prefixes("synthetic", "test", 4, PROTOCOL.test_seed, compact_tok)
+    scorer = load_ground_truth(gt)
+    folders, counts = [ref, gpt_folder(policy), gpt_folder(policy)], [4, 4, 4]
+    _, log_probs = optimum.mixture_samples(folders, counts, scorer, prefixes, compact_tok,
+                                           seed=3, micro_batch=8, temperatures=[1.0, 1.0, 0.5])
+    model = speed_up(GPT.from_pretrained(folders[2])).eval()
+    g = torch.Generator().manual_seed(3 + 2)
+    comps = sample_completions(model, [p for p in prefixes for _ in range(4)], 8, g,
+                               compact_tok.eos_id, **dict(PROTOCOL.sampling(), temperature=0.5))
+    block = optimum.blocks(counts)[2]
+    for k, comp in enumerate(comps):
+        i, j = divmod(k, 4)
+        seq = torch.tensor([prefixes[i] + comp])
+        with torch.no_grad():
+            logits = model(seq)[0, :-1].double()
+        tokens = seq[0, len(prefixes[i]):, None]
+        for c, t in ((2, 0.5), (1, 1.0)):  # the same policy, at 0.5 and at 1
+            lp = torch.log_softmax(logits / t, -1)[len(prefixes[i]) - 1:].gather(1, tokens)
+            assert log_probs[c, i, block.start + j] == pytest.approx(lp.sum().item(), abs=1e-4)
+    kls = optimum.component_kls(log_probs, counts)
+    assert kls[2] > kls[1] > 0
+    with pytest.raises(ValueError, match="the reference's 1"):
+        optimum.mixture_samples(folders, counts, scorer, prefixes, compact_tok, seed=3,
+                                temperatures=[0.5, 1.0, 1.0])
+
+
 def test_main_with_policies(tiny, policy, monkeypatch):
     from model import gpt_folder
 
@@ -485,6 +521,8 @@ def test_main_with_policies(tiny, policy, monkeypatch):
     assert trusted == sorted(trusted, reverse=True)  # one stretch from KL 0
     saved = torch.load(os.path.splitext(cfg.out)[0] + ".mixture.pt")
     assert saved["rewards"].shape == (6, 6) and saved["log_probs"].shape == (2, 6, 6)
+    with pytest.raises(ValueError, match="--temperatures gives 2 values for 1 --policies"):
+        optimum.main(tiny_cfg(root, ref, gt, policies=(policy,), temperatures=(1.0, 0.5)))
     label = figure.optimum_label(rows)
     assert "mixture IS, trusted to" in label and "M =" not in label
 

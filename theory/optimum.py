@@ -240,7 +240,7 @@ def reference_rewards(ref, scorer, prefixes, tok, M, seed, micro_batch=16, score
 
 @torch.no_grad()
 def mixture_samples(folders, counts, scorer, prefixes, tok, seed, micro_batch=16, score_batch=64,
-                    device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+                    device="cpu", temperatures=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Completions of every prefix from each component policy, scored by the ground truth, with
     their log-probs under every component: rewards (P, N) and log_probs (C, P, N), N = sum(counts),
     each prefix's samples laid out component by component (counts[c] from folders[c]; folders[0]
@@ -251,14 +251,24 @@ def mixture_samples(folders, counts, scorer, prefixes, tok, seed, micro_batch=16
     log pi_c(y|x) sums the completion's token log-probs under c by teacher forcing
     (model.token_logprobs over data.collate, as evaluate.sample_and_measure), EOS included: the
     probability of drawing exactly that completion, so the weights hold only under plain sampling
-    (temperature 1, no top-k or top-p), and anything else is refused. Under CUDA's bf16 autocast
-    the sampler's and the forward's log-probs differ by rounding, as evaluate.py's KL does."""
+    (no top-k or top-p), and anything else is refused. Under CUDA's bf16 autocast the sampler's
+    and the forward's log-probs differ by rounding, as evaluate.py's KL does.
+
+    temperatures: one per component (default all 1): component c is folders[c]'s policy with its
+    logits divided by temperatures[c], a sharper distribution below 1 (further from the
+    reference, towards higher reward for a reward-trained policy), sampled and scored at that
+    temperature; any such distribution is a valid proposal, its density being known. The
+    reference's must be 1: it is pi_ref itself."""
     sampling = PROTOCOL.sampling()
     if (sampling["temperature"], sampling["top_k"], sampling["top_p"] or 1.0) != (1.0, None, 1.0):
         raise ValueError(f"mixture weights need each policy's own distribution: sampling at "
                          f"temperature 1 without top-k or top-p, not {sampling}")
     if len(folders) != len(counts) or min(counts, default=0) < 1:
         raise ValueError(f"one count (>= 1) per component: {len(folders)} folders, counts {counts}")
+    temperatures = list(temperatures or [1.0] * len(folders))
+    if len(temperatures) != len(folders) or temperatures[0] != 1.0 or min(temperatures) <= 0:
+        raise ValueError(f"one positive temperature per component, the reference's 1: "
+                         f"{temperatures} for {len(folders)} components")
 
     def load(folder):
         model = speed_up(GPT.from_pretrained(folder)).to(device).eval()
@@ -274,7 +284,7 @@ def mixture_samples(folders, counts, scorer, prefixes, tok, seed, micro_batch=16
         for i in tqdm(range(0, len(block), micro_batch), desc=f"component {c} x{n}",
                       mininterval=1.0):
             comps += sample_completions(model, block[i: i + micro_batch], micro_batch, g,
-                                        tok.eos_id, **sampling)
+                                        tok.eos_id, **dict(sampling, temperature=temperatures[c]))
         prompts += block
     texts = [tok.decode(p + c) for p, c in zip(prompts, comps)]
     rewards = scorer(texts, batch_size=score_batch).double().cpu()
@@ -287,7 +297,8 @@ def mixture_samples(folders, counts, scorer, prefixes, tok, seed, micro_batch=16
             x, m = x.to(device), m.to(device)
             with autocast(device):
                 logits = model(x)
-            log_probs[c, i: i + len(x)] = token_logprobs(logits, x, m).double().cpu()
+            log_probs[c, i: i + len(x)] = token_logprobs(
+                logits, x, m, temperature=temperatures[c]).double().cpu()
     def by_prefix(t):  # [component][prefix][sample] -> [prefix][component][sample]
         parts = t.split([len(prefixes) * n for n in counts], dim=-1)
         return torch.cat([p.unflatten(-1, (len(prefixes), n)) for p, n in zip(parts, counts)], -1)
@@ -312,6 +323,8 @@ class OptimumConfig:
                                     "their last checkpoint) whose completions join the "
                                     "reference's, as samples of their mixture", "path")
     n_per_policy: int = arg(16, "completions per prefix from each of --policies (even)", "> 0")
+    temperatures: tuple[float, ...] = arg((), "one per --policies: sample (and score) that policy "
+                                          "at this temperature; none given: all 1", "> 0")
     n_prefixes: int = arg(PROTOCOL.n_test_prefixes, "held-out test prefixes (evaluate.py's)", "> 0")
     seed: int = arg(PROTOCOL.test_seed, "which prefixes, and the sampling", ">= 0")
     beta_min: float = arg(1e-4, "smallest beta: KL near log M for P(positive) rewards", "> 0")
@@ -345,7 +358,11 @@ def main(cfg: OptimumConfig):
                          f"halves every policy's samples), not {cfg.M} and {cfg.n_per_policy}")
     betas = log_betas(cfg.beta_min, cfg.beta_max, cfg.n_betas)
     device = get_device(cfg.device)
+    if cfg.temperatures and len(cfg.temperatures) != len(cfg.policies):
+        raise ValueError(f"--temperatures gives {len(cfg.temperatures)} values for "
+                         f"{len(cfg.policies)} --policies: one each, or none")
     folders = [gpt_folder(cfg.ref)] + [policy_folder(p) for p in cfg.policies]
+    temperatures = [1.0, *(cfg.temperatures or [1.0] * len(cfg.policies))]
     counts = [cfg.M] + [cfg.n_per_policy] * len(cfg.policies)
     where = os.path.dirname(os.path.abspath(cfg.out))
     rel = lambda p: os.path.relpath(os.path.abspath(p), where)  # the files move with their runs
@@ -357,7 +374,7 @@ def main(cfg: OptimumConfig):
                n_prefixes=cfg.n_prefixes, seed=cfg.seed, M=cfg.M, weights=stamps[:1] + [gt_stamp])
     if cfg.policies:
         key.update(policies=[rel(f) for f in folders[1:]], n_per_policy=cfg.n_per_policy,
-                   weights=stamps + [gt_stamp])
+                   weights=stamps + [gt_stamp], temperatures=temperatures)
     saved = os.path.splitext(cfg.out)[0] + (".mixture.pt" if cfg.policies else ".rewards.pt")
     cached = torch.load(saved) if os.path.exists(saved) else None
     if cached is not None and cached["key"] == key:
@@ -369,7 +386,7 @@ def main(cfg: OptimumConfig):
         if cfg.policies:
             samples = dict(zip(("rewards", "log_probs"), mixture_samples(
                 folders, counts, scorer, prefixes, tok, cfg.seed, cfg.micro_batch,
-                cfg.score_batch, device)))
+                cfg.score_batch, device, temperatures)))
         else:
             ref = speed_up(GPT.from_pretrained(folders[0])).to(device).eval()
             samples = dict(rewards=reference_rewards(ref, scorer, prefixes, tok, cfg.M, cfg.seed,
