@@ -41,11 +41,13 @@ CPU_RUN = {
     "reward model": (17, 400 * 32), "dpo": (138 + 92 - 0.81 * (28 + 23), (1375 + 1100) * 32),
     "preferred-ft": (37 - 0.81 * 14, 650 * 32), "ppo": (397 - 0.81 * 76, 760 * 64),
     "optimum": (47, 64 * 256),
-    # theory/optimum.py alone on the tiny sweep's 6 policies (16 samples each per prefix beside the
-    # reference's 64; every sample scored under the 7 models), measured on the 1-seed run
-    "optimum, mixture": (78, 160 * 256),
-    # online/dpo.py alone, beta 0.1, 60 steps of 32 pairs, 6 pools, no evaluation (its first run)
-    "online dpo": (4.5, 60 * 32), "evaluate": (80, 79 * 256 + 256 * (4 + 16)),  # sampled sequences
+    # theory/optimum.py on the tiny sweep's 6 policies (16 samples each per prefix beside the
+    # reference's 64; every sample scored under the 7 models), after the sweep of `--seeds 3
+    # --online` (79 s; 78 s alone on the 1-seed run's checkpoints)
+    "optimum, mixture": (79, 160 * 256),
+    # online/dpo.py: seed 0's 8 runs of that `--seeds 3 --online` run (2,200 steps of 32 pairs,
+    # 237 s side by side), less their 47 live evaluations at the rate above
+    "online dpo": (237 - 0.81 * 47, 2200 * 32), "evaluate": (80, 79 * 256 + 256 * (4 + 16)),  # sampled sequences
 }
 # frontier.py --jobs 2 against one process, the same tiny sweep on the same 2-core machine (with
 # the torch.multinomial sampler of the time): the sweep runs and the optimum took

@@ -91,7 +91,8 @@ def frontier_figure(rows: list[dict], opt: list[dict], title: str | None = None,
     if zoom is not None and not 0 < zoom < xmax:
         raise ValueError(f"the zoomed panel's KL ({zoom}) must lie in (0, {xmax})")
     limits = [xmax] + ([zoom] if zoom else [])
-    fig = Figure(figsize=(6 * len(limits) + 2.6, 4.8))
+    legend_width = 3.6  # inches beside the panels, for the legend's longest label
+    fig = Figure(figsize=(6 * len(limits) + legend_width, 4.8))
     axes = fig.subplots(1, len(limits), squeeze=False)[0]
     methods = sorted({r["method"] for r in rows},
                      key=lambda m: list(STYLE).index(m) if m in STYLE else 99)
@@ -150,7 +151,7 @@ def frontier_figure(rows: list[dict], opt: list[dict], title: str | None = None,
         handles = legend.legendHandles  # matplotlib < 3.7
     for handle in handles:  # full colour in the legend, whatever the points' alpha
         handle.set_alpha(1.0)
-    fig.tight_layout(rect=(0, 0, 1 - 2.6 / fig.get_figwidth(), 1))
+    fig.tight_layout(rect=(0, 0, 1 - legend_width / fig.get_figwidth(), 1))
     return fig
 
 
