@@ -287,12 +287,16 @@ def load(cfg: PPOConfig, run: Run):
     ref = speed_up(GPT.from_pretrained(init)).to(device).eval().requires_grad_(False)
     tok = load_tokenizer(init)
     pool = load_prefixes(cfg.dataset, "train", cfg.n_prompts, cfg.seed, tok)
+    return policy, value_head, ref, tok, pool, load_scorer(cfg, tok, device)
+
+
+def load_scorer(cfg, tok, device):
+    """What scores the rollouts: the learned RM (--reward rm) or the ground truth (gt)."""
     if cfg.reward == "rm":  # the learned RM reads the sampled ids: it must share their vocabulary
         scorer = load_reward_model(cfg.rm, device=device)
         scorer.check_tokenizer(tok, f"the policy {cfg.init}")
-    else:
-        scorer = load_ground_truth(cfg.ground_truth, device=device)
-    return policy, value_head, ref, tok, pool, scorer
+        return scorer
+    return load_ground_truth(cfg.ground_truth, device=device)
 
 
 @torch.no_grad()

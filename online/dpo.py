@@ -33,8 +33,7 @@ from dpo import (
 )
 from model import GPT, gpt_folder, sample_completions
 from pairs import pairs_of
-from ppo import score_rollouts
-from reward import load_ground_truth, load_reward_model
+from ppo import load_scorer, score_rollouts
 
 from plumbing.flags import arg
 from plumbing.runs import Run, run_main
@@ -106,11 +105,7 @@ def main(cfg: OnlineDPOConfig, on_checkpoint=None):
     ref_path = gpt_folder(cfg.ref or cfg.init)
     ref = speed_up(GPT.from_pretrained(ref_path)).to(device).eval().requires_grad_(False)
     prompts = load_prefixes(cfg.dataset, "train", cfg.n_prompts, cfg.seed, tok)
-    if cfg.reward == "rm":  # the learned RM reads the sampled ids: it must share their vocabulary
-        scorer = load_reward_model(cfg.rm, device=device)
-        scorer.check_tokenizer(tok, f"the policy {cfg.init}")
-    else:
-        scorer = load_ground_truth(cfg.ground_truth, device=device)
+    scorer = load_scorer(cfg, tok, device)  # the learned RM or the ground truth, as PPO's
     # held out: the offline pairs file's split, so validation and early stopping are dpo.py's
     rows = check_pairs(read_jsonl(cfg.pairs), cfg.pairs, model.config.block_size,
                        model.config.vocab_size)
