@@ -47,7 +47,8 @@ CPU_RUN = {
     "optimum, mixture": (79, 160 * 256),
     # online/dpo.py: seed 0's 8 runs of that `--seeds 3 --online` run (2,200 steps of 32 pairs,
     # 237 s side by side), less their 47 live evaluations at the rate above
-    "online dpo": (237 - 0.81 * 47, 2200 * 32), "evaluate": (80, 79 * 256 + 256 * (4 + 16)),  # sampled sequences
+    "online dpo": (237 - 0.81 * 47, 2200 * 32),
+    "evaluate": (80, 79 * 256 + 256 * (4 + 16)),  # sampled sequences
 }
 # frontier.py --jobs 2 against one process, the same tiny sweep on the same 2-core machine (with
 # the torch.multinomial sampler of the time): the sweep runs and the optimum took
