@@ -615,10 +615,10 @@ HELP = {"sft": ["sft.py"], "reward": ["reward.py", "train"], "pairs": ["pairs.py
         "optimum": ["-m", "theory.optimum"], "preferences": ["-m", "hh_tldr.preferences"],
         "winrate": ["-m", "hh_tldr.winrate"],
         "winrate plot": ["-m", "hh_tldr.winrate", "plot"], "hh_tldr": ["-m", "hh_tldr.run"],
-        "evaluate report": ["evaluate.py", "report"]}
+        "report sweep": ["-m", "report.sweep"], "online dpo": ["-m", "online.dpo"]}
 # the scripts whose flags come from a config dataclass (runs.run_main)
 CONFIG_SCRIPTS = ("sft", "reward", "pairs", "dpo", "ppo", "evaluate", "frontier", "optimum",
-                  "preferences", "winrate", "hh_tldr")
+                  "preferences", "winrate", "hh_tldr", "online dpo")
 
 
 @pytest.fixture(scope="module")
@@ -661,7 +661,7 @@ def test_cli_help(help_runs, script):
         return
     assert stdout.startswith("usage:") and "--help" in stdout
     if script not in ("data", "evaluate", "frontier", "reward score", "evaluate plot", "optimum",
-                      "evaluate report",
+                      "report sweep",
                       "preferences", "winrate plot", "hh_tldr"):
         assert "--out_dir" in stdout and "--seed" in stdout
     if script in CONFIG_SCRIPTS:
@@ -671,7 +671,7 @@ def test_cli_help(help_runs, script):
         assert "(default: None)" not in stdout.split("--ref REF")[-1].split("\n")[0]
     if script == "evaluate":
         assert "evaluate.py plot" in stdout
-    if script in ("reward score", "evaluate plot", "evaluate report"):  # every argument has help
+    if script in ("reward score", "evaluate plot", "report sweep"):  # every argument has help
         args = stdout.split("positional arguments:")[1]
         assert all(len(line.split()) > 1 for line in args.splitlines()
                    if line.startswith("  ") and not line.startswith("   ")), args
