@@ -56,6 +56,23 @@ def pairs_of(prefix, comps, rewards, tok):
     return rows, ties
 
 
+def sample_pairs(policy, prefixes, samples, gen_batch, generator, tok, score):
+    """`samples` completions of each prefix sampled from the policy (the paper's protocol), scored
+    by score(prompts, completions) -> one reward each, and all ordered pairs of each prefix's.
+    Returns (a list of pair rows per prefix, ties dropped, the rewards, tokens sampled). pairs.py
+    scores with the ground truth; online/dpo.py calls it too, with the policy as it trains."""
+    prompts = [p for p in prefixes for _ in range(samples)]  # each prefix `samples` times
+    comps = sample_completions(policy, prompts, gen_batch, generator, tok.eos_id,
+                               **PROTOCOL.sampling())
+    rewards = score(prompts, comps)
+    rows, ties = [], 0
+    for k, prefix in enumerate(prefixes):
+        s = slice(k * samples, (k + 1) * samples)
+        r, t = pairs_of(prefix, comps[s], rewards[s], tok)
+        rows, ties = rows + [r], ties + t
+    return rows, ties, rewards, sum(map(len, prompts)) + sum(map(len, comps))
+
+
 def main(cfg: PairsConfig):
     if cfg.samples < 2:
         raise ValueError("need at least 2 samples per prefix to make a pair")
@@ -73,24 +90,19 @@ def main(cfg: PairsConfig):
     # pairs of a chunk after the last finished one are half-written: drop them
     write_jsonl(path, [r for r in read_jsonl(path) if r["prefix_index"] < run.step * cfg.chunk])
 
+    score = lambda prompts, comps: scorer([tok.decode(p + c) for p, c in zip(prompts, comps)],
+                                          batch_size=cfg.score_batch, progress=False).tolist()
     n_chunks = (len(prefixes) + cfg.chunk - 1) // cfg.chunk
     for n in run.steps(n_chunks, desc="pairs", unit="chunk"):  # chunk n: prefixes from `first`
         first = (n - 1) * cfg.chunk
         chunk = prefixes[first: first + cfg.chunk]
         g = torch.Generator(device=device).manual_seed(seed_for(cfg.seed, n - 1))
-        prompts = [p for p in chunk for _ in range(cfg.samples)]  # each prefix `samples` times
-        comps = sample_completions(policy, prompts, len(prompts), g, tok.eos_id,
-                                   **PROTOCOL.sampling())
-        rewards = scorer([tok.decode(p + c) for p, c in zip(prompts, comps)],
-                         batch_size=cfg.score_batch, progress=False).tolist()
-        n_pairs, n_ties = 0, 0
-        for k, prefix in enumerate(chunk):
-            s = slice(k * cfg.samples, (k + 1) * cfg.samples)
-            rows, ties = pairs_of(prefix, comps[s], rewards[s], tok)
-            append_jsonl(path, *({"prefix_index": first + k, **r} for r in rows))
-            n_pairs, n_ties = n_pairs + len(rows), n_ties + ties
-        n_tokens = sum(map(len, prompts)) + sum(map(len, comps))
-        run.log({"pairs": n_pairs, "ties": n_ties, "reward_mean": sum(rewards) / len(rewards),
+        rows, n_ties, rewards, n_tokens = sample_pairs(policy, chunk, cfg.samples,
+                                                       len(chunk) * cfg.samples, g, tok, score)
+        for k, prefix_rows in enumerate(rows):
+            append_jsonl(path, *({"prefix_index": first + k, **r} for r in prefix_rows))
+        run.log({"pairs": sum(map(len, rows)), "ties": n_ties,
+                 "reward_mean": sum(rewards) / len(rewards),
                  "tokens_per_s": run.tokens_per_s(n_tokens)}, show=("reward_mean",))
         run.save()  # the chunk is complete: its pairs, its log row, then state.pt
     return run.finish()

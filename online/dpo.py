@@ -16,12 +16,13 @@ stopping rule (--patience on its loss) is offline DPO's.
         --reward rm --rm runs/tiny/rm --dataset synthetic --out_dir runs/online_dpo --steps 100
 """
 
+import json
 import os
 from dataclasses import dataclass
 
 import torch
 
-from data import PROTOCOL, check_pairs, load_prefixes, load_tokenizer, split_pairs, stream_indices
+from data import check_pairs, load_prefixes, load_tokenizer, split_pairs, stream_indices
 from dpo import (
     DPOConfig,
     check_config,
@@ -31,14 +32,14 @@ from dpo import (
     sequence_logps,
     train_step,
 )
-from model import GPT, gpt_folder, sample_completions
-from pairs import pairs_of
+from model import GPT, gpt_folder
+from pairs import sample_pairs
 from ppo import load_scorer, score_rollouts
 
 from plumbing.flags import arg
 from plumbing.runs import Run, run_main
 from plumbing.speed import speed_up
-from plumbing.utils import read_jsonl, seed_for, write_jsonl
+from plumbing.utils import atomic_write_json, read_jsonl, seed_for, write_jsonl
 
 
 @dataclass
@@ -68,26 +69,22 @@ def pool_start(cfg, step: int) -> int:
 def fresh_pool(cfg, policy, scorer, tok, prompts, first: int, device) -> tuple[list, dict]:
     """The pool of pairs that the steps from `first` on train with: pool_prompts prompts (the
     stream of shuffled epochs over the training prompts), `samples` completions each from the
-    policy as it is now, labelled by the scorer; all their ordered pairs, ties dropped. Returns
-    (pairs, the log's statistics of the pool)."""
+    policy as it is now, labelled by the scorer; all their ordered pairs, ties dropped (pairs.py's
+    sample_pairs). Returns (pairs, the log's statistics of the pool)."""
     n = (first - 1) // cfg.refresh_every + 1 if cfg.refresh_every else 1  # the n-th pool
     chunk = [prompts[i] for i in stream_indices(len(prompts), cfg.pool_prompts, n, cfg.seed)]
-    repeated = [p for p in chunk for _ in range(cfg.samples)]
     g = torch.Generator(device=device).manual_seed(seed_for(cfg.seed, first - 1))
+    score = lambda ps, cs: score_rollouts(cfg, scorer, tok, ps, cs).tolist()
     policy.eval()
-    comps = sample_completions(policy, repeated, cfg.gen_batch, g, tok.eos_id,
-                               **PROTOCOL.sampling())
+    rows, _, scores, n_tokens = sample_pairs(policy, chunk, cfg.samples, cfg.gen_batch, g, tok,
+                                             score)
     policy.train()
-    scores = score_rollouts(cfg, scorer, tok, repeated, comps).tolist()
-    pool = []
-    for k, prefix in enumerate(chunk):
-        s = slice(k * cfg.samples, (k + 1) * cfg.samples)
-        pool += [dict(r, first_step=first) for r in pairs_of(prefix, comps[s], scores[s], tok)[0]]
+    pool = [dict(r, first_step=first) for prefix_rows in rows for r in prefix_rows]
     if not pool:
         raise ValueError(f"step {first}: every pair of the fresh pool was a tie")
     # sampled by the policy: prompt + completion tokens, forward only (no backward)
     return pool, {"pool/pairs": len(pool), "pool/score": sum(scores) / len(scores),
-                  "tokens/sampled": sum(map(len, repeated)) + sum(map(len, comps))}
+                  "tokens/sampled": n_tokens}
 
 
 def main(cfg: OnlineDPOConfig, on_checkpoint=None):
@@ -104,12 +101,17 @@ def main(cfg: OnlineDPOConfig, on_checkpoint=None):
     model = speed_up(GPT.from_pretrained(run.resume_from or init)).to(device).train()
     ref_path = gpt_folder(cfg.ref or cfg.init)
     ref = speed_up(GPT.from_pretrained(ref_path)).to(device).eval().requires_grad_(False)
-    prompts = load_prefixes(cfg.dataset, "train", cfg.n_prompts, cfg.seed, tok)
     scorer = load_scorer(cfg, tok, device)  # the learned RM or the ground truth, as PPO's
     # held out: the offline pairs file's split, so validation and early stopping are dpo.py's
     rows = check_pairs(read_jsonl(cfg.pairs), cfg.pairs, model.config.block_size,
                        model.config.vocab_size)
     _, eval_idx = split_pairs(rows, cfg.eval_size, cfg.split_seed)
+    # the pools' prompts: training prompts, never one of the held-out pairs' prompts
+    held = {tuple(rows[i]["prompt_ids"]) for i in eval_idx}
+    prompts = [p for p in load_prefixes(cfg.dataset, "train", cfg.n_prompts, cfg.seed, tok)
+               if tuple(p) not in held]
+    if not prompts:
+        raise ValueError(f"--n_prompts {cfg.n_prompts}: every prompt is held out in {cfg.pairs}")
     run.start()  # the inputs are good: now the run folder
     ref_c, ref_r = reference_logps(ref_path, cfg.pairs, rows, tok.eos_id, device, cfg.micro_batch)
     evaluate = lambda: evaluate_pairs(cfg, model, rows, eval_idx, ref_c, ref_r, tok.eos_id)
@@ -125,15 +127,20 @@ def main(cfg: OnlineDPOConfig, on_checkpoint=None):
         row = {}
         if pool is None or pool_start(cfg, step) != first:  # a fresh pool (or the one resumed)
             first = pool_start(cfg, step)
-            path = os.path.join(pools, f"step_{first:06d}.jsonl")
-            pool = read_jsonl(path)  # written before a kill: the same pool again
-            if not pool:
+            path = os.path.join(pools, f"step_{first:06d}")
+            pool = read_jsonl(path + ".jsonl")  # written before a kill: the same pool again
+            if pool:
+                with open(path + ".json") as f:
+                    stats = json.load(f)
+            else:
                 pool, stats = fresh_pool(cfg, model, scorer, tok, prompts, first, device)
-                write_jsonl(path, pool)  # atomically
+                atomic_write_json(path + ".json", stats)  # first the statistics, then the pool
+                write_jsonl(path + ".jsonl", pool)  # atomically
+            if step == first:  # logged at the pool's first step (again, if that row was lost)
                 row.update(stats)
             # older pools: no resume can need them (it starts after the last checkpoint)
             for name in os.listdir(pools):
-                if name < f"step_{pool_start(cfg, run.saved + 1):06d}" and name.endswith("jsonl"):
+                if name < f"step_{pool_start(cfg, run.saved + 1):06d}":
                     os.remove(os.path.join(pools, name))
             pool_c, pool_r = sequence_logps(ref, pool, tok.eos_id, cfg.micro_batch, progress=False)
         batch = stream_indices(len(pool), cfg.batch_size, step - first + 1, cfg.seed)

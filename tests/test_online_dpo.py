@@ -14,6 +14,7 @@ import dpo
 import evaluate
 import frontier
 import reward
+from data import load_prefixes, split_pairs
 from dpo import DPOConfig
 from model import GPT
 from reward import RMConfig
@@ -54,8 +55,8 @@ def test_no_refresh_is_offline_dpo_on_its_first_pool(pipeline, tmp_path):
     log = online.main(cfg)
     pool_file = os.path.join(cfg.out_dir, "pools", "step_000001.jsonl")
     pool = read_jsonl(pool_file)
-    assert len(pool) > cfg.batch_size and os.listdir(os.path.dirname(pool_file)) == [
-        "step_000001.jsonl"]
+    assert len(pool) > cfg.batch_size and sorted(os.listdir(os.path.dirname(pool_file))) == [
+        "step_000001.json", "step_000001.jsonl"]
     assert [r["step"] for r in log if "pool/pairs" in r] == [1]  # sampled once
     offline = DPOConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DPOConfig)})
     offline = dataclasses.replace(offline, out_dir=str(tmp_path / "offline"), pairs=pool_file)
@@ -81,7 +82,8 @@ def test_refresh_samples_fresh_pools_from_the_training_policy(pipeline, rm, tmp_
     assert all(r["tokens/sampled"] > 0 and r["pool/pairs"] > 0 for r in fresh)
     assert all("tokens/sampled" not in r for r in log if r not in fresh)
     # the last pool is the one kept: a resume starts after the checkpoint at step 4, on it
-    assert os.listdir(os.path.join(cfg.out_dir, "pools")) == ["step_000005.jsonl"]
+    assert sorted(os.listdir(os.path.join(cfg.out_dir, "pools"))) == [
+        "step_000005.json", "step_000005.jsonl"]
     last = read_jsonl(os.path.join(cfg.out_dir, "pools", "step_000005.jsonl"))
     assert all(r["reward_chosen"] > r["reward_rejected"] for r in last)
     first = online_cfg(pipeline, tmp_path / "first", reward="rm", rm=rm, refresh_every=2,
@@ -101,6 +103,36 @@ def test_resume_mid_pool_is_bit_identical(pipeline, tmp_path, monkeypatch):
     assert_resume_identical(online, online.main, cfg, tmp_path, monkeypatch)
     log = read_jsonl(os.path.join(tmp_path, "B", "log.jsonl"))
     assert [r["step"] for r in log if "pool/pairs" in r] == [1, 4]  # step 5 read step 4's pool
+
+
+def test_resume_at_a_pool_sampled_after_the_checkpoint_logs_its_statistics(pipeline, tmp_path,
+                                                                           monkeypatch):
+    """Pools start at steps 1, 3, 5, checkpoints at 2 and 4: killed at step 5, after its pool was
+    written and its row logged, the run resumes from step 4 and reads that pool back; its log row
+    at step 5 still has the pool's size, score and tokens sampled, as the uninterrupted run's."""
+    cfg = online_cfg(pipeline, "", refresh_every=2, save_every=2)
+    assert_resume_identical(online, online.main, cfg, tmp_path, monkeypatch)
+    log = read_jsonl(os.path.join(tmp_path, "B", "log.jsonl"))
+    assert [r["step"] for r in log if "tokens/sampled" in r] == [1, 3, 5]
+
+
+def test_pool_prompts_are_never_held_out_prompts(pipeline, tmp_path):
+    """The held-out pairs (the offline file's split, on which early stopping is decided) have
+    prompts that no pool samples from: the training prefixes loaded are the pairs file's 96, the
+    held-out ones among them, and a pool of 96 prompts covers every prompt left, none held out."""
+    cfg = online_cfg(pipeline, tmp_path / "held", eval_size=16, refresh_every=1, steps=2,
+                     n_prompts=96, pool_prompts=96)
+    online.main(cfg)
+    rows = read_jsonl(pipeline.pairs)
+    _, eval_idx = split_pairs(rows, cfg.eval_size, cfg.split_seed)
+    held = {tuple(rows[i]["prompt_ids"]) for i in eval_idx}
+    loaded = load_prefixes("synthetic", "train", cfg.n_prompts, cfg.seed, pipeline.tok)
+    assert held and held <= {tuple(p) for p in loaded}  # the filter has something to remove
+    log = read_jsonl(os.path.join(cfg.out_dir, "log.jsonl"))
+    assert [r["step"] for r in log if "pool/pairs" in r] == [1, 2]
+    pool = {tuple(r["prompt_ids"]) for r in
+            read_jsonl(os.path.join(cfg.out_dir, "pools", "step_000002.jsonl"))}
+    assert len(pool) > 60 and not held & pool
 
 
 def test_online_refuses_an_unknown_reward(pipeline, tmp_path):
