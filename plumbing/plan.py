@@ -217,8 +217,9 @@ def budget(cfg, steps) -> tuple[list[dict], dict]:
         if kind == "dpo" and not any(r["kind"] == "dpo" for r in rows):  # once per sweep
             files += 8 * n_pairs  # the reference log-probs' cache
             t += 2 * n_pairs * PAIR_LEN / rate["forward"] if rate else 0
-        if kind == "online dpo":  # its current pool (and the one before, until a checkpoint)
-            files += 2 * c.pool_prompts * c.samples * (c.samples - 1) // 2 * PAIR_ROW.get(
+        if kind == "online dpo":  # the pools since the last checkpoint, and the one it is in
+            kept = -(-c.save_every // c.refresh_every) + 1 if c.refresh_every else 1
+            files += kept * c.pool_prompts * c.samples * (c.samples - 1) // 2 * PAIR_ROW.get(
                 pairs.dataset, 1300)
         if kind.startswith("optimum"):  # its samples' rewards (and log-probs under each model)
             files += 8 * examples * (2 + len(c.policies)) if c.policies else 4 * examples
@@ -318,7 +319,7 @@ def print_plan(cfg, steps) -> dict:
         side = sum(r["seconds"] + r["eval_seconds"] for r in rows
                    if r["sweep"] or r["kind"] == "optimum")
         total = total - side + side / PARALLEL_SPEEDUP
-        print(f"  with {jobs} jobs (--jobs): {hm(total)}, the sweep "
-              f"runs and the optimum {PARALLEL_SPEEDUP:g}x faster, as measured with 2 jobs on 2 "
-              f"CPU cores (more jobs on more cores: not measured, not scaled)")
+        print(f"  with {jobs} jobs (--jobs): {hm(total)}, taking the sweep runs and the "
+              f"optimum side by side as {PARALLEL_SPEEDUP:g}x faster: the speed-up measured with "
+              f"2 jobs on 2 CPU cores (other counts of jobs or cores: not measured, not scaled)")
     return dict(rows=rows, sizes=sz, disk=d, mode=mode, seconds=total)

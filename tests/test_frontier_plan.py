@@ -361,3 +361,55 @@ def test_the_optimum_is_a_mixture_where_the_sweep_keeps_its_checkpoints():
     assert opt(dataclasses.replace(tiny, keep_last=False)).policies == ()
     assert opt(frontier.FrontierConfig(preset="gpt2")).policies == ()
     assert opt(dataclasses.replace(tiny, keep_last=False, keep_checkpoints=True)).policies
+
+
+@pytest.mark.parametrize("keep_last", [True, False])
+def test_the_mixture_optimum_runs_after_every_sweep_run(keep_last, monkeypatch, capsys):
+    """frontier.main's order: the chain, then the sweep runs side by side (--jobs 2), then, where
+    the optimum samples the sweep's checkpoints (tiny with its last checkpoints kept), the
+    optimum, and the evaluation last; without kept checkpoints the optimum is one more
+    independent step among the sweep's."""
+    calls = []  # (where, step index, the step's name)
+    monkeypatch.setattr(frontier, "run_step", lambda i, n, name, fn, c, final, cfg:
+                        calls.append(("one", i, name)) or {})
+    monkeypatch.setattr(frontier, "run_parallel", lambda steps, n, final, cfg, jobs:
+                        calls.extend(("parallel", i, name) for i, name, _, _ in steps) or {})
+    monkeypatch.setattr(frontier, "read_jsonl", lambda path: [])
+    monkeypatch.setattr(frontier, "print_budget_table", lambda rows: None)
+    cfg = frontier.FrontierConfig(preset="tiny", out_dir="runs/order", keep_last=keep_last,
+                                  jobs=2)
+    steps = frontier.plan(cfg)
+    frontier.main(cfg)
+    assert [i for _, i, _ in calls] == list(range(1, len(steps) + 1))  # each step once, in order
+    names = [name for _, _, name in calls]
+    where = {name: w for w, _, name in calls}
+    final = steps[-1][2]
+    sweep = [name for name, _, c in steps if getattr(c, "out_dir", None) in final.runs]
+    assert names[-1] == steps[-1][0] and where[names[-1]] == "one"  # the evaluation, alone, last
+    assert all(where[s] == "parallel" for s in sweep)
+    assert where[steps[0][0]] == "one"  # the chain before the sweep
+    optimum = next(name for name, _, c in steps if hasattr(c, "policies"))
+    if keep_last:
+        assert names.index(optimum) == len(names) - 2 and where[optimum] == "one"
+    else:
+        assert where[optimum] == "parallel"
+
+
+def test_a_mixture_optimum_whose_policies_were_pruned(tmp_path, capsys):
+    """An optimum step planned with policies whose checkpoints an earlier --no-keep_last deleted:
+    its mixture rows are kept if the file has them (nothing runs), else it runs on the SFT
+    model's samples alone (no policies, no temperatures)."""
+    tiny = frontier.FrontierConfig(preset="tiny", out_dir=str(tmp_path))
+    steps = frontier.plan(tiny)
+    name, _, c = next(s for s in steps if hasattr(s[2], "policies"))
+    assert c.policies and not any(map(list_checkpoints, c.policies))  # nothing trained here
+    ran = []
+    args = (1, 1, name, ran.append, c, steps[-1][2], tiny)
+    frontier.run_step(*args)
+    assert len(ran) == 1 and ran[0].policies == () and ran[0].temperatures == ()
+    assert ran[0].M == c.M and ran[0].out == c.out
+    with open(c.out, "w") as f:
+        f.write(json.dumps(dict(estimator="mixture", kl=1.0, reward=0.9)) + "\n")
+    ran.clear()
+    frontier.run_step(*args)
+    assert ran == [] and "its policies' checkpoints are gone" in capsys.readouterr().out

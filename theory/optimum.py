@@ -270,12 +270,16 @@ def mixture_samples(folders, counts, scorer, prefixes, tok, seed, micro_batch=16
         raise ValueError(f"one positive temperature per component, the reference's 1: "
                          f"{temperatures} for {len(folders)} components")
 
+    models = {}  # each folder loaded once, kept for both passes (a folder may recur at
+    # several temperatures): the components' weights are all in memory at once
+
     def load(folder):
-        model = speed_up(GPT.from_pretrained(folder)).to(device).eval()
-        if model.config.vocab_size != tok.vocab_size:
-            raise ValueError(f"{folder}: vocabulary of {model.config.vocab_size}, not the "
-                             f"reference tokenizer's {tok.vocab_size}")
-        return model
+        if folder not in models:
+            models[folder] = speed_up(GPT.from_pretrained(folder)).to(device).eval()
+        if models[folder].config.vocab_size != tok.vocab_size:
+            raise ValueError(f"{folder}: vocabulary of {models[folder].config.vocab_size}, not "
+                             f"the reference tokenizer's {tok.vocab_size}")
+        return models[folder]
 
     prompts, comps = [], []  # component by component, each prefix repeated counts[c] times
     for c, (folder, n) in enumerate(zip(folders, counts)):
@@ -299,6 +303,7 @@ def mixture_samples(folders, counts, scorer, prefixes, tok, seed, micro_batch=16
                 logits = model(x)
             log_probs[c, i: i + len(x)] = token_logprobs(
                 logits, x, m, temperature=temperatures[c]).double().cpu()
+
     def by_prefix(t):  # [component][prefix][sample] -> [prefix][component][sample]
         parts = t.split([len(prefixes) * n for n in counts], dim=-1)
         return torch.cat([p.unflatten(-1, (len(prefixes), n)) for p, n in zip(parts, counts)], -1)
