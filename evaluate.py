@@ -142,7 +142,29 @@ def checkpoints_of(path: str, every: int) -> list[tuple[int, str]]:
     return [c for i, c in enumerate(ckpts) if i % every == every - 1 or i == len(ckpts) - 1]
 
 
-def main(cfg: EvalConfig):
+def load_shared(cfg: EvalConfig) -> dict:
+    """What every evaluation of cfg's sweep shares, on the host: the tokenizer, the test prefixes,
+    the reference and the ground truth."""
+    ref_path = gpt_folder(cfg.ref)
+    tok = load_tokenizer(ref_path)
+    return dict(key=shared_key(cfg), tok=tok,
+                prefixes=load_prefixes(cfg.dataset, "test", cfg.n_prefixes, cfg.seed, tok),
+                ref=speed_up(GPT.from_pretrained(ref_path)).eval(),
+                scorer=load_ground_truth(cfg.ground_truth))
+
+
+def shared_key(cfg: EvalConfig) -> tuple:
+    return cfg.ref, cfg.ground_truth, cfg.dataset, cfg.n_prefixes, cfg.seed
+
+
+def main(cfg: EvalConfig, shared: dict | None = None):
+    """Evaluate the checkpoints of cfg.runs that have no row in cfg.out yet.
+
+    shared: a dict the caller keeps across calls (frontier.py: one per sweep run, whose
+    checkpoints are evaluated as they are written). It is filled by load_shared at the first
+    call with work to do, and read by the calls after, so the reference, the ground truth and
+    the test prefixes are loaded once per run rather than once per checkpoint; between calls its
+    models wait on the host, leaving the GPU to the training run."""
     check_fields(cfg)  # ranges, and every --runs folder must exist
     if cfg.best_of and cfg.rm is None:
         raise ValueError("--best_of needs --rm (the learned reward model picks the best)")
@@ -150,8 +172,6 @@ def main(cfg: EvalConfig):
         raise ValueError(f"--best_of takes N >= 1 for each best-of-N, not {cfg.best_of}")
     device = get_device(cfg.device)
     ref_path = gpt_folder(cfg.ref)
-    tok = load_tokenizer(ref_path)
-    prefixes = load_prefixes(cfg.dataset, "test", cfg.n_prefixes, cfg.seed, tok)
     where = os.path.dirname(os.path.abspath(cfg.out))
     rel = lambda p: os.path.relpath(os.path.abspath(p), where)  # results move with their runs
     done = {(r["checkpoint"], r.get("best_of")) for r in read_jsonl(cfg.out)}
@@ -172,8 +192,15 @@ def main(cfg: EvalConfig):
             plot_frontier(cfg.out, title=plot_title(cfg.dataset))
         return read_jsonl(cfg.out)
     os.makedirs(os.path.dirname(os.path.abspath(cfg.out)), exist_ok=True)
-    ref = speed_up(GPT.from_pretrained(ref_path)).to(device).eval()
-    scorer = load_ground_truth(cfg.ground_truth, device=device)
+    keep = shared is not None
+    shared = shared if keep else {}
+    if not shared:
+        shared.update(load_shared(cfg))
+    if shared["key"] != shared_key(cfg):
+        raise ValueError(f"the shared models were loaded for {shared['key']}, not for this "
+                         f"evaluation's {shared_key(cfg)}")
+    tok, prefixes = shared["tok"], shared["prefixes"]
+    ref, scorer = shared["ref"].to(device), shared["scorer"].to(device)
     for method, pname, pval, step, path in tqdm(todo, desc="evaluate", unit="ckpt"):
         policy = ref if path == ref_path else speed_up(GPT.from_pretrained(path)).to(device).eval()
         comps, kl, k1, k3 = sample_and_measure(policy, ref, prefixes, tok, cfg.micro_batch,
@@ -188,6 +215,8 @@ def main(cfg: EvalConfig):
         for n in todo_bon:
             append_jsonl(cfg.out, best_of_n(ref, rm, scorer, prefixes, tok, n, cfg, device,
                                             rel(ref_path)))
+    if keep:  # back to the host until the next call
+        ref.to("cpu"), scorer.to("cpu")
     if cfg.plot:
         plot_frontier(cfg.out, title=plot_title(cfg.dataset))
     return read_jsonl(cfg.out)

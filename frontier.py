@@ -226,6 +226,7 @@ def run_step(i: int, n: int, name: str, fn, c, final: EvalConfig, cfg: FrontierC
             return timings
         c = dataclasses.replace(c, policies=(), temperatures=(), beta_min=1e-4)
     sweep_run = folder in final.runs
+    shared = {}  # the evaluations' reference, ground truth and prefixes: loaded once per run
     if folder and open_run(c) and is_done(folder):  # open_run: refuses another config
         print(f"[{i}/{n}] {name}: done, skipped ({folder})", flush=True)
     else:
@@ -234,7 +235,7 @@ def run_step(i: int, n: int, name: str, fn, c, final: EvalConfig, cfg: FrontierC
         # thinning aside), and the ones before them deleted
         try:
             if sweep_run and not cfg.keep_checkpoints and final.every == 1:
-                fn(c, on_checkpoint=lambda run_dir: evaluate_live(run_dir, final))
+                fn(c, on_checkpoint=lambda run_dir: evaluate_live(run_dir, final, shared))
             else:
                 fn(c)
         except KeyboardInterrupt:  # Ctrl-C: say which run stopped where
@@ -242,7 +243,7 @@ def run_step(i: int, n: int, name: str, fn, c, final: EvalConfig, cfg: FrontierC
         timings[name] = time.time() - t0
     if sweep_run:  # a sweep run: its points (those not evaluated live), then what's needed
         t0 = time.time()
-        if evaluate_run(folder, final, thin=not cfg.keep_checkpoints):
+        if evaluate_run(folder, final, thin=not cfg.keep_checkpoints, shared=shared):
             timings[f"{name}, evaluation"] = time.time() - t0
         if not cfg.keep_checkpoints and (k := prune(folder, final.out, keeps_last(cfg))):
             print(f"  pruned {folder}: {k} evaluated checkpoint{'s' * (k > 1)} deleted")

@@ -122,6 +122,11 @@ class GPTScorer:
         self.model = RewardModel.from_pretrained(path).to(device).eval()
         self.kind, self.tok = self.model.kind, load_tokenizer(reward_folder(path))
 
+    def to(self, device: str) -> "GPTScorer":
+        """Move the model (evaluate.py keeps a ground truth on the host between evaluations)."""
+        self.model.to(device)
+        return self
+
     def check_tokenizer(self, tok: Tokenizer, what: str):
         """score_ids reads ids of `tok` as its own: refuse a policy of another vocabulary."""
         if tok.vocab != self.tok.vocab:

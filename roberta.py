@@ -194,6 +194,12 @@ class RobertaScorer:
         self.model = model.to(device).eval().requires_grad_(False)
         self.tok, self.positive, self.device = tok, positive, device
 
+    def to(self, device: str) -> "RobertaScorer":
+        """Move the classifier (evaluate.py keeps it on the host between evaluations)."""
+        self.model.to(device)
+        self.device = device
+        return self
+
     @torch.no_grad()
     def __call__(self, texts: list[str], batch_size: int = 32,
                  progress: bool | None = None) -> torch.Tensor:

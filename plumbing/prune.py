@@ -43,12 +43,13 @@ def remove_checkpoint(path: str):
     shutil.rmtree(path + ".pruned")
 
 
-def evaluate_run(run: str, ev: EvalConfig, thin: bool) -> int:
+def evaluate_run(run: str, ev: EvalConfig, thin: bool, shared: dict | None = None) -> int:
     """Evaluate the checkpoints of a finished sweep run that have no row in ev.out yet
     (evaluate.main on this run alone; the reference too while it has none); returns how many.
     evaluate.main takes every `every`-th checkpoint of the listing, which a deletion would shift:
     with thin (pruning) and every > 1, the checkpoints it would skip in the full listing are
-    deleted first, and what is left is evaluated whole (every=1)."""
+    deleted first, and what is left is evaluated whole (every=1). shared: evaluate.main's, kept
+    by the caller across the run's evaluations."""
     every, ckpts = ev.every, list_checkpoints(run)
     if thin and every > 1 and ckpts:  # (prune leaves the last one while any is left)
         with open(os.path.join(run, "run_config.json")) as f:
@@ -63,18 +64,18 @@ def evaluate_run(run: str, ev: EvalConfig, thin: bool) -> int:
     todo = [p for _, p in checkpoints_of(run, every) if result_path(p, ev.out) not in seen]
     if todo:
         print(f"  evaluating {run}: {len(todo)} checkpoints -> {ev.out}")
-        evaluate_main(dataclasses.replace(ev, runs=(run,), every=every, best_of=()))
+        evaluate_main(dataclasses.replace(ev, runs=(run,), every=every, best_of=()), shared)
     return len(todo)
 
 
-def evaluate_live(run: str, ev: EvalConfig):
+def evaluate_live(run: str, ev: EvalConfig, shared: dict | None = None):
     """While a sweep run trains (the on_checkpoint that frontier.py passes to its main, called
     just after a checkpoint and its state.pt are written): evaluate its checkpoints that have no
     row yet, then delete every evaluated one but the newest, the one the run resumes from. The
     global RNG state is restored afterwards, so the run trains on as it would without it. The
-    plot waits for the sweep's end."""
+    plot waits for the sweep's end. shared: as evaluate_run's, one dict for the whole run."""
     kept = rng_state()
-    evaluate_run(run, dataclasses.replace(ev, plot=False), thin=False)
+    evaluate_run(run, dataclasses.replace(ev, plot=False), thin=False, shared=shared)
     remove_evaluated(run, ev.out, keep_last=True)
     set_rng_state(kept)
 

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+import evaluate
 import frontier
 
 from plumbing import plan as budget
@@ -207,19 +208,23 @@ def test_plan_matches_what_a_reduced_sweep_writes(pipeline, tmp_path, monkeypatc
     cfg = frontier.FrontierConfig(preset="mini", out_dir=out, device="cpu", jobs=1)
     steps = frontier.plan(cfg)
     rows, sz = budget.budget(cfg, steps)
-    live, real = [], frontier.evaluate_live
+    live, real, loads, load = [], frontier.evaluate_live, [], evaluate.load_shared
 
-    def spy(run, ev):  # checkpoints of the training run before and after each live evaluation
+    def spy(run, ev, shared):  # checkpoints of the training run before and after each evaluation
         before = len(list_checkpoints(run))
-        real(run, ev)
+        real(run, ev, shared)
         live.append((before, len(list_checkpoints(run))))
     monkeypatch.setattr(frontier, "evaluate_live", spy)
+    monkeypatch.setattr(evaluate, "load_shared", lambda c: loads.append(c) or load(c))
     frontier.main(cfg)
     results = read_jsonl(os.path.join(out, "frontier.jsonl"))
     # every checkpoint of a sweep run was evaluated while it trained, and a training run never
     # held more than the one it resumes from and the new one
     assert len(live) == sum(r["ckpts"] for r in rows if r["sweep"])
     assert all(b <= 2 and a == 1 for b, a in live), live
+    # the reference, ground truth and prefixes loaded once per sweep run (+ best-of-N's step)
+    assert len(live) > sum(r["sweep"] for r in rows) and len(loads) == sum(
+        r["sweep"] for r in rows) + 1
     for (name, _, c), r in zip(steps, rows):
         folder = getattr(c, "out_dir", None)
         if not folder or r["kind"] == "pairs":

@@ -567,6 +567,32 @@ def test_evaluate_frontier(pipeline, dpo_run, bt_rm, tmp_path):
     assert os.path.getsize(png) > 0 and r.stdout.strip() == png
 
 
+def test_evaluations_sharing_their_models_load_them_once(pipeline, dpo_run, tmp_path,
+                                                         monkeypatch):
+    """evaluate.main with a `shared` dict kept across calls (frontier.py's, one per sweep run):
+    the reference, the ground truth and the prefixes are loaded at the first call with work, not
+    again; the rows are those of calls that each load their own; a dict loaded for another
+    evaluation (here: other prefixes) is refused."""
+    loads, load = [], evaluate.load_shared
+    monkeypatch.setattr(evaluate, "load_shared", lambda c: loads.append(c) or load(c))
+    ckpts = [p for _, p in list_checkpoints(dpo_run.out)]
+    cfg = lambda name, run, n=16: EvalConfig(
+        runs=(run,), ref=pipeline.sft, ground_truth=pipeline.gt, dataset="synthetic",
+        out=str(tmp_path / name), n_prefixes=n, micro_batch=16, plot=False, device="cpu")
+    shared = {}
+    for p in ckpts:  # as checkpoints are written
+        evaluate.main(cfg("shared.jsonl", p), shared)
+    evaluate.main(cfg("shared.jsonl", ckpts[-1]), shared)  # nothing to do: nothing loaded
+    assert len(loads) == 1 and shared["ref"].lm_head.weight.device.type == "cpu"
+    for p in ckpts:
+        evaluate.main(cfg("own.jsonl", p))
+    assert len(loads) == 1 + len(ckpts)
+    rows = read_jsonl(str(tmp_path / "own.jsonl"))
+    assert read_jsonl(str(tmp_path / "shared.jsonl")) == rows and len(rows) == 1 + len(ckpts)
+    with pytest.raises(ValueError, match="shared models were loaded for"):
+        evaluate.main(cfg("other.jsonl", ckpts[0], n=8), shared)
+
+
 def test_token_kl_is_the_exact_kl(tiny_gpt):
     policy, ref = tiny_gpt(seed=0, vocab_size=13), tiny_gpt(seed=1, vocab_size=13)
     x = torch.randint(0, 13, (3, 9), generator=torch.Generator().manual_seed(0))

@@ -683,7 +683,7 @@ def test_live_evaluation_runs_after_each_checkpoint_and_leaves_the_rng_alone(tmp
 
     calls = []
 
-    def evaluate_run(run_dir, ev, thin):  # what an evaluation does to the global RNG: draws
+    def evaluate_run(run_dir, ev, thin, shared):  # what an evaluation does to the global RNG
         calls.append(load_state(run_dir)["step"])
         torch.rand(100)
         random.random()
