@@ -12,6 +12,7 @@ worker process each (--jobs, below); otherwise every step runs in this process.
     python frontier.py --preset gpt2     # GPT-2 124M on IMDb, one GPU
     python frontier.py --preset paper    # gpt2-large on IMDb, the paper's sweep
     python frontier.py --preset paper --plan   # steps, checkpoints, disk, time: runs nothing
+    python frontier.py --preset gpt2 --rehearse   # every stage at its real shapes, 2 steps each
 
 Each checkpoint of a sweep run (DPO, Unlikelihood, Preferred-FT, PPO, PPO-GT) is evaluated into
 frontier.jsonl as soon as it is written, in the training process (run_step passes its main an
@@ -46,6 +47,7 @@ from sft import main as sft_main
 
 from online.dpo import OnlineDPOConfig
 from online.dpo import main as online_dpo_main
+from plumbing import rehearse
 from plumbing.flags import arg, check_fields
 from plumbing.plan import print_plan
 from plumbing.presets import PRESETS, keeps_last, n_jobs
@@ -80,6 +82,10 @@ class FrontierConfig:
     losses: bool = arg(False, "also sweep DPO's variants over the same betas (VARIANTS)")
     online: bool = arg(False, "also online DPO (pairs from the current policy, labelled by the "
                        "learned RM) and online DPO-GT (by the ground truth) over DPO's betas")
+    rehearse: bool = arg(False, "every stage at the preset's real shapes, cut to 2 steps, on "
+                         "random weights and synthetic data (nothing downloaded): checks a "
+                         "machine in minutes (plumbing/rehearse.py); default out_dir "
+                         "runs/<preset>_rehearsal")
 
 
 # --losses: the other preference losses of dpo.py, each under DPO's own settings and the same
@@ -98,7 +104,13 @@ def plan(cfg: FrontierConfig):
     if cfg.preset not in PRESETS:
         raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, not {cfg.preset!r}")
     p = PRESETS[cfg.preset]
-    out = cfg.out_dir or os.path.join("runs", cfg.preset)
+    out = cfg.out_dir or os.path.join("runs", cfg.preset + "_rehearsal" * cfg.rehearse)
+    if cfg.rehearse:  # the sweeps at one value, the inputs the rehearsal writes (counts: below)
+        if p.sft["init"] not in rehearse.GPT2_SIZES:
+            raise ValueError(f"--rehearse is for the presets that start from a GPT-2 (gpt2, "
+                             f"paper); {cfg.preset} already runs in minutes as it is")
+        p = rehearse.cut_preset(p)
+        cfg = dataclasses.replace(cfg, seeds=1, **rehearse.inputs(out))
     dataset = cfg.dataset or p.dataset
     run = lambda name: os.path.join(out, name)
     common = dict(device=cfg.device)
@@ -174,6 +186,10 @@ def plan(cfg: FrontierConfig):
         runs=tuple(trained), ref=sft, ground_truth=gt, dataset=dataset,
         out=os.path.join(out, "frontier.jsonl"), best_of=p.best_of, rm=run("rm"), **common,
         **p.eval)))
+    if cfg.rehearse:  # each step cut to 2 steps, timed and its peak memory logged
+        log = os.path.join(out, "rehearsal.jsonl")
+        steps = [(name, rehearse.Measured(fn, name, log), rehearse.cut(c))
+                 for name, fn, c in steps]
     return steps
 
 
@@ -186,6 +202,8 @@ def main(cfg: FrontierConfig):
         return print_plan(cfg, steps)
     final, n = steps[-1][2], len(steps)
     jobs = n_jobs(cfg)
+    if cfg.rehearse:  # its random models and synthetic data, written once
+        rehearse.write_inputs(os.path.dirname(final.out), PRESETS[cfg.preset].sft["init"])
     # the chain sft -> ground truth -> pairs -> reward model, in order; then the sweep runs (and
     # the optimum of the SFT model's samples alone), which need only those, `jobs` at a time; the
     # optimum of the mixture, which needs the sweep's checkpoints, and the evaluation last
@@ -209,6 +227,8 @@ def main(cfg: FrontierConfig):
     for name, t in timings.items():
         print(f"  {name}: {t:.0f} s")
     print_budget_table(results)
+    if cfg.rehearse:
+        rehearse.print_rehearsal(os.path.join(os.path.dirname(final.out), "rehearsal.jsonl"))
     return results
 
 

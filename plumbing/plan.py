@@ -270,7 +270,7 @@ def print_plan(cfg, steps) -> dict:
     rows, sz = budget(cfg, steps)
     gb = lambda b: f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB"
     hm = lambda s: f"{s / 3600:.2f} h" if s >= 600 else f"{s:.0f} s"
-    out = cfg.out_dir or os.path.join("runs", cfg.preset)
+    out = os.path.dirname(steps[-1][2].out)  # the evaluation's frontier.jsonl is in the sweep's
     print(f"frontier.py --preset {cfg.preset}: {len(steps)} steps into {out}, model {sz['name']} "
           f"({sz['params'] / 1e6:.1f}M parameters). A plan: nothing is loaded or run, times are "
           f"estimates.")
