@@ -68,6 +68,52 @@ GPU_RUN = {
 }
 
 
+# GPU memory (bf16 autocast, fp32 weights): weights, gradients and optimizer state are counted
+# exactly; activations per token of a micro-batch are ACT_LAYER bytes per layer and width unit plus
+# ACT_VOCAB per vocabulary entry (the logits in bf16, their fp32 log-softmax and its gradient).
+# The two constants fit docs/benchmarks.md's two measurements, gpt2-large on an H100 at
+# micro-batch 16: the SFT step (128 tokens, AdamW) peaked at 15.1 GB, the DPO step (pairs of 56
+# tokens, RMSprop) at 11.8 GB; other sizes are scaled by the formula, unmeasured. An evaluation's
+# forward keeps EVAL_VOCAB bytes per token and vocabulary entry (both models' logits in fp32, their
+# log-softmaxes and the exact KL's product), and sampling a KV cache in bf16.
+ACT_LAYER, ACT_VOCAB, EVAL_VOCAB = 20, 10, 16
+GPU_CARD = 24e9  # the card the paper preset should fit
+
+
+def gpu_memory(kind: str, c, sz: dict, gt_params: float, eval_batch: int) -> tuple:
+    """(bytes at the step's peak while it trains, bytes while one of its checkpoints is evaluated
+    live beside its training state, 0 for a step that is not a sweep run) on one GPU, by the
+    formula above. eval_batch: the evaluation's micro-batch."""
+    g = sz["config"]
+    P, W, GT = sz["params"], 4 * sz["params"], 4 * gt_params
+    act = lambda tokens: tokens * (ACT_LAYER * g.n_layer * g.n_embd + ACT_VOCAB * g.vocab_size)
+    kv = lambda seqs: seqs * PAIR_LEN * g.n_layer * 2 * g.n_embd * 2  # a KV cache in bf16
+    fwd = lambda seqs: seqs * PAIR_LEN * EVAL_VOCAB * g.vocab_size
+    evaluation = lambda b: kv(b) + fwd(b)  # sample b completions, then their KL's forwards
+    if kind == "pairs":  # the SFT model samples, the ground truth scores
+        return W + GT + kv(c.chunk * c.samples), 0.0
+    if kind.startswith("optimum"):
+        return W * (1 + len(set(c.policies))) + GT + evaluation(c.micro_batch), 0.0
+    if kind == "evaluate":  # the reference, a policy, the ground truth, the RM for best-of-N
+        return 3 * W + GT + evaluation(c.micro_batch), 0.0
+    optimizer = 4 * P if getattr(c, "optimizer", "adamw") == "rmsprop" else 8 * P
+    static = W + optimizer  # between steps: weights and optimizer state (gradients are freed)
+    tokens = {"sft": c.micro_batch * getattr(c, "max_len", 0),
+              "ground truth": c.micro_batch * getattr(c, "max_len", 0),
+              "preferred-ft": c.micro_batch * PAIR_LEN, "ppo": c.micro_batch * PAIR_LEN,
+              }.get(kind, 2 * c.micro_batch * PAIR_LEN)  # DPO, the RM: both sides of a pair
+    step = 4 * P + act(tokens)  # during a step: the gradients and the activations
+    frozen, sample = 0.0, 0.0
+    if kind in ("ppo", "online dpo"):  # the reference, the reward's model; their sampling
+        frozen = W + (GT if c.reward == "gt" else W)
+        sample = kv(c.gen_batch) + fwd(c.micro_batch)
+    train = static + frozen + max(step, sample)
+    live = 0.0
+    if kind in ("dpo", "preferred-ft", "ppo", "online dpo"):  # a sweep run, evaluated live:
+        live = static + frozen + 2 * W + GT + evaluation(eval_batch)  # + reference, checkpoint
+    return train, live
+
+
 def model_config(cfg):
     """(name, GPTConfig, compact vocabulary or None) of the sweep's model, from the preset (a
     local --base_model: its config.json)."""
@@ -111,7 +157,7 @@ def sizes(cfg) -> dict:
     with torch.device("meta"):
         model = GPT(gcfg)
     shapes = {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    return dict(name=name, params=model.num_params(non_embedding=False),
+    return dict(name=name, params=model.num_params(non_embedding=False), config=gcfg,
                 model=safetensors_bytes(shapes, {"format": "pt"})
                 + len(json.dumps(config_to_hf(gcfg), indent=2))
                 + (len(json.dumps(vocab)) if vocab else 0),
@@ -202,6 +248,7 @@ def budget(cfg, steps) -> tuple[list[dict], dict]:
     final = steps[-1][2]
     n_pairs = pairs.n_prefixes * pairs.samples * (pairs.samples - 1) // 2
     rows = []
+    gt_params = roberta_params() if rate else 0.0
     for name, _, c in steps:
         kind, n_steps, examples, unit = stage(c, pairs)
         every = getattr(c, "save_every", None)
@@ -235,9 +282,44 @@ def budget(cfg, steps) -> tuple[list[dict], dict]:
             ckpt_bytes=sz["model"] + head * sz["head"] + rm_json,
             best=kind in ("reward model", "ground truth"), state_bytes=state, file_bytes=files,
             seconds=t, sweep=sweep, evaluated=len(picked) if sweep else 0,
+            gpu=gpu_memory(kind, c, sz, gt_params, final.micro_batch) if rate else (0.0, 0.0),
             eval_seconds=seconds("checkpoint", (len(picked) + first) * final.n_prefixes, c, rate)
             if sweep else 0.0))
     return rows, dict(sz, rate=rate)
+
+
+def roberta_params() -> int:
+    """Parameters of the ground truth of the GPU presets (RoBERTa-large: siebert's shape)."""
+    import torch
+
+    from roberta import RobertaClassifier, RobertaConfig
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in RobertaClassifier(RobertaConfig()).parameters())
+
+
+def print_gpu_memory(cfg, rows: list[dict]):
+    """The peak GPU memory of the sweep by the formula of gpu_memory, step by step, and whether it
+    fits GPU_CARD; where a live evaluation is what overflows, the flag that moves it after each
+    run (when the training state is gone)."""
+    gb = lambda b: f"{b / 1e9:.1f} GB"
+    train = max(rows, key=lambda r: r["gpu"][0])
+    live = max(rows, key=lambda r: r["gpu"][1])
+    after = max(r["gpu"][0] for r in rows)  # evaluating after each run: the final one's peak
+    print(f"GPU memory (bf16, estimated by plumbing/plan.py's gpu_memory, fit to two measured "
+          f"gpt2-large steps): training peak {gb(train['gpu'][0])} ({train['name']}); "
+          f"evaluating a checkpoint while its run trains {gb(live['gpu'][1])} ({live['name']}).")
+    peak = after if cfg.keep_checkpoints else max(after, live["gpu"][1])
+    if peak <= GPU_CARD:
+        print(f"  fits a {GPU_CARD / 1e9:.0f} GB card ({gb(peak)} at most).")
+    elif after <= GPU_CARD:
+        print(f"  over a {GPU_CARD / 1e9:.0f} GB card by the live evaluation (it loads the "
+              f"reference, the checkpoint and the ground truth beside the run's training state); "
+              f"--keep_checkpoints evaluates each run after it instead (peak {gb(after)}: fits), "
+              f"at the disk cost of keeping every checkpoint (above).")
+    else:
+        print(f"  over a {GPU_CARD / 1e9:.0f} GB card ({gb(after)} in training): smaller "
+              f"--micro_batch values or a larger card.")
 
 
 def disk(rows: list[dict], keep_checkpoints: bool = False, keep_last: bool = True):
@@ -277,14 +359,16 @@ def print_plan(cfg, steps) -> dict:
     if any(getattr(c, "patience", 0) for _, _, c in steps):
         print("Early stopping (patience) may end a run before its steps: for such runs the steps, "
               "checkpoints, disk and time below are the most they can take.")
+    gpu = sz["rate"] is not None  # a GPU preset: its memory per step (gpu_memory)
     print(f"{'':>3} {'step':<25}{'opt. steps':>10} {'examples':>25} {'ckpts':>7} {'each':>9} "
-          f"{'time':>8} {'+ eval':>7}")
+          f"{'time':>8} {'+ eval':>7}" + (f" {'GPU GB':>11}" if gpu else ""))
     for i, r in enumerate(rows, 1):
         ex = f"{r['examples']:,} {r['unit']}" if r["examples"] else ""
         ck = (f"{r['ckpts']}" + ("+best" if r["best"] else "")) if r["ckpts"] else ""
+        mem = f"{r['gpu'][0] / 1e9:.1f}" + (f"/{r['gpu'][1] / 1e9:.1f}" if r["gpu"][1] else "")
         print(f"{i:>3} {r['name']:<25}{r['steps'] or '':>10} {ex:>25} {ck:>7} "
               f"{gb(r['ckpt_bytes']) if r['ckpts'] else '':>9} {hm(r['seconds']):>8} "
-              f"{hm(r['eval_seconds']) if r['sweep'] else '':>7}")
+              f"{hm(r['eval_seconds']) if r['sweep'] else '':>7}" + (f" {mem:>11}" if gpu else ""))
     d = {k: disk(rows, **kw) for k, kw in (("pruned", {}), ("no_keep_last", dict(keep_last=False)),
                                           ("keep_checkpoints", dict(keep_checkpoints=True)))}
     mode = ("keep_checkpoints" if cfg.keep_checkpoints else
@@ -300,6 +384,8 @@ def print_plan(cfg, steps) -> dict:
         peak, at, end = d[k]
         print(f"{'*' if k == mode else ' '} {gb(peak):>10} ({at}), {gb(end)} at the end: {what}")
     print("  not counted: the Hugging Face cache (the base model, siebert 1.4 GB, IMDb)")
+    if gpu:
+        print_gpu_memory(cfg, rows)
     total = sum(r["seconds"] + r["eval_seconds"] for r in rows)
     if sz["rate"] is None:
         basis = ("scaled from the tiny preset's stage times on a 2-core CPU (docs/results.md; "

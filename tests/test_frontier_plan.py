@@ -418,3 +418,30 @@ def test_a_mixture_optimum_whose_policies_were_pruned(tmp_path, capsys):
     ran.clear()
     frontier.run_step(*args)
     assert ran == [] and "its policies' checkpoints are gone" in capsys.readouterr().out
+
+
+def test_the_gpu_memory_plan(capsys):
+    """plan.gpu_memory reproduces the two steps measured on an H100 (docs/benchmarks.md:
+    gpt2-large, micro-batch 16, SFT 128 tokens with AdamW 15.1 GB, DPO pairs of 56 tokens with
+    RMSprop 11.8 GB) within 3 %; the GPU presets' plans show each step's memory and say whether a
+    24 GB card holds the sweep, and with which flag; the CPU preset's shows none."""
+    from dpo import DPOConfig
+    from sft import SFTConfig
+
+    sz = budget.sizes(frontier.FrontierConfig(preset="paper"))
+    gt = budget.roberta_params()
+    assert 355e6 < gt < 356e6  # RoBERTa-large
+    sft = budget.gpu_memory("sft", SFTConfig(micro_batch=16, max_len=128), sz, gt, 32)
+    dpo = budget.gpu_memory("dpo", DPOConfig(micro_batch=16), sz, gt, 32)
+    assert sft[0] == pytest.approx(15.1e9, rel=0.03) and dpo[0] == pytest.approx(11.8e9, rel=0.03)
+    assert sft[1] == 0 and dpo[1] > dpo[0]  # SFT is no sweep run; DPO's live evaluation adds
+    frontier.main(frontier.FrontierConfig(preset="paper", plan=True))
+    out = capsys.readouterr().out
+    assert "GPU GB" in out and "over a 24 GB card by the live evaluation" in out
+    assert "--keep_checkpoints evaluates each run after it instead" in out
+    frontier.main(frontier.FrontierConfig(preset="paper", plan=True, keep_checkpoints=True))
+    assert "fits a 24 GB card" in capsys.readouterr().out
+    frontier.main(frontier.FrontierConfig(preset="gpt2", plan=True))
+    assert "fits a 24 GB card" in capsys.readouterr().out
+    frontier.main(frontier.FrontierConfig(preset="tiny", plan=True))
+    assert "GPU" not in capsys.readouterr().out
