@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from plumbing.utils import hub_reachable, seed_for
+from plumbing.utils import hub_reachable, load_files, seed_for
 from synthetic.reviews import SPLITS, synthetic_reviews, vocab_words
 
 GPT2_EOS = 50256
@@ -154,10 +154,13 @@ def _load_dataset(source: str, split: str):
     import datasets
 
     if os.path.isfile(source) and source.endswith(".parquet"):
-        return datasets.load_dataset("parquet", data_files=source, split="train")
+        return load_files("parquet", [source])
     if os.path.isdir(source):
         if os.path.exists(os.path.join(source, "dataset_dict.json")):
-            dd = datasets.load_from_disk(source)
+            try:
+                dd = datasets.load_from_disk(source)
+            except Exception as e:  # a save_to_disk folder cut short, ...
+                raise ValueError(f"could not read {source}: {type(e).__name__}: {e}") from None
             if split not in dd:
                 raise FileNotFoundError(f"{source} has splits {list(dd)}, not {split!r}")
             return dd[split]
@@ -165,7 +168,7 @@ def _load_dataset(source: str, split: str):
                        + glob.glob(os.path.join(source, "**", f"{split}.parquet"), recursive=True))
         if not files:
             raise FileNotFoundError(f"{source} has no {split}-*.parquet file (IMDb's hub layout)")
-        return datasets.load_dataset("parquet", data_files=files, split="train")
+        return load_files("parquet", files)
     if not hub_reachable() and not os.environ.get("HF_HUB_OFFLINE"):  # fail now, not after retries
         raise OSError(f"could not load dataset '{source}': the Hugging Face hub is unreachable; "
                       f"pass a local folder of parquet files in the hub layout instead "
@@ -333,6 +336,22 @@ def split_pairs(rows, eval_size, seed):
         n += counts[p]
     is_held = [tuple(r["prompt_ids"]) in held for r in rows]
     return ([i for i, h in enumerate(is_held) if not h], [i for i, h in enumerate(is_held) if h])
+
+
+def check_held_out(rows, held: list[int], eval_size: int, seed: int, what: str):
+    """Refuse a held-out set that leaves too little to train on: fewer training rows than held-out
+    ones (the rule: --eval_size takes at most half of a file). The error names the largest
+    --eval_size that passes (split_pairs is nested, so a binary search finds it)."""
+    n = len(rows)
+    if 2 * len(held) <= n:
+        return
+    lo, hi = 0, eval_size
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if 2 * len(split_pairs(rows, mid, seed)[1]) <= n else (lo, mid - 1)
+    raise ValueError(f"--eval_size {eval_size} holds out {len(held)} of the {n} rows of {what} "
+                     f"and leaves {n - len(held)} to train on, fewer than it holds out (it may "
+                     f"take at most half): pass --eval_size {lo} or less, or 0 for none")
 
 
 def collate_pairs(rows: list[dict], pad_id: int):

@@ -21,7 +21,14 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from data import check_pairs, collate_pairs, load_tokenizer, split_pairs, stream_indices
+from data import (
+    check_held_out,
+    check_pairs,
+    collate_pairs,
+    load_tokenizer,
+    split_pairs,
+    stream_indices,
+)
 from model import GPT, gpt_folder, token_logprobs
 
 from plumbing.flags import arg
@@ -307,6 +314,8 @@ def main(cfg: DPOConfig, on_checkpoint=None):
     ref_path = gpt_folder(cfg.ref or cfg.init)
     # the same held-out prompts for every run on this pairs file (always keeps one to train on)
     train_idx, eval_idx = split_pairs(rows, cfg.eval_size, cfg.split_seed)
+    check_held_out(rows, eval_idx, cfg.eval_size, cfg.split_seed, cfg.pairs)  # at most half
+    run.say(f"{len(train_idx)} train / {len(eval_idx)} held out: {cfg.pairs}")
     run.start()  # the inputs are good: now the run folder
     # computed once by the first process (or found in the cache), then read by the others
     ref_c, ref_r = run.first_then_others(reference_logps, ref_path, cfg.pairs, rows, tok.eos_id,

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from data import (
     Tokenizer,
+    check_held_out,
     check_pairs,
     collate,
     held_out_sample,
@@ -207,6 +208,7 @@ def rm_data(cfg: RMConfig, tok: Tokenizer, gcfg):
     if cfg.objective == "bt":
         rows = check_pairs(read_jsonl(cfg.pairs), cfg.pairs, gcfg.block_size, gcfg.vocab_size)
         train, held = split_pairs(rows, cfg.eval_size, cfg.split_seed)
+        check_held_out(rows, held, cfg.eval_size, cfg.split_seed, cfg.pairs)  # at most half
         return [rows[i] for i in train], [rows[i] for i in held]
     texts, labels = load_reviews(cfg.dataset, "train")
     test, test_labels = load_reviews(cfg.dataset, "test")
@@ -259,6 +261,8 @@ def train(cfg: RMConfig):
     train_ex, held_ex = rm_data(cfg, tok, model.gpt.config)
     if not held_ex:
         raise ValueError("no validation examples: raise --eval_size or add data")
+    run.say(f"{len(train_ex)} train / {len(held_ex)} held out: " + (
+        cfg.pairs if cfg.objective == "bt" else f"{cfg.dataset} (held out: its test split)"))
     run.start()  # the inputs are good: now the run folder
     steps = max(1, cfg.epochs * len(train_ex) // cfg.batch_size)
     opt = adamw(model.parameters(), cfg.lr, run.device, weight_decay=0.0)

@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from data import (
     Tokenizer,
+    check_held_out,
     check_pairs,
     collate,
     held_out_sample,
@@ -101,13 +102,15 @@ def build_model(cfg: SFTConfig, resume_from: str | None) -> tuple[GPT, Tokenizer
 def build_data(cfg: SFTConfig, tok: Tokenizer):
     """(prompts, completions) for training and for the held-out loss; the loss covers completions.
     Reviews: empty prompt, the review (+ EOS) as completion. Pairs: the chosen side of every pair,
-    with about eval_size pairs' prompts held out (data.split_pairs). Completions: each prompt and
-    its reference completion (TL;DR's SFT set), held out the same way."""
+    with about eval_size pairs' prompts held out (data.split_pairs; at most half the file,
+    data.check_held_out). Completions: each prompt and its reference completion (TL;DR's SFT
+    set), held out the same way."""
     if cfg.pairs and cfg.completions:
         raise ValueError("--pairs and --completions are two different training sets: pass one")
     if cfg.completions:
         rows = check_completions(read_jsonl(cfg.completions), cfg.completions)
         train_idx, held_idx = split_pairs(rows, cfg.eval_size, cfg.split_seed)
+        check_held_out(rows, held_idx, cfg.eval_size, cfg.split_seed, cfg.completions)
         return tuple(([rows[i]["prompt_ids"] for i in idx],
                       [rows[i]["completion_ids"] for i in idx]) for idx in (train_idx, held_idx))
     if cfg.pairs is None:
@@ -118,6 +121,7 @@ def build_data(cfg: SFTConfig, tok: Tokenizer):
         return ([[]] * len(train), train), ([[]] * len(held), held)
     rows = check_pairs(read_jsonl(cfg.pairs), cfg.pairs)
     train_idx, held_idx = split_pairs(rows, cfg.eval_size, cfg.split_seed)
+    check_held_out(rows, held_idx, cfg.eval_size, cfg.split_seed, cfg.pairs)
 
     # Preferred-FT is SFT on the chosen completions of the preference dataset (paper §6): one
     # sequence per pair, not per distinct completion. With 4 samples and all 6 pairs of a prompt,
@@ -172,6 +176,8 @@ def main(cfg: SFTConfig, on_checkpoint=None):
     (train_p, train_c), (held_p, held_c) = build_data(cfg, tok)
     if not train_p:
         raise ValueError("no training sequences")
+    run.say(f"{len(train_p)} train / {len(held_p)} held out: "
+            f"{cfg.pairs or cfg.completions or cfg.dataset + ' (held out: its test split)'}")
     run.start()  # the inputs are good: now the run folder
     model.to(device).train()
     evaluate = lambda: eval_loss(model, held_p, held_c, tok.eos_id, cfg.micro_batch, device)

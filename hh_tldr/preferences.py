@@ -14,7 +14,10 @@ chat messages), and the synthetic dialogues of the offline tiny preset (syntheti
 Output: one JSON object a line. Pairs (hh, tldr, pairs formats) have data.PAIR_KEYS, with
 reward_chosen = reward_rejected = null (human labels carry no scalar reward); completions (tldr_sft)
 have COMPLETION_KEYS. Ids are GPT-2 BPE (or a compact vocabulary, --tokenizer); every response ends
-with EOS unless it was truncated; the texts are the decoded ids, for reading.
+with EOS unless it was truncated; the texts are the decoded ids, for reading. Beside it,
+<out>.config.json holds the flags that wrote it (run.py reuses a file of the same flags; the
+win-rate plot names the dataset from it). One input file is one split: --split on it is an error
+unless the file has a "split" column.
 
 Conventions (the official DPO repo is eric-mitchell/direct-preference-optimization,
 preference_datasets.py):
@@ -54,8 +57,8 @@ from dataclasses import dataclass
 from data import PAIR_KEYS, Tokenizer, _load_dataset, load_tokenizer
 
 from plumbing.flags import arg, check_fields
-from plumbing.runs import run_main
-from plumbing.utils import atomic_write, resolve_checkpoint, seed_for
+from plumbing.runs import config_dict, run_main
+from plumbing.utils import atomic_write, atomic_write_json, load_files, resolve_checkpoint, seed_for
 from synthetic.dialogues import SYNTHETIC_SIZES, dialogue_vocab, synthetic_dialogues
 
 FORMATS = ("auto", "hh", "tldr", "tldr_sft", "pairs")
@@ -72,7 +75,8 @@ TLDR = "TL;DR:"
 class PreferencesConfig:
     dataset: str = arg("Anthropic/hh-rlhf",
                        'hub name, local folder/.parquet/.jsonl, or "synthetic"')
-    split: str = arg("train", "train | test (TL;DR comparisons: valid1, valid2; TL;DR SFT: valid)")
+    split: str | None = arg(None, "train (None: train; one file without a 'split' column: all "
+                            "its rows) | test (TL;DR comparisons: valid1, valid2; SFT set: valid)")
     out: str = arg("data/hh_train.jsonl", "the JSONL written (atomically; nothing on bad input)")
     format: str = arg("auto", "auto (from the columns) | hh | tldr | tldr_sft | pairs")
     tokenizer: str = arg("auto",
@@ -88,19 +92,25 @@ class PreferencesConfig:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_split(source: str, split: str, seed: int = 0):
-    """A split as a datasets.Dataset. data._load_dataset reads hub names, .parquet files, folders
-    of {split}-*.parquet and save_to_disk folders; JSON lines, HH's own layout on the hub
-    (helpful-base/train.jsonl.gz, ...), are read here."""
+def load_split(source: str, split: str | None, seed: int = 0):
+    """A split as a datasets.Dataset (split None: "train"). data._load_dataset reads hub names,
+    .parquet files, folders of {split}-*.parquet and save_to_disk folders; JSON lines, HH's own
+    layout on the hub (helpful-base/train.jsonl.gz, ...), are read here. One file holds one split
+    unless it has a "split" column (file_split)."""
     import datasets
 
     if source == "synthetic":
+        split = split or "train"
         if split not in SYNTHETIC_SIZES:
             raise ValueError(f"the synthetic dialogues have splits "
                              f"{', '.join(SYNTHETIC_SIZES)}, not {split!r}")
         seed = seed_for(seed, list(SYNTHETIC_SIZES).index(split))
         return datasets.Dataset.from_list(synthetic_dialogues(SYNTHETIC_SIZES[split], seed))
-    files = [source] if os.path.isfile(source) and re.search(r"\.jsonl?(\.gz)?$", source) else []
+    if os.path.isfile(source):
+        json_lines = re.search(r"\.jsonl?(\.gz)?$", source)
+        return file_split(load_files("json", [source]) if json_lines else
+                          _load_dataset(source, "train"), source, split)
+    split, files = split or "train", []
     if os.path.isdir(source) and not os.path.exists(os.path.join(source, "dataset_dict.json")):
         def find(ext):
             return sorted(f for pattern in (f"{split}{ext}", f"{split}-*{ext}") for f in
@@ -111,8 +121,26 @@ def load_split(source: str, split: str, seed: int = 0):
                 raise FileNotFoundError(f"{source} has no {split}-*.parquet or {split}.jsonl "
                                         f"file (the hub layout)")
     if files:
-        return datasets.load_dataset("json", data_files=files, split="train")
+        return load_files("json", files)
     return _load_dataset(source, split)
+
+
+def file_split(ds, source: str, split: str | None):
+    """The rows of one file that --split asks for: those of its "split" column (train without
+    --split); with no such column, every row, and --split is an error (it would label every row
+    as that split: test rows trained on)."""
+    if "split" not in ds.column_names:
+        if split is not None:
+            raise ValueError(f"--split {split}: {source} is one file without a 'split' column, so "
+                             f"every row would be taken as {split}; give a folder with "
+                             f"{split}.jsonl in the hub layout, a 'split' column, or no --split "
+                             f"(every row)")
+        return ds
+    split, found = split or "train", sorted(set(map(str, ds["split"])))
+    if split not in found:
+        raise ValueError(f"--split {split}: the 'split' column of {source} holds "
+                         f"{', '.join(found)}")
+    return ds.filter(lambda s: s == split, input_columns="split")
 
 
 def detect_format(columns, first: dict) -> str:
@@ -302,7 +330,7 @@ def main(cfg: PreferencesConfig) -> dict:
     ds = load_split(cfg.dataset, cfg.split, cfg.seed)
     if cfg.n is not None:
         ds = ds.select(range(min(cfg.n, len(ds))))
-    where = f"{cfg.dataset} ({cfg.split})"
+    where = cfg.dataset + (f" ({cfg.split})" if cfg.split else "")
     if len(ds) == 0:
         raise ValueError(f"{where} has no rows")
     fmt = detect_format(ds.column_names, ds[0]) if cfg.format == "auto" else cfg.format
@@ -323,6 +351,7 @@ def main(cfg: PreferencesConfig) -> dict:
         if counts["written"] == 0:
             raise ValueError(f"every row of {where} was dropped: {dict(counts)}")
     write_atomic(cfg.out, write)
+    atomic_write_json(cfg.out + ".config.json", config_dict(cfg))  # what wrote it (run.py, plots)
 
     seconds = time.time() - t0
     stats = {"format": fmt, "rows": counts["rows"], "written": counts["written"],

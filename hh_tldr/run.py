@@ -20,6 +20,10 @@ The steps, each a script's main(cfg) in this process, each skipped once done (a 
 With --seeds K, steps 2-5 again for seeds 1 .. K-1 (<out_dir>/sft_seed1, ...), then the win
 rates' mean ± standard error over seeds: <out_dir>/winrate_seeds.jsonl and winrate_seeds.png. On
 the synthetic dialogues, each winrate folder also gets correct.jsonl (the dataset's own rule).
+--dataset (and TL;DR's --sft_dataset) reads local copies of the hub datasets, in their layout.
+A finished run keeps what later steps read, as frontier.py: state.pt goes, and the reward model
+keeps its best/ alone (plumbing/prune.py); --keep_checkpoints keeps everything, --plan prints
+the checkpoints and the disk they take.
 """
 
 import json
@@ -45,6 +49,7 @@ from hh_tldr.winrate import WinRateConfig, choose_prompts, load_test, plot_winra
 from hh_tldr.winrate import check_config as check_judge
 from hh_tldr.winrate import main as winrate_main
 from plumbing.flags import arg, check_fields
+from plumbing.prune import prune, saved_steps
 from plumbing.runs import config_dict, is_done, open_run, run_main
 from plumbing.speed import speed_up
 from plumbing.utils import (
@@ -56,7 +61,7 @@ from plumbing.utils import (
     write_folder,
     write_jsonl,
 )
-from synthetic.dialogues import dialogue_reward
+from synthetic.dialogues import SYNTHETIC_SIZES, dialogue_reward, dialogue_vocab
 
 # name: (data steps, sft, dpo, rm, winrate). Data: {split name: PreferencesConfig overrides}; the
 # SFT step reads "sft_data" (pairs: the chosen responses; completions: prompt + reference).
@@ -64,7 +69,9 @@ from synthetic.dialogues import dialogue_reward
 GPT2_STAGES = dict(
     sft=dict(init="gpt2", steps=2000, batch_size=64, micro_batch=8, lr=5e-5, warmup=100,
              max_len=512, save_every=500, eval_every=500),
-    rm=dict(epochs=1, batch_size=64, micro_batch=8, lr=1e-5),
+    # the RM checkpoints rarely (every 1000 of HH's ~2,500 steps: a GPT-2 checkpoint is 0.5 GB);
+    # its best/ is what later steps read, and all its step checkpoints go once it is done
+    rm=dict(epochs=1, batch_size=64, micro_batch=8, lr=1e-5, save_every=1000),
 )
 GPT2_DPO = dict(steps=2000, batch_size=64, micro_batch=8, save_every=500)
 
@@ -123,11 +130,17 @@ class ExperimentConfig:
     out_dir: str | None = arg(None, "default runs/<experiment>_<preset>")
     base_model: str | None = arg(None,
                                  "override the preset's base model (e.g. a local GPT-2 folder)")
+    dataset: str | None = arg(None, "override the preset's preference data: a local folder in "
+                              "the hub layout (Anthropic/hh-rlhf; TL;DR's comparisons)")
+    sft_dataset: str | None = arg(None, "tldr: override its SFT set (SFT on its train split, "
+                                  "the win rates on its test split): a local folder")
     judge: str | None = arg(None,
                             "openai:<model> or rm:<folder> (default: the learned reward model)")
     device: str = arg("auto", "cuda > mps > cpu", "device")
     seeds: int = arg(
         1, "SFT, DPO, RM and win rates repeated with seeds 0 .. K-1 (the data is one)", "> 0")
+    keep_checkpoints: bool = arg(False, "keep every checkpoint and state.pt of every run")
+    plan: bool = arg(False, "print each run's steps, checkpoints and the disk; run nothing")
 
 
 # ----------------------------------------------------------------------------- checkpoint choice
@@ -194,8 +207,8 @@ def plan(cfg: ExperimentConfig):
     data = {name: os.path.join(out, "data", f"{name}.jsonl") for name in p["data"]}
     # with --base_model the data is tokenized by that model's tokenizer (not a compact one)
     tokenizer = {"tokenizer": cfg.base_model} if cfg.base_model else {}
-    steps = [(f"data: {name}", preferences_main, PreferencesConfig(out=data[name],
-                                                                   **{**kw, **tokenizer}))
+    steps = [(f"data: {name}", preferences_main, PreferencesConfig(
+        out=data[name], **{**kw, **tokenizer, **local_data(cfg, p, kw["dataset"])}))
              for name, kw in p["data"].items()]
     common = dict(device=cfg.device)
     source = ({"completions": data["sft"]} if p["sft_data"] == "sft"
@@ -227,6 +240,19 @@ def plan(cfg: ExperimentConfig):
     return steps
 
 
+def local_data(cfg: ExperimentConfig, p: dict, dataset: str) -> dict:
+    """A data step's --dataset or --sft_dataset: the preset's preference data (that of its train
+    split) is --dataset, TL;DR's SFT set (its SFT and test splits) --sft_dataset."""
+    if cfg.preset == "tiny" and (cfg.dataset or cfg.sft_dataset):
+        raise ValueError("--dataset: the tiny preset trains on the synthetic dialogues (its "
+                         "vocabulary and its rule are theirs); local data takes --preset gpt2")
+    if cfg.sft_dataset and "sft" not in p["data"]:
+        raise ValueError(f"--sft_dataset: {cfg.experiment}'s SFT is on the chosen responses of "
+                         f"--dataset; only tldr has an SFT set")
+    local = cfg.dataset if dataset == p["data"]["train"]["dataset"] else cfg.sft_dataset
+    return {"dataset": local} if local else {}
+
+
 def finished(c) -> bool:
     """Whether a step is done, for the config it has now: a data file or run folder made with
     another config (another preset in the same --out_dir, an edited preset) is an error, never
@@ -247,11 +273,85 @@ def finished(c) -> bool:
         if not (os.path.isfile(c.out) and os.path.isfile(sidecar)):
             return False  # not written, or killed before its config: convert (again)
         with open(sidecar) as f:
-            if json.load(f) != config_dict(c):
-                raise ValueError(f"{c.out} was written with another config ({sidecar}); "
-                                 f"delete it or choose another --out_dir")
+            old, new = json.load(f), config_dict(c)
+        if old != new:
+            key = next(k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
+            raise ValueError(f"{c.out} was written with another config ({sidecar}; {key}: "
+                             f"{old.get(key)!r} there, {new.get(key)!r} now); delete it or "
+                             f"choose another --out_dir")
         return True
     return open_run(c) and is_done(c.out_dir)  # open_run refuses another config
+
+
+# ----------------------------------------------------------------------------- --plan
+# The train rows of the presets' datasets (HH: its four train files; TL;DR: the comparisons' train
+# split), for a plan made before the data step has written its file; a written file is counted.
+TRAIN_ROWS = {"Anthropic/hh-rlhf": 160_800, "CarperAI/openai_summarize_comparisons": 92_534,
+              "synthetic": SYNTHETIC_SIZES["train"]}
+
+
+def print_plan(cfg: ExperimentConfig, steps) -> dict:
+    """--plan: each run's optimizer steps and checkpoints, and the peak disk of the experiment's
+    runs as main prunes them (and with --keep_checkpoints): plumbing/plan.py's disk(), from the
+    model's shapes on the meta device. Nothing is loaded or run; the data files are not counted."""
+    import torch
+
+    from model import GPTConfig, config_from_hf
+
+    from plumbing.plan import GPT2_SIZES, STATE_EXTRA, disk, safetensors_bytes
+    from plumbing.utils import read_hf_config
+
+    p = PRESETS[cfg.experiment, cfg.preset]
+    s = next(c for _, _, c in steps if isinstance(c, SFTConfig))
+    if s.init in GPT2_SIZES:
+        L, H, C = GPT2_SIZES[s.init]
+        gcfg = GPTConfig(n_layer=L, n_head=H, n_embd=C)
+    elif s.init != "scratch":
+        gcfg = config_from_hf(read_hf_config(s.init))
+    else:
+        vocab = len(dialogue_vocab()) + 1 if s.vocab == "dialogue" else GPTConfig.vocab_size
+        gcfg = GPTConfig(block_size=s.block_size, vocab_size=vocab, n_layer=s.n_layer,
+                         n_head=s.n_head, n_embd=s.n_embd)
+    with torch.device("meta"):
+        model = GPT(gcfg)
+    ckpt = safetensors_bytes({k: v.shape for k, v in model.state_dict().items()
+                              if k != "lm_head.weight"}, {"format": "pt"})
+    params = model.num_params(non_embedding=False)
+    train = next(c for name, _, c in steps if name == "data: train")
+    n = min(TRAIN_ROWS[p["data"]["train"]["dataset"]], train.n or math.inf)
+    if os.path.isfile(train.out):
+        with open(train.out) as f:
+            n = sum(1 for _ in f)
+    rows = []
+    for name, _, c in steps:
+        if not isinstance(c, (SFTConfig, DPOConfig, RMConfig)):
+            continue
+        left = n - c.eval_size  # the pairs left to train on, as each script counts its steps
+        if isinstance(c, SFTConfig):
+            total = c.steps
+        elif isinstance(c, DPOConfig):
+            total = c.steps or max(1, left // c.batch_size)
+        else:
+            total = max(1, c.epochs * left // c.batch_size)
+        chosen = "select" in p and not isinstance(c, RMConfig)  # + best/, the chosen copy
+        rmsprop = isinstance(c, DPOConfig) and c.optimizer == "rmsprop"
+        rows.append(dict(name=name, steps=total, ckpts=len(saved_steps(total, c.save_every))
+                         + chosen, best=isinstance(c, RMConfig), ckpt_bytes=ckpt, file_bytes=0,
+                         state_bytes=STATE_EXTRA + (4 if rmsprop else 8) * params, sweep=False))
+    gb = lambda b: f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB"
+    source = train.out if os.path.isfile(train.out) else "the dataset's rows, before drops"
+    print(f"{cfg.experiment} {cfg.preset}: {params / 1e6:.1f}M parameters, a checkpoint "
+          f"{gb(ckpt)}; {n:,} train pairs ({source}). A plan: nothing is loaded or run.")
+    for r in rows:
+        kept = "best/ alone" if r["best"] else f"{r['ckpts']}"
+        print(f"  {r['name']:<24}{r['steps']:>7} steps {r['ckpts'] + r['best']:>4} checkpoints "
+              f"({kept} kept)")
+    pruned, kept = disk(rows), disk(rows, keep_checkpoints=True)
+    for (peak, at, end), what in ((pruned, "pruned (state.pt, the RM's step checkpoints)"),
+                                  (kept, "--keep_checkpoints")):
+        mark = "*" if (what == "--keep_checkpoints") == cfg.keep_checkpoints else " "
+        print(f"{mark} disk {gb(peak)} at the peak ({at}), {gb(end)} at the end: {what}")
+    return dict(rows=rows, pruned=pruned, keep_checkpoints=kept)
 
 
 def correct_shares(winrate_dir: str) -> list[dict]:
@@ -277,7 +377,8 @@ def mean_over_seeds(per_seed: list[list[dict]], correct: list[list[dict]]) -> li
         judges = list(dict.fromkeys(seed[k]["judge"] for seed in per_seed))
         judge = judges[0] if len(judges) == 1 else judges[0].split(":")[0] + ": each seed's own"
         row = dict(policy=r["policy"], temperature=r["temperature"], judge=judge,
-                   task=r["task"], expected=r["expected"], seeds=len(per_seed))
+                   task=r["task"], data=r.get("data"), expected=r["expected"],
+                   seeds=len(per_seed))
         row["win_rate"], row["stderr"] = stats([seed[k]["win_rate"] for seed in per_seed])
         if shares:
             key = (r["policy"], r["temperature"])
@@ -292,27 +393,33 @@ def main(cfg: ExperimentConfig):
     for _, _, c in steps:  # every stage's settings, and the judge, before the first one starts
         check_fields(c, paths=False)
     check_judge(steps[-1][2])
+    if cfg.plan:
+        return print_plan(cfg, steps)
     synthetic = PRESETS[cfg.experiment, cfg.preset]["data"]["test"]["dataset"] == "synthetic"
     timings, per_seed, correct = {}, [], []
     for i, (name, fn, c) in enumerate(steps, 1):
         where = getattr(c, "out", None) or c.out_dir
         if finished(c):
             print(f"[{i}/{len(steps)}] {name}: done, skipped ({where})")
-            continue
-        print(f"[{i}/{len(steps)}] {name} -> {where}")
-        t0 = time.time()
-        results = fn(c)
-        if isinstance(c, PreferencesConfig):
-            atomic_write_json(c.out + ".config.json", config_dict(c))
+        else:
+            print(f"[{i}/{len(steps)}] {name} -> {where}")
+            t0 = time.time()
+            results = fn(c)
+            timings[name] = time.time() - t0
+        if isinstance(c, (SFTConfig, DPOConfig, RMConfig)) and not cfg.keep_checkpoints:
+            # as frontier.py: a finished run's state.pt goes, and the RM's step checkpoints
+            # (its best/ is what is read); the policies keep theirs (the tiny preset chooses)
+            prune(c.out_dir, "", keep_last=True, checkpoints=False,
+                  all_steps=isinstance(c, RMConfig))
         if isinstance(c, WinRateConfig):
             per_seed.append(results)
             if synthetic:  # the dataset's rule: how often each policy is right
                 correct.append(correct_shares(c.out_dir))
                 write_jsonl(os.path.join(c.out_dir, "correct.jsonl"), correct[-1])
+                plot_winrate(os.path.join(c.out_dir, "winrate.jsonl"))  # now with it
                 for r in correct[-1]:
                     print(f"{r['policy']:>16}  T={r['temperature']:<5}  correct "
                           f"{r['correct']:.3f} ± {r['stderr']:.3f}  (the dataset's rule)")
-        timings[name] = time.time() - t0
     for name, t in timings.items():
         print(f"  {name}: {t:.0f} s")
     if cfg.seeds == 1:

@@ -121,6 +121,17 @@ def load_test(path: str):
     return kind, out
 
 
+def data_name(path: str) -> str:
+    """The test data's name, for the plot: the dataset and split preferences.py converted the file
+    from (its <file>.config.json), else the file's name."""
+    try:
+        with open(path + ".config.json") as f:
+            c = json.load(f)
+        return str(c["dataset"]) + (f" ({c['split']})" if c.get("split") else "")
+    except (OSError, ValueError, KeyError, TypeError):
+        return os.path.basename(path)
+
+
 def detect_task(kind: str, rows) -> str:
     """--task auto: summarization for TL;DR (its reference summaries, or comparisons whose prompts
     end with preferences.py's "TL;DR:" cue), else dialogue."""
@@ -268,8 +279,8 @@ def main(cfg: WinRateConfig) -> list[dict]:
         for t in cfg.temperatures:
             cs = [c for c in comparisons if c["policy"] == label and c["temperature"] == t]
             results.append(dict(policy=label, checkpoint=folders[name], temperature=t,
-                                judge=cfg.judge, task=task, expected=judge_kind == "rm",
-                                **summarize(cs)))
+                                judge=cfg.judge, task=task, data=data_name(cfg.test),
+                                expected=judge_kind == "rm", **summarize(cs)))
     for c in comparisons:  # the JSONL keeps texts, ids of the response, and the judgment
         del c["prompt_ids"], c["reference_ids"]
     write_jsonl(os.path.join(cfg.out_dir, "comparisons.jsonl"), comparisons)
@@ -339,35 +350,64 @@ def check_ids(rows, gcfg, cfg, name):
 
 
 def plot_winrate(jsonl: str, png: str | None = None) -> str:
+    """winrate_figure(jsonl) as <jsonl>.png (or `png`); returns the PNG's path."""
+    fig = winrate_figure(jsonl)
+    png = png or os.path.splitext(jsonl)[0] + ".png"
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    return png
+
+
+def winrate_figure(jsonl: str):
     """Win rate (y, ± standard error) against sampling temperature (x), one line per policy, as in
-    the paper's Figures 2 (right) and 3. Returns the PNG's path."""
+    the paper's Figures 2 (right) and 3, titled with the test data's name (data_name); beside it,
+    where measured, the share of correct responses by the dataset's own rule (the synthetic
+    dialogues: the rows' "correct", or correct.jsonl beside the file). Each panel's y-axis spans
+    the values and their errors (the win rates' also 0.5, a tie)."""
     from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 
     rows = [r for r in read_jsonl(jsonl) if r.get("win_rate") is not None]
     if not rows:
         raise ValueError(f"{jsonl} holds no win rates to plot")
-    png = png or os.path.splitext(jsonl)[0] + ".png"
-    fig = Figure(figsize=(6, 4.5))
-    ax = fig.subplots()
+    beside = os.path.join(os.path.dirname(jsonl), "correct.jsonl")
+    correct = ([dict(r, win_rate=r["correct"], stderr=r.get("correct_stderr")) for r in rows
+                if r.get("correct") is not None] or
+               [dict(r, win_rate=r["correct"]) for r in read_jsonl(beside)])
+    fig = Figure(figsize=(11 if correct else 6, 4.5))
+    axes = fig.subplots(1, 2 if correct else 1, squeeze=False)[0]
+    expected = "expected " if rows[0].get("expected") else ""
+    task, judge = rows[0].get("task", ""), rows[0].get("judge", "")
+    data = rows[0].get("data") or task  # (files written before the data was named: the task)
+    panel(axes[0], rows, tie=True)
+    axes[0].set_ylabel(f"{expected}win rate vs {'chosen' if task == 'dialogue' else 'reference'}")
+    seeds = f", mean ± SE over {rows[0]['seeds']} seeds" if rows[0].get("seeds") else ""
+    axes[0].set_title(f"{data}: {task}, judge {judge}{seeds}", fontsize=10)
+    if correct:
+        panel(axes[1], correct, tie=False)
+        axes[1].set_ylabel("share of correct responses")
+        axes[1].set_title("correct by the dataset's own rule", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def panel(ax, rows, tie: bool):
+    """One line per policy (± its standard error) over temperature; y spans the values and their
+    errors, with a margin (tie: also the 0.5 line, labelled)."""
     policies = list(dict.fromkeys(r["policy"] for r in rows))
     for k, policy in enumerate(policies):
         pts = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r["temperature"])
         dx = 0.008 * (k - (len(policies) - 1) / 2)  # side by side, so error bars stay apart
         ax.errorbar([r["temperature"] + dx for r in pts], [r["win_rate"] for r in pts],
                     yerr=[r["stderr"] or 0.0 for r in pts], marker="o", capsize=3, label=policy)
-    ax.axhline(0.5, color="gray", lw=0.8, ls="--")
-    ax.set_ylim(0, 1)
+    ends = [r["win_rate"] + s * (r["stderr"] or 0.0) for r in rows for s in (-1, 1)]
+    ends += [0.5] if tie else []
+    lo, hi = min(ends), max(ends)
+    margin = max(0.1 * (hi - lo), 0.01)
+    ax.set_ylim(max(0.0, lo - margin), min(1.0, hi + margin))
+    if tie:
+        ax.axhline(0.5, color="gray", lw=0.8, ls="--", label="0.5: a tie with the reference")
     ax.set_xlabel("sampling temperature")
-    expected = "expected " if rows[0].get("expected") else ""
-    task, judge = rows[0].get("task", ""), rows[0].get("judge", "")
-    ax.set_ylabel(f"{expected}win rate vs {'chosen' if task == 'dialogue' else 'reference'}")
-    ax.set_title(f"{'Anthropic HH dialogue' if task == 'dialogue' else 'TL;DR summarization'}"
-                 f" (judge {judge})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    return png
 
 
 if __name__ == "__main__":

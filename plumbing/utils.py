@@ -249,6 +249,50 @@ def hub_download(repo_id: str, files: tuple) -> str:
     return os.path.dirname(paths[0])
 
 
+def load_files(builder: str, files: list[str]):
+    """datasets.load_dataset of local files, builder "parquet" or "json" (JSON lines, .gz too). A
+    file it cannot read (a line cut off, a corrupt parquet file) is one ValueError naming that
+    file, and for JSON lines the line, instead of datasets' traceback."""
+    import datasets
+    from datasets.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.CRITICAL)  # its own "Failed to load ..." line: ours says it
+    try:
+        return datasets.load_dataset(builder, data_files=files, split="train")
+    except Exception as e:  # datasets' DatasetGenerationError, pyarrow's errors, ...
+        cause = e.__cause__ or e  # the reader's own message, under datasets' generic one
+        reason = f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}"
+        where = next(filter(None, map(unreadable_at, files)), ", ".join(files))
+        raise ValueError(f"could not read {where}" + ("" if ": " in where else f": {reason}")
+                         ) from None
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def unreadable_at(path: str) -> str | None:
+    """Where a data file fails to read: "path:line: ..." for a JSON-lines file with a line that is
+    not JSON (cut off, say), the path for another unreadable file (a parquet file without its
+    footer, a gzip file cut short); None if it reads."""
+    import gzip
+
+    import pyarrow.parquet as pq
+
+    try:
+        if path.endswith(".parquet"):
+            pq.read_metadata(path)
+        elif re.search(r"\.jsonl(\.gz)?$", path):
+            with (gzip.open if path.endswith(".gz") else open)(path, "rt") as f:
+                for n, line in enumerate(f, 1):
+                    try:
+                        json.loads(line) if line.strip() else None
+                    except json.JSONDecodeError:
+                        return f"{path}:{n}: not a JSON object (a line cut off?)"
+    except Exception:  # pyarrow's, gzip's (cut short), a bad UTF-8 byte, ...
+        return path
+    return None
+
+
 def copy_checked(targets: dict, sd: dict, what: str, hint: str = ""):
     """Copy sd into `targets`' tensors: equal key sets and shapes, else an error naming the key."""
     missing, unexpected = sorted(targets.keys() - sd.keys()), sorted(sd.keys() - targets.keys())

@@ -173,7 +173,7 @@ def test_evaluating_every_kth_checkpoint_survives_pruning(tmp_path, monkeypatch)
     results = str(tmp_path / "frontier.jsonl")
     calls = []
 
-    def fake_evaluate(c):  # evaluate.main's bookkeeping, no models
+    def fake_evaluate(c, shared=None):  # evaluate.main's bookkeeping, no models
         seen = prune.evaluated(c.out)
         todo = [p for _, p in checkpoints_of(c.runs[0], c.every)
                 if prune.result_path(p, c.out) not in seen]

@@ -64,9 +64,16 @@ def test_tiny_hh_end_to_end_and_rerun(tmp_path, monkeypatch):
     for name in ("sft", "dpo"):
         chosen = json.loads((tmp_path / "hh" / name / "selected.json").read_text())
         assert (tmp_path / "hh" / name / f"step_{chosen['step']:06d}").is_dir()
+    # pruned as frontier.py prunes: no state.pt in a finished run, the RM its best/ alone
+    for name in ("sft", "dpo", "rm"):
+        assert not (tmp_path / "hh" / name / "state.pt").exists()
+    assert not list_checkpoints(str(tmp_path / "hh" / "rm"))
+    assert (tmp_path / "hh" / "rm" / "best" / "reward_head.json").is_file()
     out = tmp_path / "hh" / "winrate"
     assert read_jsonl(str(out / "winrate.jsonl")) == results
-    assert (out / "winrate.png").stat().st_size > 0
+    assert {r["data"] for r in results} == {"synthetic (test)"}  # the plot's title
+    # drawn again once correct.jsonl is there: two panels side by side, 11 inches at 120 dpi
+    assert int.from_bytes((out / "winrate.png").read_bytes()[16:20], "big") == 1320
     sft_ckpt = list_checkpoints(str(tmp_path / "hh" / "sft"))[-1][1]
     with open(os.path.join(sft_ckpt, "compact_vocab.json")) as f:  # the dialogue vocabulary
         assert json.load(f) == dialogue_vocab()
@@ -98,6 +105,118 @@ def test_base_model_tokenizes_the_data_and_a_bad_judge_fails_first(tmp_path, mon
     with pytest.raises(ValueError, match="OPENAI_API_KEY"):
         hh_tldr.main(hh_tldr.ExperimentConfig(out_dir=str(tmp_path), judge="openai:gpt-4"))
     assert calls == []  # nothing ran
+
+
+H, A = "\n\nHuman:", "\n\nAssistant:"
+
+
+def write_hh_hub_layout(folder, n=12, cut=None):
+    """Anthropic/hh-rlhf's hub layout: <subset>/{train,test}.jsonl.gz of chosen/rejected
+    transcripts. cut: the subset whose train file ends in a line cut off."""
+    import gzip
+
+    for subset in ("helpful-base", "harmless-base"):
+        os.makedirs(folder / subset, exist_ok=True)
+        for split in ("train", "test"):
+            lines = [json.dumps(dict(chosen=f"{H} {subset} {split} question {i}?{A} Yes, {i}.",
+                                     rejected=f"{H} {subset} {split} question {i}?{A} No."))
+                     for i in range(n)]
+            text = "\n".join(lines) + "\n"
+            if subset == cut and split == "train":
+                text = text[:-12]  # the last line loses its end (a copy cut short)
+            with gzip.open(folder / subset / f"{split}.jsonl.gz", "wt") as f:
+                f.write(text)
+    return str(folder)
+
+
+def test_gpu_presets_read_local_datasets(tmp_path):
+    """--dataset (and TL;DR's --sft_dataset) put local folders in the hub layouts where the preset
+    names hub datasets; the data steps convert them; a file converted by hand with the same flags
+    is reused, with other flags refused naming the flag."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hh_tldr.preferences import PreferencesConfig
+    from hh_tldr.preferences import main as convert
+
+    hh = write_hh_hub_layout(tmp_path / "hh-rlhf")
+    cfg = hh_tldr.ExperimentConfig(experiment="hh", preset="gpt2", dataset=hh,
+                                   out_dir=str(tmp_path / "hh_run"))
+    data = [c for name, _, c in hh_tldr.plan(cfg) if name.startswith("data: ")]
+    assert [(c.dataset, c.split) for c in data] == [(hh, "train"), (hh, "test")]
+    for c in data:
+        assert not hh_tldr.finished(c)
+        convert(c)
+        assert hh_tldr.finished(c)
+    assert [len(read_jsonl(c.out)) for c in data] == [24, 24]  # both subsets
+    # converted by hand (python -m hh_tldr.preferences) with the step's flags: reused
+    os.remove(data[0].out)
+    os.remove(data[0].out + ".config.json")
+    convert(PreferencesConfig(dataset=hh, split="train", out=data[0].out))
+    assert hh_tldr.finished(data[0])
+    convert(PreferencesConfig(dataset=hh, split="train", out=data[0].out, max_length=400))
+    with pytest.raises(ValueError, match="another config .*max_length: 400 there, 512 now"):
+        hh_tldr.finished(data[0])
+
+    # TL;DR: the comparisons and the SFT set (its train and test splits), parquet in data/
+    posts = [f"SUBREDDIT: r/cats POST: my cat number {i} sleeps all day." for i in range(8)]
+    for name, split, rows in (
+            ("cmp", "train", [dict(prompt=p, chosen="TL;DR: cat sleeps", rejected="TL;DR: no")
+                              for p in posts]),
+            ("sft", "train", [dict(prompt=p + "\nTL;DR:", label=" cat sleeps") for p in posts]),
+            ("sft", "test", [dict(prompt=p + "\nTL;DR:", label=" cat naps") for p in posts])):
+        os.makedirs(tmp_path / name / "data", exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows),
+                       tmp_path / name / "data" / f"{split}-00000-of-00001-abc.parquet")
+    cfg = hh_tldr.ExperimentConfig(experiment="tldr", preset="gpt2", dataset=str(tmp_path / "cmp"),
+                                   sft_dataset=str(tmp_path / "sft"),
+                                   out_dir=str(tmp_path / "tldr_run"))
+    data = {name[6:]: c for name, _, c in hh_tldr.plan(cfg) if name.startswith("data: ")}
+    assert {k: (os.path.basename(c.dataset), c.split) for k, c in data.items()} == {
+        "train": ("cmp", "train"), "test": ("sft", "test"), "sft": ("sft", "train")}
+    formats = {k: convert(c)["format"] for k, c in data.items()}
+    assert formats == {"train": "tldr", "test": "tldr_sft", "sft": "tldr_sft"}
+    assert read_jsonl(data["test"].out)[0]["completion"] == " cat naps"
+
+    with pytest.raises(ValueError, match="--sft_dataset: hh's SFT"):
+        hh_tldr.plan(hh_tldr.ExperimentConfig(preset="gpt2", sft_dataset=hh))
+    with pytest.raises(ValueError, match="tiny preset trains on the synthetic dialogues"):
+        hh_tldr.plan(hh_tldr.ExperimentConfig(preset="tiny", dataset=hh))
+
+
+def test_cut_off_jsonl_line_is_one_error_line_and_writes_nothing(tmp_path):
+    """A local HH copy whose train file ends in a cut-off line, through the command line: one
+    `error:` line naming the file and the line (not datasets' traceback), nothing written."""
+    import subprocess
+    import sys
+
+    hh = write_hh_hub_layout(tmp_path / "hh-rlhf", cut="harmless-base")
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "hh_tldr.run", "--experiment", "hh", "--preset",
+                        "gpt2", "--dataset", hh, "--out_dir", str(out)],
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if ln.strip()]
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert sum("error:" in ln for ln in lines) == 1, lines
+    bad = os.path.join(hh, "harmless-base", "train.jsonl.gz")
+    assert lines[-1] == f"error: could not read {bad}:12: not a JSON object (a line cut off?)"
+    assert not out.exists()
+
+
+def test_gpt2_presets_save_the_rm_rarely_and_plan_their_disk(tmp_path, capsys):
+    """--plan: the RM of a GPU preset writes a few checkpoints (each 0.5 GB), and its step
+    checkpoints and every state.pt go once a run is done: the peak and the end in GB."""
+    for experiment in ("hh", "tldr"):
+        cfg = hh_tldr.ExperimentConfig(experiment=experiment, preset="gpt2", plan=True,
+                                       out_dir=str(tmp_path / experiment))
+        plan = hh_tldr.main(cfg)
+        assert not (tmp_path / experiment).exists()  # a plan runs nothing
+        rm = next(r for r in plan["rows"] if r["name"] == "reward model")
+        assert rm["best"] and rm["ckpts"] <= 4 and rm["ckpt_bytes"] > 4.9e8
+        (peak, _, end), (_, _, end_kept) = plan["pruned"], plan["keep_checkpoints"]
+        assert peak < 8.5e9 and end < 5e9 < end_kept  # the RM every 100 steps: 17 GB
+    assert "* disk" in capsys.readouterr().out
 
 
 def test_sft_on_completions(tmp_path):
@@ -194,6 +313,7 @@ def test_tiny_hh_seeds(tmp_path, monkeypatch):
     seeds = [read_jsonl(str(out / w / "winrate.jsonl")) for w in ("winrate", "winrate_seed1")]
     shares = [read_jsonl(str(out / w / "correct.jsonl")) for w in ("winrate", "winrate_seed1")]
     assert read_jsonl(str(out / "winrate_seeds.jsonl")) == rows
+    assert {r["data"] for r in rows} == {"synthetic (test)"}  # winrate_seeds.png's title
     assert (out / "winrate_seeds.png").stat().st_size > 0
     assert len(rows) == len(seeds[0]) == 6  # SFT, DPO, Best of 2 at T = 0 and 1
     share = [{(c["policy"], c["temperature"]): c["correct"] for c in s} for s in shares]

@@ -6,6 +6,7 @@ and the synthetic dialogues' determinism and rule."""
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -146,6 +147,45 @@ def test_missing_column_names_it_and_the_columns_found(tmp_path):
         P.main(P.PreferencesConfig(dataset=folder, out=str(out)))
     with pytest.raises(FileNotFoundError, match="no test-"):
         P.main(P.PreferencesConfig(dataset=folder, split="test", out=str(out)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_split_of_one_file_is_its_split_column_or_an_error(tmp_path):
+    """One file is one split: --split on it is an error (every row would be labelled that split,
+    test rows trained on) unless the file has a "split" column, whose rows it then picks."""
+    plain = tmp_path / "all.jsonl"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in HH_ROWS))
+    out = tmp_path / "refused" / "pairs.jsonl"
+    for dataset in (plain, write_parquet(tmp_path / "pq", "all", HH_ROWS) + "/"
+                    "all-00000-of-00001.parquet"):
+        with pytest.raises(ValueError, match="--split test: .* without a 'split' column"):
+            P.main(P.PreferencesConfig(dataset=str(dataset), split="test", out=str(out)))
+        assert not (tmp_path / "refused").exists()
+        assert run(tmp_path, dataset)[0]["rows"] == len(HH_ROWS)  # no --split: every row
+    marked = tmp_path / "marked.jsonl"
+    marked.write_text("".join(json.dumps(dict(r, split="test" if i < 3 else "train")) + "\n"
+                              for i, r in enumerate(HH_ROWS)))
+    assert run(tmp_path, marked, split="test")[1] == run(tmp_path, plain, n=3)[1]
+    assert run(tmp_path, marked)[0]["rows"] == len(HH_ROWS) - 3  # no --split: train
+    with pytest.raises(ValueError, match="'split' column of .* holds test, train"):
+        run(tmp_path, marked, split="valid")
+
+
+def test_cut_off_jsonl_line_is_one_error_naming_the_file_and_line(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    text = "".join(json.dumps(dict(prompt=f"Q{i}", chosen=" a", rejected=" b")) + "\n"
+                   for i in range(5))
+    (folder / "train.jsonl").write_text(text[:-15])  # the last line cut off
+    out = tmp_path / "out" / "pairs.jsonl"
+    with pytest.raises(ValueError, match=re.escape(
+            f"could not read {folder / 'train.jsonl'}:5: not a JSON object (a line cut off?)")):
+        P.main(P.PreferencesConfig(dataset=str(folder), split="train", out=str(out)))
+    bad = tmp_path / "bad" / "train-00000-of-00001.parquet"
+    bad.parent.mkdir()
+    bad.write_bytes(b"PAR1 not a parquet file")
+    with pytest.raises(ValueError, match=f"could not read {re.escape(str(bad))}: ArrowInvalid"):
+        P.main(P.PreferencesConfig(dataset=str(bad.parent), out=str(out)))
     assert not (tmp_path / "out").exists()
 
 

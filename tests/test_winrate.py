@@ -480,6 +480,44 @@ def test_bad_inputs(tiny, tmp_path):
                             best_of_policy="ppo"))
 
 
+def test_plot_is_titled_by_its_data_spans_its_values_and_draws_the_correct_share(tmp_path):
+    """The title names the data (the dataset and split preferences.py wrote the test file from,
+    else the file's name), each y-axis spans where its values lie (the win rates' with the
+    labelled 0.5 tie line) and correct.jsonl beside the results is drawn in a second panel."""
+    test = tmp_path / "mine_test.jsonl"
+    test.write_text("")
+    assert winrate.data_name(str(test)) == "mine_test.jsonl"
+    (tmp_path / "mine_test.jsonl.config.json").write_text(json.dumps(
+        dict(dataset="mine", split="test", out=str(test))))
+    assert winrate.data_name(str(test)) == "mine (test)"
+    values = {("SFT", 0.0): 0.598, ("SFT", 1.0): 0.49, ("DPO", 0.0): 0.596, ("DPO", 1.0): 0.535}
+    rows = [dict(policy=p, temperature=t, win_rate=v, stderr=0.01, judge="rm:runs/rm",
+                 task="dialogue", data=winrate.data_name(str(test)), expected=True)
+            for (p, t), v in values.items()]
+    out = tmp_path / "winrate"
+    out.mkdir()
+    write_jsonl(out / "winrate.jsonl", rows)
+    fig = winrate.winrate_figure(str(out / "winrate.jsonl"))
+    [ax] = fig.axes
+    assert ax.get_title().startswith("mine (test): dialogue")
+    lo, hi = ax.get_ylim()
+    assert 0.45 <= lo <= 0.48 and 0.608 <= hi <= 0.65  # 0.48 .. 0.608 and the 0.5 line
+    assert "0.5: a tie with the reference" in [t.get_text() for t in ax.get_legend().texts]
+    write_jsonl(out / "correct.jsonl", [dict(policy=p, temperature=t, correct=c, stderr=0.02, n=50)
+                                        for (p, t), c in zip(values, (0.97, 0.65, 0.96, 0.75))])
+    fig = winrate.winrate_figure(str(out / "winrate.jsonl"))
+    win, correct = fig.axes
+    assert win.get_ylim() == (lo, hi) and "rule" in correct.get_title()
+    assert 0.58 <= correct.get_ylim()[0] <= 0.63 and 0.99 <= correct.get_ylim()[1] <= 1.0
+    assert sorted(y for bars in correct.containers for y in bars.lines[0].get_ydata()) == [
+        0.65, 0.75, 0.96, 0.97]  # one line of each policy's correct shares
+    assert winrate.plot_winrate(str(out / "winrate.jsonl")) == str(out / "winrate.png")
+    # a results file written before the data was named: titled by its task
+    write_jsonl(out / "old.jsonl", [{k: v for k, v in r.items() if k != "data"} for r in rows])
+    assert winrate.winrate_figure(str(out / "old.jsonl")).axes[0].get_title().startswith(
+        "dialogue: dialogue")
+
+
 def test_tldr_task_detection_and_the_judge_reads_the_post_without_the_cue():
     hh = [([1], "\n\nHuman: hi\n\nAssistant:", [2], " hello", 1)]
     tldr = [([1], "SUBREDDIT: r/cats POST: my cat sleeps.\nTL;DR:", [2], " cat sleeps", 1)]
