@@ -5,10 +5,12 @@ the CPU for the gpt2 preset.
 
 Kept as the preset has them: the model sizes, sequence lengths, micro-batches, generation
 batches, best-of-N values, the number of training prompts loaded, and the code path of every
-stage. Cut: the steps (2 per run, a checkpoint and a held-out evaluation at each), the sweeps (one
-value each, seed 0), the pairs (one sampling chunk), the held-out sets (one micro-batch) and the
-test prefixes (one micro-batch; the optimum's: one prefix, M samples). Its numbers mean nothing:
-the weights are random.
+stage. Cut: the steps (2 per run, a checkpoint and a held-out evaluation at each; PPO one pass
+over its rollouts), the sweeps (one value each, seed 0), the pairs (one sampling chunk), the
+held-out sets (one micro-batch) and the test prefixes (one: each checkpoint's evaluation samples
+one completion, best-of-N samples N of it, the optimum M). So the evaluation's sampling and KL
+forwards run below their real micro-batch (best-of-N's largest N aside): a GPU's memory for them
+is planned (frontier.py --plan), not rehearsed. Its numbers mean nothing: the weights are random.
 
 Nothing is downloaded. Under <out_dir>/inputs/ it writes, once, each folder atomically:
   base/          a GPT-2 of the preset's size (config.json, model.safetensors: the hub layout);
@@ -138,12 +140,12 @@ def cut(c):
         kw.update(n_prefixes=c.chunk)
     if "samples" in fields and "refresh_every" in fields:  # online DPO: one generate() per pool
         kw.update(pool_prompts=max(1, c.gen_batch // c.samples))
-    if "mini_batch" in fields:  # PPO: one generate() of gen_batch, its minibatches as they are
-        kw.update(batch_size=max(c.gen_batch, c.mini_batch))
+    if "mini_batch" in fields:  # PPO: one generate() of gen_batch, one pass over its minibatches
+        kw.update(batch_size=max(c.gen_batch, c.mini_batch), ppo_epochs=1)
     if "M" in fields:  # the optimum: one prefix's M samples
         kw.update(n_prefixes=1)
-    elif "best_of" in fields:  # the evaluation: one micro-batch of test prefixes
-        kw.update(n_prefixes=c.micro_batch)
+    elif "best_of" in fields:  # the evaluation: one test prefix (best-of-N: N samples of it,
+        kw.update(n_prefixes=1)  # the largest N a generate() of its real size)
     if "objective" in fields:  # the reward model: at most the pairs of one chunk, one epoch
         kw.update(eval_every=2, save_every=2, eval_size=2 * c.micro_batch)
     return dataclasses.replace(c, **{k: v for k, v in kw.items() if k in fields})
