@@ -4,6 +4,7 @@ TL;DR summarization, each judged by its win rate against the test set's referenc
     python -m hh_tldr.run --experiment hh --preset tiny    # CPU, offline: synthetic dialogues
     python -m hh_tldr.run --experiment hh --preset gpt2 --judge openai:gpt-4-0314
     python -m hh_tldr.run --experiment tldr --preset gpt2  # judge: the learned RM (offline)
+    python -m hh_tldr.run --experiment hh --preset gpt2 --rehearse  # every stage, 2 steps each
 
 The steps, each a script's main(cfg) in this process, each skipped once done (a rerun resumes):
   1. the preference data as pairs files (preferences.py): train and test splits (and the
@@ -26,6 +27,7 @@ keeps its best/ alone (plumbing/prune.py); --keep_checkpoints keeps everything, 
 the checkpoints and the disk they take.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -43,6 +45,7 @@ from reward import train as rm_train
 from sft import SFTConfig
 from sft import main as sft_main
 
+from hh_tldr import rehearse
 from hh_tldr.preferences import PreferencesConfig
 from hh_tldr.preferences import main as preferences_main
 from hh_tldr.winrate import WinRateConfig, choose_prompts, load_test, plot_winrate, sample_block
@@ -50,6 +53,7 @@ from hh_tldr.winrate import check_config as check_judge
 from hh_tldr.winrate import main as winrate_main
 from plumbing.flags import arg, check_fields
 from plumbing.prune import prune, saved_steps
+from plumbing.rehearse import Measured, print_rehearsal
 from plumbing.runs import config_dict, is_done, open_run, run_main
 from plumbing.speed import speed_up
 from plumbing.utils import (
@@ -141,6 +145,9 @@ class ExperimentConfig:
         1, "SFT, DPO, RM and win rates repeated with seeds 0 .. K-1 (the data is one)", "> 0")
     keep_checkpoints: bool = arg(False, "keep every checkpoint and state.pt of every run")
     plan: bool = arg(False, "print each run's steps, checkpoints and the disk; run nothing")
+    rehearse: bool = arg(False, "gpt2: every stage at its real shapes, cut to 2 steps, on a "
+                         "random GPT-2 and synthetic data in the hub layouts "
+                         "(hh_tldr/rehearse.py); default out_dir runs/<experiment>_gpt2_rehearsal")
 
 
 # ----------------------------------------------------------------------------- checkpoint choice
@@ -202,7 +209,13 @@ def plan(cfg: ExperimentConfig):
         raise ValueError(f"--experiment {cfg.experiment} --preset {cfg.preset} is not a preset; "
                          f"the presets: {', '.join(f'{e} {p}' for e, p in PRESETS)}")
     p = PRESETS[cfg.experiment, cfg.preset]
-    out = cfg.out_dir or os.path.join("runs", f"{cfg.experiment}_{cfg.preset}")
+    out = cfg.out_dir or os.path.join("runs", f"{cfg.experiment}_{cfg.preset}"
+                                      + "_rehearsal" * cfg.rehearse)
+    if cfg.rehearse:  # the inputs the rehearsal writes (the counts: below)
+        if p["sft"]["init"] == "scratch":
+            raise ValueError(f"--rehearse is for the presets that start from a GPT-2 (gpt2), not "
+                             f"{cfg.preset!r}, which trains from scratch on the CPU anyway")
+        cfg = dataclasses.replace(cfg, seeds=1, **rehearse.inputs(out, cfg.experiment))
     run = lambda name: os.path.join(out, name)
     data = {name: os.path.join(out, "data", f"{name}.jsonl") for name in p["data"]}
     # with --base_model the data is tokenized by that model's tokenizer (not a compact one)
@@ -237,6 +250,9 @@ def plan(cfg: ExperimentConfig):
                 judge=cfg.judge or f"rm:{rm}", best_of_rm=rm, out_dir=run(f"winrate{tag}"),
                 seed=seed, **common, **p["winrate"])),
         ]
+    if cfg.rehearse:  # each step cut to 2 steps, timed and its peak memory logged
+        log = os.path.join(out, "rehearsal.jsonl")
+        steps = [(name, Measured(fn, name, log), rehearse.cut(c)) for name, fn, c in steps]
     return steps
 
 
@@ -396,6 +412,11 @@ def main(cfg: ExperimentConfig):
     if cfg.plan:
         return print_plan(cfg, steps)
     synthetic = PRESETS[cfg.experiment, cfg.preset]["data"]["test"]["dataset"] == "synthetic"
+    out = os.path.dirname(steps[-1][2].out_dir)
+    if cfg.rehearse:  # its random GPT-2 and synthetic data, written once; the RM's 2 steps of pairs
+        rm = next(c for _, _, c in steps if isinstance(c, RMConfig))
+        rehearse.write_inputs(out, cfg.experiment, PRESETS[cfg.experiment, cfg.preset]["sft"]
+                              ["init"], n_train=rm.eval_size + 2 * rm.batch_size)
     timings, per_seed, correct = {}, [], []
     for i, (name, fn, c) in enumerate(steps, 1):
         where = getattr(c, "out", None) or c.out_dir
@@ -422,10 +443,12 @@ def main(cfg: ExperimentConfig):
                           f"{r['correct']:.3f} ± {r['stderr']:.3f}  (the dataset's rule)")
     for name, t in timings.items():
         print(f"  {name}: {t:.0f} s")
+    if cfg.rehearse:
+        print_rehearsal(os.path.join(out, "rehearsal.jsonl"))
     if cfg.seeds == 1:
         return per_seed[0]
     rows = mean_over_seeds(per_seed, correct)
-    path = os.path.join(os.path.dirname(steps[-1][2].out_dir), "winrate_seeds.jsonl")  # <out>/
+    path = os.path.join(out, "winrate_seeds.jsonl")
     write_jsonl(path, rows)
     print(f"{cfg.seeds} seeds: mean ± standard error over seeds -> {path}, "
           f"{plot_winrate(path)}")
