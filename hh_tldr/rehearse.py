@@ -26,8 +26,6 @@ import json
 import os
 import random
 
-import torch
-
 from plumbing import rehearse
 from plumbing.utils import write_folder
 
@@ -61,18 +59,8 @@ def cut(c):
 def write_inputs(out_dir: str, experiment: str, base: str, n_train: int):
     """Write the rehearsal's inputs (module docstring) where missing: a random GPT-2 of size
     `base` and n_train train rows (and N_TEST test rows) of each dataset the experiment reads."""
-    from model import GPT, GPTConfig
-
     paths = inputs(out_dir, experiment)
-    if base not in rehearse.GPT2_SIZES:
-        raise ValueError(f"--rehearse knows the GPT-2 sizes {', '.join(rehearse.GPT2_SIZES)}, "
-                         f"not {base!r}")
-    if not os.path.isdir(paths["base_model"]):
-        n_layer, n_head, n_embd = rehearse.GPT2_SIZES[base]
-        print(f"rehearsal: a random {base} -> {paths['base_model']}", flush=True)
-        torch.manual_seed(0)
-        gpt = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd))
-        write_folder(paths["base_model"], gpt.save_pretrained)
+    rehearse.write_gpt2(paths["base_model"], base)
     writers = {"hh": ("dataset", write_hh)} if experiment == "hh" else {
         "comparisons": ("dataset", write_tldr_comparisons), "sft": ("sft_dataset", write_tldr_sft)}
     for key, writer in writers.values():

@@ -31,12 +31,9 @@ import time
 
 import torch
 
+from plumbing.plan import GPT2_SIZES  # hub name: (layers, heads, width)
 from plumbing.utils import append_jsonl, read_jsonl, write_folder
 
-GPT2_SIZES = {  # hub name: (layers, heads, width), GPT-2's published shapes
-    "gpt2": (12, 12, 768), "gpt2-medium": (24, 16, 1024), "gpt2-large": (36, 20, 1280),
-    "gpt2-xl": (48, 25, 1600),
-}
 N_REVIEWS = 25_000  # per split, as IMDb's train and test
 
 
@@ -50,18 +47,8 @@ def inputs(out_dir: str) -> dict:
 def write_inputs(out_dir: str, base: str):
     """Write the rehearsal's inputs (module docstring) where missing; `base` names the preset's
     GPT-2 size."""
-    from model import GPT, GPTConfig
-
     paths = inputs(out_dir)
-    if base not in GPT2_SIZES:
-        raise ValueError(f"--rehearse knows the GPT-2 sizes {', '.join(GPT2_SIZES)}, not {base!r}")
-    if not os.path.isdir(paths["base_model"]):
-        n_layer, n_head, n_embd = GPT2_SIZES[base]
-        print(f"rehearsal: a random {base} ({n_layer} layers, width {n_embd}) -> "
-              f"{paths['base_model']}", flush=True)
-        torch.manual_seed(0)
-        gpt = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd))
-        write_folder(paths["base_model"], gpt.save_pretrained)
+    write_gpt2(paths["base_model"], base)
     if not os.path.isdir(paths["ground_truth"]):
         print(f"rehearsal: a random RoBERTa-large classifier -> {paths['ground_truth']}",
               flush=True)
@@ -70,6 +57,22 @@ def write_inputs(out_dir: str, base: str):
         print(f"rehearsal: {N_REVIEWS:,} + {N_REVIEWS:,} synthetic reviews -> "
               f"{paths['dataset']}", flush=True)
         write_folder(paths["dataset"], write_imdb)
+
+
+def write_gpt2(folder: str, base: str):
+    """A GPT-2 of the hub size `base` with random weights (seed 0) in the hub layout, written
+    atomically unless `folder` exists (hh_tldr/rehearse.py writes its base model with it too)."""
+    from model import GPT, GPTConfig
+
+    if base not in GPT2_SIZES:
+        raise ValueError(f"--rehearse knows the GPT-2 sizes {', '.join(GPT2_SIZES)}, not {base!r}")
+    if os.path.isdir(folder):
+        return
+    n_layer, n_head, n_embd = GPT2_SIZES[base]
+    print(f"rehearsal: a random {base} ({n_layer} layers, width {n_embd}) -> {folder}", flush=True)
+    torch.manual_seed(0)
+    write_folder(folder, GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd))
+                 .save_pretrained)
 
 
 def write_roberta(folder: str, cfg=None):
