@@ -78,6 +78,14 @@ GPU_RUN = {
 # log-softmaxes and the exact KL's product), and sampling a KV cache in bf16.
 ACT_LAYER, ACT_VOCAB, EVAL_VOCAB = 20, 10, 16
 GPU_CARD = 24e9  # the card the paper preset should fit
+# The fixed costs of the GPU presets' runs (model loads, checkpoint writes, the test prefixes),
+# measured by bench/eval_cost.py at the gpt2 shapes on the 2-core CPU machine (docs/benchmarks.md):
+# (seconds, bytes read or written). Loads and writes are scaled by bytes from these; a GPU
+# machine's disk and host may be faster or slower (unmeasured). Process start-up is not counted.
+FIXED = {"load": (1.74, 497.8e6),  # GPT-2 124M's model.safetensors into GPT.from_pretrained
+         "load ground truth": (2.64, 1.42e9),  # RoBERTa-large, its id map included
+         "write": (1.29, 497.8e6),  # a GPT-2 124M checkpoint folder, written atomically
+         "prefixes": (1.51, 0)}  # the test split read and cleaned, 512 prefixes taken
 
 
 def gpu_memory(kind: str, c, sz: dict, gt_params: float, eval_batch: int) -> tuple:
@@ -277,15 +285,43 @@ def budget(cfg, steps) -> tuple[list[dict], dict]:
         picked = [s for i, s in enumerate(ckpts) if i % final.every == final.every - 1
                   or i == len(ckpts) - 1]  # evaluate.checkpoints_of
         first = not any(r["sweep"] for r in rows)  # evaluates the reference too
+        ckpt_bytes = sz["model"] + head * sz["head"] + rm_json
         rows.append(dict(
             name=name, kind=kind, steps=n_steps, examples=examples, unit=unit, ckpts=len(ckpts),
-            ckpt_bytes=sz["model"] + head * sz["head"] + rm_json,
+            ckpt_bytes=ckpt_bytes,
             best=kind in ("reward model", "ground truth"), state_bytes=state, file_bytes=files,
             seconds=t, sweep=sweep, evaluated=len(picked) if sweep else 0,
             gpu=gpu_memory(kind, c, sz, gt_params, final.micro_batch) if rate else (0.0, 0.0),
             eval_seconds=seconds("checkpoint", (len(picked) + first) * final.n_prefixes, c, rate)
-            if sweep else 0.0))
+            if sweep else 0.0,
+            fixed=(fixed_seconds(kind, c, len(ckpts), ckpt_bytes, state, 4 * gt_params, sz)
+                   + (eval_fixed_seconds(len(picked) + first, sz, 4 * gt_params) if sweep
+                      else 0.0)) if rate else 0.0))
     return rows, dict(sz, rate=rate)
+
+
+def fixed_seconds(kind: str, c, ckpts: int, ckpt_bytes: int, state_bytes: int, gt_bytes: float,
+                  sz: dict) -> float:
+    """Seconds of a step's fixed costs at FIXED's rates: the models it loads (GPT-sized ones and
+    the ground truth) and its checkpoints and state.pt, written at each save (+ the RM's best/)."""
+    load = lambda n_bytes, what="load": FIXED[what][0] * n_bytes / FIXED[what][1]
+    W = sz["model"]
+    gpts = {"sft": 1, "preferred-ft": 1, "reward model": 1, "ground truth": 1, "pairs": 1,
+            "dpo": 2, "evaluate": 3,  # evaluate: the reference, a policy, the RM of best-of-N
+            "optimum": 1, "optimum, mixture": 1 + len(set(getattr(c, "policies", ())))}.get(kind)
+    gt = kind in ("pairs", "evaluate") or kind.startswith("optimum")
+    if gpts is None:  # PPO and online DPO: the policy, the reference and the reward's model
+        gpts, gt = 2 + (c.reward == "rm"), c.reward == "gt"
+    writes = ckpts * (ckpt_bytes + state_bytes) + ckpt_bytes * (kind == "reward model")
+    return load(gpts * W) + gt * load(gt_bytes, "load ground truth") + load(writes, "write")
+
+
+def eval_fixed_seconds(n_checkpoints: int, sz: dict, gt_bytes: float) -> float:
+    """A sweep run's live evaluation: the reference, the ground truth and the test prefixes once
+    (evaluate.main's `shared`), then each checkpoint's load."""
+    load = lambda n_bytes, what="load": FIXED[what][0] * n_bytes / FIXED[what][1]
+    return (load((1 + n_checkpoints) * sz["model"]) + load(gt_bytes, "load ground truth")
+            + FIXED["prefixes"][0])
 
 
 def roberta_params() -> int:
@@ -361,14 +397,15 @@ def print_plan(cfg, steps) -> dict:
               "checkpoints, disk and time below are the most they can take.")
     gpu = sz["rate"] is not None  # a GPU preset: its memory per step (gpu_memory)
     print(f"{'':>3} {'step':<25}{'opt. steps':>10} {'examples':>25} {'ckpts':>7} {'each':>9} "
-          f"{'time':>8} {'+ eval':>7}" + (f" {'GPU GB':>11}" if gpu else ""))
+          f"{'time':>8} {'+ eval':>7}" + (f" {'+ fixed':>8} {'GPU GB':>11}" if gpu else ""))
     for i, r in enumerate(rows, 1):
         ex = f"{r['examples']:,} {r['unit']}" if r["examples"] else ""
         ck = (f"{r['ckpts']}" + ("+best" if r["best"] else "")) if r["ckpts"] else ""
         mem = f"{r['gpu'][0] / 1e9:.1f}" + (f"/{r['gpu'][1] / 1e9:.1f}" if r["gpu"][1] else "")
         print(f"{i:>3} {r['name']:<25}{r['steps'] or '':>10} {ex:>25} {ck:>7} "
               f"{gb(r['ckpt_bytes']) if r['ckpts'] else '':>9} {hm(r['seconds']):>8} "
-              f"{hm(r['eval_seconds']) if r['sweep'] else '':>7}" + (f" {mem:>11}" if gpu else ""))
+              f"{hm(r['eval_seconds']) if r['sweep'] else '':>7}"
+              + (f" {hm(r['fixed']):>8} {mem:>11}" if gpu else ""))
     d = {k: disk(rows, **kw) for k, kw in (("pruned", {}), ("no_keep_last", dict(keep_last=False)),
                                           ("keep_checkpoints", dict(keep_checkpoints=True)))}
     mode = ("keep_checkpoints" if cfg.keep_checkpoints else
@@ -386,7 +423,7 @@ def print_plan(cfg, steps) -> dict:
     print("  not counted: the Hugging Face cache (the base model, siebert 1.4 GB, IMDb)")
     if gpu:
         print_gpu_memory(cfg, rows)
-    total = sum(r["seconds"] + r["eval_seconds"] for r in rows)
+    total = sum(r["seconds"] + r["eval_seconds"] + r["fixed"] for r in rows)
     if sz["rate"] is None:
         basis = ("scaled from the tiny preset's stage times on a 2-core CPU (docs/results.md; "
                  "seconds / units: " + ", ".join(
@@ -397,12 +434,17 @@ def print_plan(cfg, steps) -> dict:
                  f"): SFT step {r['sft']:,.0f} tokens/s (SFT, Preferred-FT, PPO updates), DPO step "
                  f"{r['dpo']:,.0f} pairs/s (DPO, Unlikelihood, RM), forward {r['forward']:,.0f} "
                  f"tokens/s, sampling {r['sample']:,.0f} sequences/s, RoBERTa-large "
-                 f"{r['score']:,.0f} texts/s. Start-up, model loads, checkpoint writes and host "
-                 f"work are not counted")
+                 f"{r['score']:,.0f} texts/s; + fixed: the model loads, checkpoint and state.pt "
+                 f"writes and the test prefixes (the evaluation's once per sweep run), at "
+                 f"bench/eval_cost.py's rates on the 2-core CPU machine scaled by bytes (GPT-2 "
+                 f"124M: load {FIXED['load'][0]:g} s, checkpoint write {FIXED['write'][0]:g} s; "
+                 f"RoBERTa-large load {FIXED['load ground truth'][0]:g} s; prefixes "
+                 f"{FIXED['prefixes'][0]:g} s); process start-up is not counted")
     print(f"time: {hm(total)} ({hm(sum(r['eval_seconds'] for r in rows))} of it evaluating the "
-          f"sweep runs) one step at a time, {basis}.")
+          f"sweep runs" + (f", {hm(sum(r['fixed'] for r in rows))} fixed costs" if gpu else "")
+          + f") one step at a time, {basis}.")
     if (jobs := n_jobs(cfg)) > 1:  # the sweep runs and the optimum side by side
-        side = sum(r["seconds"] + r["eval_seconds"] for r in rows
+        side = sum(r["seconds"] + r["eval_seconds"] + r["fixed"] for r in rows
                    if r["sweep"] or r["kind"] == "optimum")
         total = total - side + side / PARALLEL_SPEEDUP
         print(f"  with {jobs} jobs (--jobs): {hm(total)}, taking the sweep runs and the "

@@ -445,3 +445,34 @@ def test_the_gpu_memory_plan(capsys):
     assert "fits a 24 GB card" in capsys.readouterr().out
     frontier.main(frontier.FrontierConfig(preset="tiny", plan=True))
     assert "GPU" not in capsys.readouterr().out
+
+
+def test_the_fixed_costs_in_the_gpu_plan(capsys):
+    """The GPU presets' plan counts the fixed costs bench/eval_cost.py measured (model loads,
+    checkpoint and state.pt writes, the test prefixes), scaled by bytes: here recomputed by hand
+    for a DPO sweep run and a PPO run of the gpt2 preset; the tiny preset's stage times already
+    hold them (measured wall times), so it adds none. The printed total includes them."""
+    cfg = frontier.FrontierConfig(preset="gpt2")
+    rows = {r["name"]: r for r in budget.budget(cfg, frontier.plan(cfg))[0]}
+    sz, gt_bytes = budget.sizes(cfg), 4 * budget.roberta_params()
+    per_byte = {k: t / b for k, (t, b) in budget.FIXED.items() if b}
+    load, write = per_byte["load"], per_byte["write"]
+    dpo = rows["DPO beta=0.1"]
+    assert dpo["ckpts"] == 8 and dpo["sweep"]
+    train = 2 * sz["model"] * load + 8 * (dpo["ckpt_bytes"] + dpo["state_bytes"]) * write
+    evaluation = ((dpo["evaluated"] + 1) * sz["model"] * load  # its checkpoints + the reference
+                  + gt_bytes * per_byte["load ground truth"] + budget.FIXED["prefixes"][0])
+    assert dpo["fixed"] == pytest.approx(train + evaluation)
+    ppo_gt = rows["PPO-GT target KL=3.0"]  # policy, reference, the ground truth as the reward
+    assert ppo_gt["fixed"] - rows["PPO target KL=3.0"]["fixed"] == pytest.approx(
+        gt_bytes * per_byte["load ground truth"] - sz["model"] * load)
+    assert rows["sft"]["fixed"] == pytest.approx(
+        sz["model"] * load + (rows["sft"]["ckpt_bytes"] + rows["sft"]["state_bytes"]) * write)
+    plan = frontier.main(frontier.FrontierConfig(preset="gpt2", plan=True))
+    out = capsys.readouterr().out
+    assert "+ fixed" in out and "fixed costs" in out and "not counted" in out
+    total = sum(r["seconds"] + r["eval_seconds"] + r["fixed"] for r in plan["rows"])
+    assert plan["seconds"] == pytest.approx(total)
+    tiny = budget.budget(frontier.FrontierConfig(preset="tiny"),
+                         frontier.plan(frontier.FrontierConfig(preset="tiny")))[0]
+    assert all(r["fixed"] == 0 for r in tiny)
