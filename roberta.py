@@ -169,14 +169,19 @@ class RobertaTokenizer:
         self.bos_id, self.eos_id = vocab["<s>"], vocab["</s>"]
         self.pad_id, self.unk_id = vocab["<pad>"], vocab["<unk>"]
         self.enc, self.max_len = gpt2_encoding(), max_len
-        b2u = bytes_to_unicode()
-        # GPT-2 id -> RoBERTa id, through the token's spelling in vocab.json
-        self.id_map = [vocab.get("".join(b2u[b] for b in self.enc.decode_single_token_bytes(i)),
-                                 self.unk_id) for i in range(self.enc.n_vocab)]
+        self.vocab, self.b2u = vocab, bytes_to_unicode()
+        self.id_map = {}  # GPT-2 id -> RoBERTa id, filled as ids are first seen (not per load)
+
+    def roberta_id(self, i: int) -> int:
+        """The RoBERTa id of GPT-2 token i: its spelling in vocab.json (byte-to-unicode)."""
+        if i not in self.id_map:
+            spelling = "".join(self.b2u[b] for b in self.enc.decode_single_token_bytes(i))
+            self.id_map[i] = self.vocab.get(spelling, self.unk_id)
+        return self.id_map[i]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """<s> text </s> per text, the text cut to max_len - 2 tokens (as truncation=True does)."""
-        return [[self.bos_id, *(self.id_map[i] for i in ids[: self.max_len - 2]), self.eos_id]
+        return [[self.bos_id, *map(self.roberta_id, ids[: self.max_len - 2]), self.eos_id]
                 for ids in self.enc.encode_ordinary_batch(texts)]
 
     def encode(self, text: str) -> list[int]:
