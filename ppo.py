@@ -2,14 +2,21 @@
 paper: "PPO" optimises a learned reward model, "PPO-GT" the ground-truth sentiment classifier.
 
 One iteration: sample completions for a batch of IMDb prefixes (KV cache, the protocol of
-data.py); score prefix + completion; per-token reward = -kl_coef * (log pi - log pi_ref), plus the
-score on the last completion token; GAE; several epochs of clipped policy and value updates over
-minibatches; then the adaptive KL controller moves kl_coef toward the target KL.
+data.py), or of a preference file's prompts (--prompts); score prefix + completion; per-token
+reward = -kl_coef * (log pi - log pi_ref), plus the score on the last completion token; GAE;
+several epochs of clipped policy and value updates over minibatches; then the adaptive KL
+controller moves kl_coef toward the target KL.
 
 Tiny CPU run (after sft.py and the label classifier of reward.py):
     python ppo.py --init runs/sft_tiny --reward gt --ground_truth runs/gt_tiny --dataset synthetic \
         --out_dir runs/ppo_tiny --steps 5 --batch_size 64 --gen_batch 64 --mini_batch 32 \
         --micro_batch 32 --lr 1e-4 --n_prompts 1000
+
+On the prompts of a pairs or completions file of hh_tldr/preferences.py (the HH and TL;DR
+experiments), scored by the Bradley-Terry RM trained on its comparisons (reward.py train):
+    python ppo.py --init runs/hh_tiny/sft --rm runs/hh_tiny/rm \
+        --prompts runs/hh_tiny/data/train.jsonl --max_new_tokens 24 --out_dir runs/ppo_hh_tiny \
+        --steps 5 --batch_size 64 --gen_batch 64 --mini_batch 32 --micro_batch 32 --lr 1e-4
 """
 
 import math
@@ -23,6 +30,7 @@ import torch.nn as nn
 from data import (
     PROTOCOL,
     collate,
+    is_token_ids,
     last_index,
     load_prefixes,
     load_tokenizer,
@@ -31,6 +39,7 @@ from data import (
 from model import GPT, gpt_folder, sample_completions, token_logprobs
 from reward import load_ground_truth, load_reward_model
 
+from hh_tldr.winrate import choose_prompts, load_test, rm_sequence
 from plumbing.flags import arg
 from plumbing.runs import Run, run_main
 from plumbing.speed import adamw, speed_up
@@ -135,7 +144,12 @@ class PPOConfig:
     rm: str = arg("runs/rm", "reward-model run folder (reward.py train --objective bt)")
     ground_truth: str = arg("siebert/sentiment-roberta-large-english", "for --reward gt")
     dataset: str = arg("stanfordnlp/imdb", "prompts: prefixes of its train split")
-    n_prompts: int = arg(25000, "size of the prompt pool", "> 0")
+    prompts: str | None = arg(None, "a pairs or completions JSONL (hh_tldr/preferences.py): its "
+                              "distinct prompts instead of --dataset's prefixes", "file")
+    n_prompts: int = arg(25000, "size of the prompt pool (--prompts: a seeded choice of the "
+                         "file's prompts, in file order; all if it has fewer)", "> 0")
+    max_new_tokens: int | None = arg(None, "completion length cap; None: the protocol's 48",
+                                     "> 0")
     seed: int = arg(0, "prompts, sampling, minibatch order", ">= 0")
     steps: int = arg(100, "PPO iterations", "> 0")
     batch_size: int = arg(1024, "rollouts per iteration (the paper's PPO: 1024)", "> 0")
@@ -267,11 +281,35 @@ def ppo_update(cfg, run, policy, value_head, opt, x, m, mask, old_lp, old_values
 def score_rollouts(cfg, scorer, tok, prompts, comps):
     """(B,) scores of prompt + completion. The learned RM (--reward rm) reads the sampled token
     ids, as it was trained on the pairs' ids (reward.rm_tokens): decoding and re-encoding does
-    not always give them back. The ground truth (--reward gt) reads text, as everywhere else."""
-    seqs = [p + c for p, c in zip(prompts, comps)]
+    not always give them back; a sequence longer than its context keeps its last tokens, as the
+    win-rate judge reads it (winrate.rm_sequence), so a long prompt never cuts the completion
+    off. The ground truth (--reward gt) reads text, as everywhere else."""
     if cfg.reward == "rm":
+        T = scorer.model.gpt.config.block_size
+        seqs = [rm_sequence(p, c, tok.eos_id, T) for p, c in zip(prompts, comps)]
         return scorer.score_ids(seqs, batch_size=cfg.score_batch, progress=False)
+    seqs = [p + c for p, c in zip(prompts, comps)]
     return scorer([tok.decode(s) for s in seqs], batch_size=cfg.score_batch, progress=False)
+
+
+def sampling(cfg) -> dict:
+    """GPT.generate's settings: the protocol's (data.py), with --max_new_tokens if given."""
+    return dict(PROTOCOL.sampling(), max_new_tokens=cfg.max_new_tokens or PROTOCOL.max_new_tokens)
+
+
+def preference_prompts(cfg, tok) -> list[list[int]]:
+    """The prompt pool of --prompts: the distinct prompt_ids of a pairs or completions file in
+    file order (winrate.load_test), n_prompts of them by a seeded choice; they must be ids of the
+    policy's tokenizer (its vocabulary, and its decoding gives the file's prompt text)."""
+    _, rows = load_test(cfg.prompts)
+    rows = choose_prompts(rows, cfg.n_prompts, cfg.seed)
+    pool = [p for p, *_ in rows]
+    if not all(is_token_ids(p) and max(p) < tok.vocab_size for p in pool) or \
+            tok.decode(pool[0]) != rows[0][1]:
+        raise ValueError(f"{cfg.prompts}: its prompt_ids are not ids of the policy's tokenizer "
+                         f"({tok.vocab_size} ids, {cfg.init}): a file written with another "
+                         f"--tokenizer?")
+    return pool
 
 
 def load(cfg: PPOConfig, run: Run):
@@ -286,7 +324,13 @@ def load(cfg: PPOConfig, run: Run):
     value_head.to(device)
     ref = speed_up(GPT.from_pretrained(init)).to(device).eval().requires_grad_(False)
     tok = load_tokenizer(init)
-    pool = load_prefixes(cfg.dataset, "train", cfg.n_prompts, cfg.seed, tok)
+    pool = (preference_prompts(cfg, tok) if cfg.prompts else
+            load_prefixes(cfg.dataset, "train", cfg.n_prompts, cfg.seed, tok))
+    keep = policy.config.block_size - sampling(cfg)["max_new_tokens"]
+    if keep < 1:
+        raise ValueError(f"--max_new_tokens leaves no room for a prompt in {init}'s context "
+                         f"window of {policy.config.block_size}")
+    pool = [p[-keep:] for p in pool]  # a long prompt keeps its end (TL;DR's: the "TL;DR:" cue)
     return policy, value_head, ref, tok, pool, load_scorer(cfg, tok, device)
 
 
@@ -307,7 +351,7 @@ def rollout(cfg, policy, value_head, ref, scorer, tok, prompts, generator, kl_co
     device = next(policy.parameters()).device
     policy.eval()
     comps = sample_completions(policy, prompts, cfg.gen_batch, generator, tok.eos_id,
-                               **PROTOCOL.sampling())
+                               **sampling(cfg))
     x, m = collate(prompts, comps, tok.eos_id)
     x, m = x.to(device), m.to(device)
     mask = m[:, 1:].float()  # (B, T-1), aligned with token_logprobs
@@ -384,6 +428,9 @@ def main(cfg: PPOConfig, on_checkpoint=None):
 def check_config(cfg: PPOConfig):
     if cfg.reward not in ("rm", "gt"):
         raise ValueError(f"--reward must be rm or gt, not {cfg.reward!r}")
+    if cfg.prompts and cfg.reward == "gt":
+        raise ValueError("--reward gt: a preference file (--prompts) has no ground truth, only "
+                         "human comparisons; score with the RM trained on them (--reward rm)")
     if cfg.batch_size % cfg.mini_batch or cfg.mini_batch % cfg.micro_batch:
         raise ValueError("batch_size must be a multiple of mini_batch, and mini_batch of "
                          "micro_batch")

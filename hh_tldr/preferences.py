@@ -1,6 +1,7 @@
 r"""Real preference datasets as this project's pairs file: Anthropic HH dialogues, the TL;DR
 summarization comparisons and reference summaries, any prompt/chosen/rejected dataset (text or
-chat messages), and the synthetic dialogues of the offline tiny preset (synthetic/dialogues.py).
+chat messages), the synthetic dialogues of the offline tiny preset (synthetic/dialogues.py) and
+the synthetic TL;DR posts and summaries (synthetic/summaries.py).
 
     python -m hh_tldr.preferences --dataset Anthropic/hh-rlhf --split train \
         --out data/hh_train.jsonl
@@ -10,6 +11,8 @@ chat messages), and the synthetic dialogues of the offline tiny preset (syntheti
         --out data/tldr_sft_train.jsonl      # completions: SFT data and win-rate references
     python -m hh_tldr.preferences --dataset synthetic --split train \
         --out data/dialogue_train.jsonl --max_length 128 --max_prompt_length 64
+    python -m hh_tldr.preferences --dataset synthetic_tldr --split sft \
+        --out data/summary_sft.jsonl   # train: comparisons; sft, test, validation: completions
 
 Output: one JSON object a line. Pairs (hh, tldr, pairs formats) have data.PAIR_KEYS, with
 reward_chosen = reward_rejected = null (human labels carry no scalar reward); completions (tldr_sft)
@@ -60,6 +63,7 @@ from plumbing.flags import arg, check_fields
 from plumbing.runs import config_dict, run_main
 from plumbing.utils import atomic_write, atomic_write_json, load_files, resolve_checkpoint, seed_for
 from synthetic.dialogues import SYNTHETIC_SIZES, dialogue_vocab, synthetic_dialogues
+from synthetic.summaries import summary_split, summary_vocab
 
 FORMATS = ("auto", "hh", "tldr", "tldr_sft", "pairs")
 COLUMNS = {"hh": ("chosen", "rejected"), "tldr": ("prompt", "chosen", "rejected"),
@@ -74,19 +78,20 @@ TLDR = "TL;DR:"
 @dataclass
 class PreferencesConfig:
     dataset: str = arg("Anthropic/hh-rlhf",
-                       'hub name, local folder/.parquet/.jsonl, or "synthetic"')
+                       'hub name, local folder/.parquet/.jsonl, "synthetic" (dialogues) or '
+                       '"synthetic_tldr" (summaries)')
     split: str | None = arg(None, "train (None: train; one file without a 'split' column: all "
                             "its rows) | test (TL;DR comparisons: valid1, valid2; SFT set: valid)")
     out: str = arg("data/hh_train.jsonl", "the JSONL written (atomically; nothing on bad input)")
     format: str = arg("auto", "auto (from the columns) | hh | tldr | tldr_sft | pairs")
-    tokenizer: str = arg("auto",
-                         "auto (synthetic: dialogue, else gpt2) | gpt2 | dialogue | checkpoint")
+    tokenizer: str = arg("auto", "auto (synthetic: dialogue, synthetic_tldr: summary, else gpt2) "
+                         "| gpt2 | dialogue | summary | checkpoint")
     max_length: int = arg(512,
                           "prompt + longer response, in tokens (official DPO repo: 512)", "> 0")
     max_prompt_length: int = arg(
         256, "a too-long pair's prompt keeps its last N tokens (official)", "> 0")
     n: int | None = arg(None, "only the first N rows of the split")
-    seed: int = arg(0, "the synthetic dialogues", ">= 0")
+    seed: int = arg(0, "the synthetic dialogues and summaries", ">= 0")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -106,6 +111,8 @@ def load_split(source: str, split: str | None, seed: int = 0):
                              f"{', '.join(SYNTHETIC_SIZES)}, not {split!r}")
         seed = seed_for(seed, list(SYNTHETIC_SIZES).index(split))
         return datasets.Dataset.from_list(synthetic_dialogues(SYNTHETIC_SIZES[split], seed))
+    if source == "synthetic_tldr":  # train, judge: comparisons; sft, test, validation: references
+        return datasets.Dataset.from_list(summary_split(split or "train", seed))
     if os.path.isfile(source):
         json_lines = re.search(r"\.jsonl?(\.gz)?$", source)
         return file_split(load_files("json", [source]) if json_lines else
@@ -294,11 +301,13 @@ def convert(ds, fmt: str, tok: Tokenizer, max_length: int, max_prompt_length: in
 
 def make_tokenizer(name: str, dataset: str) -> Tokenizer:
     if name == "auto":
-        name = "dialogue" if dataset == "synthetic" else "gpt2"
+        name = {"synthetic": "dialogue", "synthetic_tldr": "summary"}.get(dataset, "gpt2")
     if name == "gpt2":
         return Tokenizer()
     if name == "dialogue":
         return Tokenizer(dialogue_vocab())
+    if name == "summary":
+        return Tokenizer(summary_vocab())
     return load_tokenizer(resolve_checkpoint(name))
 
 

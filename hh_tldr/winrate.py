@@ -20,8 +20,21 @@ or a completions JSONL (prompt_ids, completion_ids, prompt, completion; referenc
 The out_dir receives winrate.jsonl (one row per policy x temperature: win_rate, stderr, n, wins,
 ties, losses, failures), comparisons.jsonl (one row per comparison; index = the test file's line),
 winrate.png, and the two resume files samples.jsonl and judge_cache.jsonl.
+
+How far to trust the judge: its accuracy on held-out preference pairs (--judge_pairs, by default
+the test file when it is a pairs file), the share of pairs whose chosen side it prefers (a tie
+0.5), asked exactly as the win rates ask it. Every row of winrate.jsonl carries it
+(judge_accuracy, judge_accuracy_stderr, judge_accuracy_n, judge_accuracy_vs), the plot's caption
+states it, and judge.json (with judged_pairs.jsonl, each pair's judgment) keeps it, so a rerun
+with the same judge and pairs measures nothing again.
+
+Where the truth is known (the synthetic miniatures), --rule names a rule as a second judge: each
+comparison also gets the rule's verdict (rule_win_rate, rule_stderr; dashed in the plot), and the
+judge's accuracy is measured against the rule too (judge_accuracy_rule, on the pairs the rule
+decides): the miniature's analogue of the paper's agreement study of GPT-4 and humans.
 """
 
+import importlib
 import json
 import os
 import random
@@ -72,7 +85,10 @@ def rm_judge(comparisons, rm, eos_id, batch_size) -> None:
         seqs = [rm_sequence(c["prompt_ids"], c[side], eos_id, T)
                 for side in ("response_ids", "reference_ids") for c in b]
         r = rm.score(seqs, eos_id).double().cpu()
-        r_policy, r_reference = r[: len(b)], r[len(b):]
+        # one sequence in two rows of a batch can score apart in the last bits: the same
+        # sequence (e.g. a pair's chosen and rejected ids alike) is a tie, as it should be
+        same = torch.tensor([seqs[k] == seqs[len(b) + k] for k in range(len(b))], dtype=torch.bool)
+        r_policy, r_reference = r[: len(b)], torch.where(same, r[: len(b)], r[len(b):])
         p_win = torch.sigmoid(r_policy - r_reference)  # no overflow for a large gap
         for c, r_pol, r_ref, p in zip(b, r_policy.tolist(), r_reference.tolist(), p_win.tolist()):
             c["r_policy"], c["r_reference"], c["p_win"] = r_pol, r_ref, p
@@ -89,6 +105,192 @@ def summarize(comparisons) -> dict:
     return dict(win_rate=mean, stderr=se, n=len(p),
                 wins=count("win"), ties=count("tie"), losses=count("loss"),
                 failures=count("failure"))
+
+
+def make_judge(cfg, judge_kind, judge_spec, task, device):
+    """(judge, stamp): judge(comparisons) fills in each comparison's outcome and p_win by --judge
+    (the rm judge's model loaded once, at its first use); stamp names what the judgments depend on
+    beyond the texts (the reward model's files), for judge.json's key."""
+    if judge_kind == "openai":
+        cache = cfg.cache or os.path.join(cfg.out_dir, "judge_cache.jsonl")
+        return lambda cs: openai_judge(cs, judge_spec, task, cfg, cache), None
+    path, loaded = reward_folder(judge_spec), []
+
+    def judge(comparisons):
+        if not loaded:
+            loaded.append(RewardModel.from_pretrained(path).to(device).eval())
+        rm_judge(comparisons, loaded[0], load_tokenizer(path).eos_id, cfg.batch_size)
+    return judge, file_stamp(path)
+
+
+# ----------------------------------------------------------------------------- the judge's accuracy
+
+RULES = {"dialogue": ("synthetic.dialogues", "dialogue_reward"),  # 1.0 correct answer, else 0.0
+         "summary": ("synthetic.summaries", "summary_reward")}
+
+
+def load_rule(name: str, prompt: str, response: str, where: str):
+    """--rule's function score(prompt, response) -> float, higher is better (imported only here,
+    so that winrate.py runs without it), tried once on a test prompt and its reference; None for
+    no rule."""
+    if not name:
+        return None
+    module, fn = RULES[name]
+    try:
+        rule = getattr(importlib.import_module(module), fn)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"--rule {name} needs {module}.{fn}: {e}") from None
+    try:
+        rule(prompt.strip(), response.strip())
+    except ValueError as e:
+        raise ValueError(f"--rule {name} cannot score {where}: {e}") from None
+    return rule
+
+
+def rule_verdict(rule, prompt: str, a: str, b: str) -> tuple[float, float, float]:
+    """(rule's score of a, of b, 1.0 / 0.5 / 0.0 as a scores above / level with / below b)."""
+    ra, rb = float(rule(prompt, a)), float(rule(prompt, b))
+    return ra, rb, 1.0 if ra > rb else 0.0 if ra < rb else 0.5
+
+
+def rule_summary(comparisons, name: str) -> dict:
+    """The rule's win rate: the mean of its verdicts (1 the policy's response scores higher, 0.5
+    level, 0 lower) ± standard error; {} without a rule."""
+    if not name:
+        return {}
+    mean, se = mean_stderr([c["rule_win"] for c in comparisons])
+    return dict(rule=name, rule_win_rate=mean, rule_stderr=se)
+
+
+def judge_pairs_file(cfg, kind: str) -> str | None:
+    """The pairs the judge's accuracy is measured on: --judge_pairs, else the test file when it is
+    a pairs file; None for none ("none", or a completions test file)."""
+    if cfg.judge_pairs == "none":
+        return None
+    return cfg.judge_pairs or (cfg.test if kind == "pairs" else None)
+
+
+PAIR_KEYS = ("prompt_ids", "chosen_ids", "rejected_ids", "prompt", "chosen", "rejected")
+
+
+def load_pairs(path: str, vocab_size: int | None = None) -> list[dict]:
+    """Every row of a pairs JSONL, with its line number; a file without a rejected side (a
+    completions file) is refused, and token ids outside vocab_size (the rm judge's)."""
+    rows = read_jsonl(path)
+    if not rows:
+        raise ValueError(f"--judge_pairs {path} holds no rows (or does not exist)")
+    if not all(k in rows[0] for k in PAIR_KEYS):
+        raise ValueError(f"--judge_pairs {path} is not a pairs file (the judge's accuracy is its "
+                         f"choice between chosen and rejected): rows need {', '.join(PAIR_KEYS)}; "
+                         f"the first has {', '.join(rows[0])}")
+    for line, r in enumerate(rows, 1):
+        ids, texts = [r.get(k) for k in PAIR_KEYS[:3]], [r.get(k) for k in PAIR_KEYS[3:]]
+        if not (all(isinstance(x, list) for x in ids) and ids[0] and
+                all(isinstance(x, str) for x in texts)):
+            raise ValueError(f"{path}:{line}: needs a non-empty prompt_ids list, chosen_ids and "
+                             f"rejected_ids lists and three texts ({', '.join(PAIR_KEYS[3:])})")
+        if vocab_size and not all(0 <= i < vocab_size for x in ids for i in x):
+            raise ValueError(f"{path}:{line}: a token id lies outside the judge's vocabulary of "
+                             f"{vocab_size} (a file of another tokenizer?)")
+    return [dict(r, line=line) for line, r in enumerate(rows, 1)]
+
+
+def pair_comparisons(pairs, seed: int) -> list[dict]:
+    """Each held-out pair as a comparison that the judge decides as it decides the win rates':
+    chosen in the policy's place and rejected in the reference's (so a "win" is the judge siding
+    with the label), the A/B order drawn per pair from the seed, identical texts a tie unasked."""
+    out = []
+    for p in pairs:
+        chosen, rejected = p["chosen"].strip(), p["rejected"].strip()
+        tie = chosen == rejected
+        out.append(dict(index=p["line"], policy_is=random.Random(f"{seed}/pair/{p['line']}")
+                        .choice("AB"), prompt=p["prompt"].strip(), response=chosen,
+                        reference=rejected, prompt_ids=p["prompt_ids"],
+                        response_ids=p["chosen_ids"], reference_ids=p["rejected_ids"],
+                        outcome="tie" if tie else None, p_win=0.5 if tie else None))
+    return out
+
+
+def no_accuracy() -> dict:
+    return dict(judge_accuracy=None, judge_accuracy_stderr=None, judge_accuracy_n=0,
+                judge_accuracy_vs=None)
+
+
+def judge_accuracy(cfg, judge, stamp, path: str, rule) -> dict:
+    """The judge's accuracy on a seeded choice of --judge_n pairs of `path`: the mean over pairs of
+    1 (it prefers the chosen side), 0.5 (a tie) or 0 (the rejected side), failures left out and
+    counted, ± standard error. With a rule, also against the rule: on the pairs whose sides the
+    rule tells apart, the share the judge gives the rule's side (judge_accuracy_rule), and how
+    often the labels do (labels_agree_rule). Kept in <out_dir>/judge.json (each pair's judgment in
+    judged_pairs.jsonl) under a key of the judge, the pairs file, --judge_n, the seed and the rule:
+    a rerun with the same ones reads it back and judges nothing."""
+    saved_path = os.path.join(cfg.out_dir, "judge.json")
+    key = [cfg.judge, stamp, file_stamp(path), cfg.judge_n, cfg.seed, cfg.rule]
+    try:
+        with open(saved_path) as f:
+            saved = json.load(f)
+        if saved["key"] == key:
+            return saved["accuracy"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    comparisons = pair_comparisons(choose_prompts(load_pairs(path), cfg.judge_n, cfg.seed),
+                                   cfg.seed)
+    judge(comparisons)
+    judged = []
+    for c in comparisons:
+        j = dict(index=c["index"], chosen_is=c["policy_is"],
+                 judge={"win": "chosen", "loss": "rejected"}.get(c["outcome"], c["outcome"]),
+                 agrees={"win": 1.0, "tie": 0.5, "loss": 0.0}.get(c["outcome"]))
+        j.update({new: c[old] for old, new in (("r_policy", "r_chosen"),
+                                               ("r_reference", "r_rejected"),
+                                               ("choice", "choice"), ("answer", "answer"))
+                  if old in c})
+        if rule:
+            j["rule_chosen"], j["rule_rejected"], side = rule_verdict(
+                rule, c["prompt"], c["response"], c["reference"])
+            j["rule_side"] = {1.0: "chosen", 0.0: "rejected"}.get(side)  # None: the rule ties
+            if j["rule_side"] and j["agrees"] is not None:
+                j["agrees_rule"] = j["agrees"] if side == 1.0 else 1.0 - j["agrees"]
+        judged.append(j)
+    acc, se = mean_stderr([j["agrees"] for j in judged if j["agrees"] is not None])
+    out = dict(judge_accuracy=acc, judge_accuracy_stderr=se,
+               judge_accuracy_n=sum(j["agrees"] is not None for j in judged),
+               judge_accuracy_vs="labels", judge_accuracy_failures=sum(
+                   j["judge"] == "failure" for j in judged), judge_pairs=path)
+    if rule:
+        decided = [j for j in judged if j["rule_side"]]
+        acc, se = mean_stderr([j["agrees_rule"] for j in decided if "agrees_rule" in j])
+        out.update(judge_accuracy_rule=acc, judge_accuracy_rule_stderr=se,
+                   judge_accuracy_rule_n=sum("agrees_rule" in j for j in decided),
+                   labels_agree_rule=mean_stderr([float(j["rule_side"] == "chosen")
+                                                  for j in decided])[0])
+    write_jsonl(os.path.join(cfg.out_dir, "judged_pairs.jsonl"), judged)
+    atomic_write_json(saved_path, dict(key=key, accuracy=out))
+    return out
+
+
+def show(mean, se) -> str:
+    """"0.654 ± 0.020" (without the ± where no standard error; "n/a" for no value)."""
+    return "n/a" if mean is None else f"{mean:.3f}" + (f" ± {se:.3f}" if se is not None else "")
+
+
+def accuracy_line(r: dict) -> str | None:
+    """The judge's accuracy in a results row as one line (the plot's caption, the printout); None
+    for a row written before it was measured."""
+    if "judge_accuracy_n" not in r:
+        return None
+    judge = f"judge {r.get('judge', '')}"
+    if not r["judge_accuracy_n"] and not r.get("judge_accuracy_failures"):
+        return f"{judge}: accuracy not measured (no held-out pairs)"
+    failed = r.get("judge_accuracy_failures")
+    line = (f"{judge}: accuracy {show(r['judge_accuracy'], r['judge_accuracy_stderr'])} on "
+            f"{r['judge_accuracy_n']} held-out pairs (vs their {r['judge_accuracy_vs']}"
+            f"{f'; {failed} failures' if failed else ''})")
+    if r.get("judge_accuracy_rule_n"):
+        line += (f"; {show(r['judge_accuracy_rule'], r['judge_accuracy_rule_stderr'])} vs the "
+                 f"rule {r['rule']} on the {r['judge_accuracy_rule_n']} it decides (the labels "
+                 f"agree with it on {r['labels_agree_rule']:.3f})")
+    return line
 
 
 # ----------------------------------------------------------------------------- the test set
@@ -217,6 +419,12 @@ class WinRateConfig:
     judge_max_tokens: int | None = arg(None, "max_tokens sent with each request (None: not sent)")
     cache: str | None = arg(None,
                             "judge cache JSONL, shareable (default: <out_dir>/judge_cache.jsonl)")
+    judge_pairs: str = arg("", "pairs JSONL the judge's accuracy is measured on, chosen against "
+                           "rejected (default: --test if a pairs file; none: not measured)")
+    judge_n: int = arg(256, "held-out pairs for the judge's accuracy, a seeded choice (0: all)",
+                       ">= 0")
+    rule: str = arg("", "a rule as a second judge where the truth is known: dialogue "
+                    "(synthetic.dialogues) or summary (synthetic.summaries); default: none")
     device: str = arg("auto", "cuda > mps > cpu", "device")
 
 
@@ -237,6 +445,10 @@ def check_config(cfg: WinRateConfig):
     if cfg.max_new_tokens < 1 or cfg.batch_size < 1 or cfg.retries < 0 or cfg.best_of < 0:
         raise ValueError("--max_new_tokens and --batch_size must be positive, --retries and "
                          "--best_of not negative")
+    if cfg.rule not in ("", *RULES):
+        raise ValueError(f"--rule must be one of {', '.join(RULES)} (or empty), not {cfg.rule!r}")
+    if cfg.judge_pairs not in ("", "none") and not os.path.isfile(cfg.judge_pairs):
+        raise FileNotFoundError(f"--judge_pairs {cfg.judge_pairs}: no such file")
     return kind, spec
 
 
@@ -247,6 +459,7 @@ def main(cfg: WinRateConfig) -> list[dict]:
     kind, rows = load_test(cfg.test)
     rows = choose_prompts(rows, cfg.n, cfg.seed)
     task = cfg.task if cfg.task != "auto" else detect_task(kind, rows)
+    rule = load_rule(cfg.rule, rows[0][1], rows[0][3], cfg.test)
     device = get_device(cfg.device)
     base = cfg.best_of_policy or policies[0][0]
     if cfg.best_of and base not in dict(policies):
@@ -263,24 +476,29 @@ def main(cfg: WinRateConfig) -> list[dict]:
                 raise ValueError(f"the reward model of {flag} ({path}) and policy {name} have "
                                  f"different tokenizers: it scores token ids, so they must share "
                                  f"one")
+    pairs_path = judge_pairs_file(cfg, kind)
+    if pairs_path:  # a file that is no pairs file, or of another vocabulary, fails before sampling
+        load_pairs(pairs_path, rm_path and load_tokenizer(rm_path).vocab_size)
     todo = [(name, name, None) for name, _ in policies]  # (label, policy, N of best-of-N)
     if cfg.best_of:
         todo.append((f"Best of {cfg.best_of}", base, cfg.best_of))
     os.makedirs(cfg.out_dir, exist_ok=True)
     comparisons = sample_comparisons(cfg, todo, folders, rows, pick_path, device)
-    if judge_kind == "openai":
-        openai_judge(comparisons, judge_spec, task, cfg,
-                     cfg.cache or os.path.join(cfg.out_dir, "judge_cache.jsonl"))
-    else:
-        rm = RewardModel.from_pretrained(rm_path).to(device).eval()
-        rm_judge(comparisons, rm, load_tokenizer(rm_path).eos_id, cfg.batch_size)
+    judge, stamp = make_judge(cfg, judge_kind, judge_spec, task, device)
+    judge(comparisons)
+    for c in comparisons if rule else ():  # the rule's verdict beside the judge's
+        c["rule_policy"], c["rule_reference"], c["rule_win"] = rule_verdict(
+            rule, c["prompt"], c["response"], c["reference"])
+    accuracy = (judge_accuracy(cfg, judge, stamp, pairs_path, rule) if pairs_path else
+                no_accuracy())
     results = []
     for label, name, _ in todo:
         for t in cfg.temperatures:
             cs = [c for c in comparisons if c["policy"] == label and c["temperature"] == t]
             results.append(dict(policy=label, checkpoint=folders[name], temperature=t,
                                 judge=cfg.judge, task=task, data=data_name(cfg.test),
-                                expected=judge_kind == "rm", **summarize(cs)))
+                                expected=judge_kind == "rm", **summarize(cs),
+                                **rule_summary(cs, cfg.rule), **accuracy))
     for c in comparisons:  # the JSONL keeps texts, ids of the response, and the judgment
         del c["prompt_ids"], c["reference_ids"]
     write_jsonl(os.path.join(cfg.out_dir, "comparisons.jsonl"), comparisons)
@@ -288,10 +506,12 @@ def main(cfg: WinRateConfig) -> list[dict]:
     atomic_write_json(os.path.join(cfg.out_dir, "winrate_config.json"), asdict(cfg))
     plot_winrate(os.path.join(cfg.out_dir, "winrate.jsonl"))
     for r in results:
-        se = f" ± {r['stderr']:.3f}" if r["stderr"] is not None else ""
-        wr = f"{r['win_rate']:.3f}" if r["win_rate"] is not None else "n/a"
-        print(f"{r['policy']:>16}  T={r['temperature']:<5}  win rate {wr}{se}  (n={r['n']}, "
-              f"ties={r['ties']}, failures={r['failures']})")
+        by_rule = (f", by the rule {show(r['rule_win_rate'], r['rule_stderr'])}"
+                   if cfg.rule else "")
+        print(f"{r['policy']:>16}  T={r['temperature']:<5}  win rate "
+              f"{show(r['win_rate'], r['stderr'])}  (n={r['n']}, ties={r['ties']}, "
+              f"failures={r['failures']}){by_rule}")
+    print(accuracy_line(results[0]))
     return results
 
 
@@ -359,10 +579,14 @@ def plot_winrate(jsonl: str, png: str | None = None) -> str:
 
 def winrate_figure(jsonl: str):
     """Win rate (y, ± standard error) against sampling temperature (x), one line per policy, as in
-    the paper's Figures 2 (right) and 3, titled with the test data's name (data_name); beside it,
-    where measured, the share of correct responses by the dataset's own rule (the synthetic
-    dialogues: the rows' "correct", or correct.jsonl beside the file). Each panel's y-axis spans
-    the values and their errors (the win rates' also 0.5, a tie)."""
+    the paper's Figures 2 (right) and 3, titled with the test data's name (data_name); where a rule
+    judged too, its win rate dashed in the policy's colour; beside it, where measured, the share of
+    correct responses by the dataset's own rule (the synthetic dialogues: the rows' "correct", or
+    correct.jsonl beside the file); below, the judge's accuracy on held-out pairs where measured
+    (accuracy_line). Each panel's y-axis spans the values and their errors (the win rates' also
+    0.5, a tie)."""
+    import textwrap
+
     from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
 
     rows = [r for r in read_jsonl(jsonl) if r.get("win_rate") is not None]
@@ -377,7 +601,7 @@ def winrate_figure(jsonl: str):
     expected = "expected " if rows[0].get("expected") else ""
     task, judge = rows[0].get("task", ""), rows[0].get("judge", "")
     data = rows[0].get("data") or task  # (files written before the data was named: the task)
-    panel(axes[0], rows, tie=True)
+    panel(axes[0], rows, tie=True, rule=True)
     axes[0].set_ylabel(f"{expected}win rate vs {'chosen' if task == 'dialogue' else 'reference'}")
     seeds = f", mean ± SE over {rows[0]['seeds']} seeds" if rows[0].get("seeds") else ""
     axes[0].set_title(f"{data}: {task}, judge {judge}{seeds}", fontsize=10)
@@ -385,20 +609,37 @@ def winrate_figure(jsonl: str):
         panel(axes[1], correct, tie=False)
         axes[1].set_ylabel("share of correct responses")
         axes[1].set_title("correct by the dataset's own rule", fontsize=10)
-    fig.tight_layout()
+    caption = accuracy_line(rows[0])
+    if caption:  # about 13 characters an inch at this size
+        caption = textwrap.fill(caption, int(fig.get_figwidth() * 13))
+        fig.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=9)
+        fig.tight_layout(rect=(0, 0.045 * (caption.count("\n") + 1) + 0.01, 1, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 
-def panel(ax, rows, tie: bool):
-    """One line per policy (± its standard error) over temperature; y spans the values and their
-    errors, with a margin (tie: also the 0.5 line, labelled)."""
+def panel(ax, rows, tie: bool, rule: bool = False):
+    """One line per policy (± its standard error) over temperature, and with `rule`, where the rows
+    carry it, the rule's win rate dashed in the same colour; y spans the values and their errors,
+    with a margin (tie: also the 0.5 line, labelled)."""
     policies = list(dict.fromkeys(r["policy"] for r in rows))
+    ruled = [r for r in rows if rule and r.get("rule_win_rate") is not None]
     for k, policy in enumerate(policies):
         pts = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r["temperature"])
         dx = 0.008 * (k - (len(policies) - 1) / 2)  # side by side, so error bars stay apart
-        ax.errorbar([r["temperature"] + dx for r in pts], [r["win_rate"] for r in pts],
-                    yerr=[r["stderr"] or 0.0 for r in pts], marker="o", capsize=3, label=policy)
-    ends = [r["win_rate"] + s * (r["stderr"] or 0.0) for r in rows for s in (-1, 1)]
+        line = ax.errorbar([r["temperature"] + dx for r in pts], [r["win_rate"] for r in pts],
+                           yerr=[r["stderr"] or 0.0 for r in pts], marker="o", capsize=3,
+                           label=policy)
+        pts = [r for r in ruled if r["policy"] == policy]
+        if pts:
+            ax.errorbar([r["temperature"] + dx for r in pts], [r["rule_win_rate"] for r in pts],
+                        yerr=[r["rule_stderr"] or 0.0 for r in pts], marker="s", capsize=3,
+                        ls="--", color=line.lines[0].get_color(), mfc="none",
+                        label=f"{policy}, by the rule {pts[0]['rule']}")
+    ends = [r[key] + s * (r[se] or 0.0) for key, se, rs in (("win_rate", "stderr", rows),
+                                                          ("rule_win_rate", "rule_stderr", ruled))
+            for r in rs for s in (-1, 1)]
     ends += [0.5] if tie else []
     lo, hi = min(ends), max(ends)
     margin = max(0.1 * (hi - lo), 0.01)

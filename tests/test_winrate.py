@@ -8,7 +8,10 @@ order is random, recorded and undone (a judge that always prefers the reference 
 prefers the policy gives 1); retries after 429/5xx; the cache (a rerun asks nothing); an
 interrupted run resumes with only the missing requests; a missing key and an unreachable endpoint
 are one clear error with nothing half-written; the rm judge's expected win rate is the mean of
-sigmoid(r_policy - r_reference) of the reward model itself."""
+sigmoid(r_policy - r_reference) of the reward model itself. The judge's accuracy on held-out pairs
+(rm: r(chosen) > r(rejected) by hand; openai: the local endpoint's answers, order undone, failures
+counted), kept in judge.json and the plot's caption; a rule as a second judge (dialogue_reward by
+hand on comparisons.jsonl, the judge's accuracy against it, dashed in the plot)."""
 
 import dataclasses
 import json
@@ -248,7 +251,7 @@ def test_position_randomised_recorded_and_undone(tiny, judge, tmp_path):
         ("sft", 0.0), ("sft", 1.0), ("dpo", 0.0), ("dpo", 1.0)]
     assert all(r["win_rate"] == 0.0 and r["n"] == 6 and r["failures"] == 0 for r in rows)
     comps = read_jsonl(tmp_path / "ref" / "comparisons.jsonl")
-    assert len(comps) == 4 * 6 == srv.requests
+    assert len(comps) == 4 * 6 and srv.requests == 4 * 6 + 9  # and the judge's 9 test pairs
     assert {c["policy_is"] for c in comps} == {"A", "B"}  # both orders shown
     for c in comps:  # the judge picked the side the reference was shown on: a loss each time
         assert c["choice"] == ("B" if c["policy_is"] == "A" else "A") and c["outcome"] == "loss"
@@ -303,7 +306,8 @@ def test_cache_rerun_asks_nothing(tiny, judge, tmp_path):
     cfg = config(tiny, tmp_path)
     first = winrate.main(cfg)
     asked = srv.requests
-    assert asked == 24 and len(read_jsonl(tmp_path / "judge_cache.jsonl")) == 24
+    # 24 comparisons and the judge's accuracy on the test file's 9 pairs
+    assert asked == 24 + 9 and len(read_jsonl(tmp_path / "judge_cache.jsonl")) == 24 + 9
     assert winrate.main(cfg) == first
     assert srv.requests == asked  # zero requests the second time
     shared = str(tmp_path / "shared_cache.jsonl")  # another out_dir, the same cache file
@@ -527,3 +531,247 @@ def test_tldr_task_detection_and_the_judge_reads_the_post_without_the_cue():
     message = judge_message("summarization", tldr[0][1], "x", "y")
     assert "my cat sleeps." in message and "TL;DR:" not in message
     assert "TL;DR:" in judge_message("dialogue", tldr[0][1], "x", "y")
+
+
+# ----------------------------------------------------------------------------- the judge's quality
+
+
+def agreement(r_chosen: float, r_rejected: float) -> float:
+    return 1.0 if r_chosen > r_rejected else 0.0 if r_chosen < r_rejected else 0.5
+
+
+def stderr(values):
+    m = sum(values) / len(values)
+    return math.sqrt(sum((x - m) ** 2 for x in values) / (len(values) - 1) / len(values))
+
+
+def test_rm_judge_accuracy_by_hand_cached_and_captioned(tiny, tmp_path, monkeypatch):
+    """The rm judge's accuracy on a seeded choice of held-out pairs is the share with r(chosen) >
+    r(rejected) by the reward model itself (a tie 0.5), in every row, judge.json and the plot's
+    caption; a rerun reads judge.json back, another --judge_n measures again."""
+    import random
+
+    from data import load_tokenizer
+    from reward import rm_tokens
+
+    cfg = config(tiny, tmp_path, judge=f"rm:{tiny.rm}", n=2, temperatures=(0.0,), judge_n=5)
+    rows = winrate.main(cfg)
+    pairs = read_jsonl(tiny.pairs)
+    lines = sorted(random.Random(cfg.seed).sample(range(len(pairs)), 5))  # the seeded choice
+    rm, tok = RewardModel.from_pretrained(tiny.rm).eval(), load_tokenizer(tiny.rm)
+    agree = []
+    with torch.no_grad():
+        for i in lines:
+            p = pairs[i]
+            r = rm.score([rm_tokens(p["prompt_ids"] + p[k], tok.eos_id, 64)
+                          for k in ("chosen_ids", "rejected_ids")], tok.eos_id).tolist()
+            agree.append(agreement(*r))
+    judged = read_jsonl(tmp_path / "judged_pairs.jsonl")
+    assert [j["index"] for j in judged] == [i + 1 for i in lines]  # the file's lines
+    assert [j["agrees"] for j in judged] == agree
+    assert 0 < sum(agree) < len(agree)  # neither all right nor all wrong: a real check
+    want = dict(judge_accuracy=pytest.approx(sum(agree) / 5),
+                judge_accuracy_stderr=pytest.approx(stderr(agree)), judge_accuracy_n=5,
+                judge_accuracy_vs="labels", judge_accuracy_failures=0, judge_pairs=tiny.pairs)
+    for r in rows:
+        assert {k: r[k] for k in want} == want and "rule_win_rate" not in r
+    assert read_jsonl(tmp_path / "winrate.jsonl") == rows
+    with open(tmp_path / "judge.json") as f:
+        assert {k: v for k, v in json.load(f)["accuracy"].items() if k in want} == want
+    caption = " ".join(t.get_text() for t in winrate.winrate_figure(
+        str(tmp_path / "winrate.jsonl")).texts).replace("\n", " ")
+    assert (f"judge rm:{tiny.rm}: accuracy {sum(agree) / 5:.3f} ± {stderr(agree):.3f} on 5 "
+            f"held-out pairs (vs their labels)") in caption
+
+    monkeypatch.setattr(winrate, "pair_comparisons", None)  # measuring again would fail
+    assert winrate.main(cfg) == rows
+    monkeypatch.undo()
+    rows = winrate.main(dataclasses.replace(cfg, judge_n=0))  # all 9: the 9th pair ties
+    assert rows[0]["judge_accuracy_n"] == 9
+    assert read_jsonl(tmp_path / "judged_pairs.jsonl")[-1]["agrees"] == 0.5  # the same ids
+
+
+def test_openai_judge_accuracy_on_given_pairs(tiny, judge, tmp_path):
+    """--judge_pairs beside a completions test file: each pair asked as the win rates ask, the A/B
+    order drawn per pair and undone, a failure left out and counted; a rerun asks nothing."""
+    def rule(message):
+        a, b, key = shown(message)
+        if MARK not in a + b:  # the 9th pair: chosen and rejected both unmarked
+            return "Both are fine."
+        wrong = f"{MARK} 2 " in a + b or f"{MARK} 5 " in a + b  # these two: the unmarked side
+        return f"Comparison: x\n{key} {'A' if (MARK in a) != wrong else 'B'}"
+    srv = judge(rule)
+    cfg = config(tiny, tmp_path, test=tiny.completions, judge_pairs=tiny.pairs, judge_n=0)
+    rows = winrate.main(cfg)
+    agree = [1.0] * 6 + [0.0] * 2
+    for r in rows:
+        assert (r["judge_accuracy"], r["judge_accuracy_n"], r["judge_accuracy_failures"]) == (
+            0.75, 8, 1)
+        assert r["judge_accuracy_stderr"] == pytest.approx(stderr(agree))
+        assert r["judge_accuracy_vs"] == "labels" and r["task"] == "summarization"
+    judged = read_jsonl(tmp_path / "judged_pairs.jsonl")
+    assert {j["chosen_is"] for j in judged} == {"A", "B"}  # both orders shown
+    for j in judged[:8]:
+        assert (j["choice"] == j["chosen_is"]) == (j["judge"] == "chosen")
+        assert j["agrees"] == (0.0 if j["index"] in (3, 6) else 1.0)  # MARK 2 and 5
+    assert judged[8]["judge"] == "failure" and judged[8]["agrees"] is None
+    assert srv.requests == 4 * 6 + 9
+    assert all(b["messages"][0]["content"].startswith("Which of the following summaries")
+               for b in srv.bodies)
+    assert winrate.main(cfg) == rows and srv.requests == 4 * 6 + 9
+
+
+@pytest.fixture(scope="module")
+def dialogues(tmp_path_factory):
+    """A tiny policy and reward model in the synthetic dialogues' vocabulary, and a pairs file of
+    12 synthetic dialogues whose labels are the rule's (a coin where it ties) but for two pairs
+    swapped: label noise, so that the labels and the rule disagree somewhere."""
+    import types
+
+    from data import Tokenizer
+
+    from synthetic.dialogues import ASSISTANT, dialogue_reward, dialogue_vocab, synthetic_dialogues
+
+    tok = Tokenizer(dialogue_vocab())
+    root = tmp_path_factory.mktemp("dialogues")
+    cfg = dict(block_size=64, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=32,
+               eos_token_id=tok.eos_id)
+    torch.manual_seed(0)
+    sft = str(root / "sft")
+    randomize_(GPT(GPTConfig(**cfg)), 0, 0.3).save_pretrained(sft)
+    torch.manual_seed(3)
+    rm = RewardModel(randomize_(GPT(GPTConfig(**cfg)), 3, 0.3), "bt")
+    torch.nn.init.normal_(rm.head.weight, std=0.5)
+    rm.save_pretrained(str(root / "rm"))
+    for folder in (sft, str(root / "rm")):
+        tok.save(folder)
+    pairs, swapped = [], 0
+    for r in synthetic_dialogues(12, 3):
+        prompt, chosen = r["chosen"].split(ASSISTANT)
+        rejected = r["rejected"].split(ASSISTANT)[1]
+        prompt += ASSISTANT
+        if swapped < 2 and dialogue_reward(prompt, chosen) > dialogue_reward(prompt, rejected):
+            chosen, rejected, swapped = rejected, chosen, swapped + 1
+        pairs.append(dict(prompt_ids=tok.encode(prompt), chosen_ids=tok.encode(chosen),
+                          rejected_ids=tok.encode(rejected), prompt=prompt, chosen=chosen,
+                          rejected=rejected))
+    write_jsonl(str(root / "pairs.jsonl"), pairs)
+    return types.SimpleNamespace(tok=tok, sft=sft, rm=str(root / "rm"),
+                                 pairs=str(root / "pairs.jsonl"))
+
+
+def test_rule_win_rate_and_judge_accuracy_vs_the_rule(dialogues, tmp_path, monkeypatch):
+    """--rule dialogue: each comparison's rule verdict (dialogue_reward of the response against
+    the reference's: 1, 0.5, 0) averages to the rows' rule_win_rate; the judge's accuracy against
+    the rule is its agreement with the rule's side of each pair the rule decides; the plot draws
+    the rule's win rate dashed in the policy's colour and states both accuracies."""
+    from synthetic.dialogues import _questions, dialogue_reward
+
+    tok, questions = dialogues.tok, _questions()
+
+    def sample(model, prompts, batch_size, g, eos_id, max_new_tokens, temperature):
+        """A stand-in policy: the correct answer for about half the prompts, a wrong one else."""
+        out = []
+        for p in prompts:
+            text = tok.decode(p)
+            right = questions[max((q for q in questions if q in text), key=len)]
+            wrong = next(a for a in sorted(questions.values()) if right not in a)
+            pick = right if (len(p) + int(temperature)) % 2 else wrong
+            out.append(tok.encode(" " + pick) + [eos_id])
+        return out
+
+    monkeypatch.setattr(winrate, "sample_completions", sample)
+    cfg = WinRateConfig(policies=(f"sft={dialogues.sft}",), test=dialogues.pairs,
+                        judge=f"rm:{dialogues.rm}", out_dir=str(tmp_path), n=0,
+                        temperatures=(0.0, 1.0), max_new_tokens=12, batch_size=8, device="cpu",
+                        judge_n=0, rule="dialogue")
+    rows = winrate.main(cfg)
+    comps = read_jsonl(tmp_path / "comparisons.jsonl")
+    verdicts = set()
+    for r in rows:
+        v = [agreement(dialogue_reward(c["prompt"], c["response"]),
+                       dialogue_reward(c["prompt"], c["reference"]))
+             for c in comps if c["temperature"] == r["temperature"]]
+        assert [c["rule_win"] for c in comps if c["temperature"] == r["temperature"]] == v
+        assert r["rule"] == "dialogue" and r["rule_win_rate"] == pytest.approx(sum(v) / len(v))
+        assert r["rule_stderr"] == pytest.approx(stderr(v))
+        verdicts |= set(v)
+    assert verdicts == {0.0, 0.5, 1.0}
+
+    # the judge's accuracy against the labels and against the rule, by hand
+    from data import load_tokenizer
+    from reward import rm_tokens
+
+    rm, eos = RewardModel.from_pretrained(dialogues.rm).eval(), load_tokenizer(dialogues.rm).eos_id
+    labels, vs_rule, labels_vs_rule = [], [], []
+    with torch.no_grad():
+        for p in read_jsonl(dialogues.pairs):
+            r = rm.score([rm_tokens(p["prompt_ids"] + p[k], eos, 64)
+                          for k in ("chosen_ids", "rejected_ids")], eos).tolist()
+            same = p["chosen"].strip() == p["rejected"].strip()
+            labels.append(0.5 if same else agreement(*r))
+            side = agreement(*(dialogue_reward(p["prompt"].strip(), p[k].strip())
+                               for k in ("chosen", "rejected")))
+            if side != 0.5:  # the rule decides this pair
+                vs_rule.append(labels[-1] if side == 1.0 else 1.0 - labels[-1])
+                labels_vs_rule.append(side)
+    assert 0 < sum(labels_vs_rule) < len(labels_vs_rule)  # the two swapped pairs
+    for r in rows:
+        assert r["judge_accuracy"] == pytest.approx(sum(labels) / len(labels))
+        assert r["judge_accuracy_n"] == 12 and r["judge_accuracy_vs"] == "labels"
+        assert r["judge_accuracy_rule"] == pytest.approx(sum(vs_rule) / len(vs_rule))
+        assert r["judge_accuracy_rule_stderr"] == pytest.approx(stderr(vs_rule))
+        assert r["judge_accuracy_rule_n"] == len(vs_rule) < 12
+        assert r["labels_agree_rule"] == pytest.approx(
+            sum(labels_vs_rule) / len(labels_vs_rule))
+
+    # the plot: the rule's win rate dashed beside the judge's, and both accuracies below
+    with open(tmp_path / "winrate.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    fig = winrate.winrate_figure(str(tmp_path / "winrate.jsonl"))
+    [ax] = fig.axes
+    solid, dashed = ax.containers
+    assert dashed.lines[0].get_linestyle() == "--"
+    assert dashed.lines[0].get_color() == solid.lines[0].get_color()
+    assert list(dashed.lines[0].get_ydata()) == [r["rule_win_rate"] for r in rows]
+    assert "sft, by the rule dialogue" in [t.get_text() for t in ax.get_legend().texts]
+    [caption] = [t.get_text().replace("\n", " ") for t in fig.texts]
+    assert f"accuracy {rows[0]['judge_accuracy']:.3f}" in caption
+    assert (f"{rows[0]['judge_accuracy_rule']:.3f} ± {rows[0]['judge_accuracy_rule_stderr']:.3f}"
+            f" vs the rule dialogue on the {len(vs_rule)} it decides") in caption
+    lo, hi = ax.get_ylim()
+    assert all(lo <= r["rule_win_rate"] <= hi for r in rows)
+
+
+def test_judge_pairs_and_rule_refused_or_absent(tiny, tmp_path, monkeypatch):
+    """A completions file as --judge_pairs, an unknown --rule or one that cannot read the test
+    file fail before anything is sampled; no pairs (a completions test file, or --judge_pairs
+    none): the rows say not measured. The summary rule is imported only when asked for."""
+    with pytest.raises(ValueError, match="--judge_pairs .*completions.jsonl is not a pairs file"):
+        winrate.main(config(tiny, tmp_path / "a", judge=f"rm:{tiny.rm}",
+                            judge_pairs=tiny.completions))
+    with pytest.raises(ValueError, match="--rule must be one of dialogue, summary"):
+        winrate.main(config(tiny, tmp_path / "a", judge=f"rm:{tiny.rm}", rule="truth"))
+    with pytest.raises(ValueError, match="--rule dialogue cannot score .*not a synthetic"):
+        winrate.main(config(tiny, tmp_path / "a", judge=f"rm:{tiny.rm}", rule="dialogue"))
+    with pytest.raises(FileNotFoundError, match="--judge_pairs nowhere.jsonl"):
+        winrate.main(config(tiny, tmp_path / "a", judge=f"rm:{tiny.rm}",
+                            judge_pairs="nowhere.jsonl"))
+    assert not os.path.exists(tmp_path / "a")
+    for name, kw in (("b", dict(test=tiny.completions)), ("c", dict(judge_pairs="none"))):
+        rows = winrate.main(config(tiny, tmp_path / name, judge=f"rm:{tiny.rm}", n=2,
+                                   temperatures=(0.0,), **kw))
+        assert {k: rows[0][k] for k in ("judge_accuracy", "judge_accuracy_stderr",
+                                        "judge_accuracy_n", "judge_accuracy_vs")} == dict(
+            judge_accuracy=None, judge_accuracy_stderr=None, judge_accuracy_n=0,
+            judge_accuracy_vs=None)
+        assert not os.path.exists(tmp_path / name / "judge.json")
+        fig = winrate.winrate_figure(str(tmp_path / name / "winrate.jsonl"))
+        assert "accuracy not measured (no held-out pairs)" in fig.texts[0].get_text().replace(
+            "\n", " ")
+    import types
+
+    monkeypatch.setitem(sys.modules, "synthetic.summaries", types.SimpleNamespace(
+        summary_reward=lambda prompt, summary: -len(summary)))  # shorter is better
+    rule = winrate.load_rule("summary", "post", "a summary", "test.jsonl")
+    assert winrate.rule_verdict(rule, "post", "short", "longer one") == (-5.0, -10.0, 1.0)
