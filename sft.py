@@ -71,8 +71,8 @@ class SFTConfig:
     n_head: int = arg(2, "--init scratch only", "> 0")
     n_embd: int = arg(64, "--init scratch only", "> 0")
     block_size: int = arg(128, "--init scratch only: context length", "> 0")
-    vocab: str = arg("auto",
-                     "--init scratch only: auto (synthetic: its compact one) | dialogue | gpt2")
+    vocab: str = arg("auto", "--init scratch only: auto (synthetic: its compact one) | dialogue | "
+                     "summary | gpt2")
     overwrite: bool = arg(False, "delete an existing run folder with another config")
 
 
@@ -82,12 +82,16 @@ def build_model(cfg: SFTConfig, resume_from: str | None) -> tuple[GPT, Tokenizer
         folder = resume_from or gpt_folder(cfg.init)
         return speed_up(GPT.from_pretrained(folder, dropout=cfg.dropout)), load_tokenizer(folder)
     # from scratch: a synthetic corpus gets its compact vocabulary (see data.Tokenizer)
-    if cfg.vocab not in ("auto", "dialogue", "gpt2"):
-        raise ValueError(f"--vocab must be auto, dialogue or gpt2, not {cfg.vocab!r}")
+    if cfg.vocab not in ("auto", "dialogue", "summary", "gpt2"):
+        raise ValueError(f"--vocab must be auto, dialogue, summary or gpt2, not {cfg.vocab!r}")
     if cfg.vocab == "dialogue":  # synthetic/dialogues.py's dialogues
         from synthetic.dialogues import dialogue_vocab
 
         tok = Tokenizer(dialogue_vocab())
+    elif cfg.vocab == "summary":  # synthetic/summaries.py's posts and summaries
+        from synthetic.summaries import summary_vocab
+
+        tok = Tokenizer(summary_vocab())
     elif cfg.vocab == "auto" and cfg.dataset == "synthetic":
         tok = Tokenizer(synthetic_vocab())
     else:

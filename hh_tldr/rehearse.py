@@ -50,8 +50,8 @@ def cut(c):
 
     c = rehearse.cut(c)
     if isinstance(c, WinRateConfig):
-        return dataclasses.replace(c, n=1, temperatures=(0.0, 1.0))
-    if hasattr(c, "micro_batch"):
+        return dataclasses.replace(c, n=1, temperatures=(0.0, 1.0), judge_n=4)
+    if hasattr(c, "micro_batch") and not hasattr(c, "mini_batch"):  # PPO: cut as on IMDb
         return dataclasses.replace(c, batch_size=2 * c.micro_batch)
     return c
 

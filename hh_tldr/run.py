@@ -2,23 +2,27 @@
 TL;DR summarization, each judged by its win rate against the test set's references.
 
     python -m hh_tldr.run --experiment hh --preset tiny    # CPU, offline: synthetic dialogues
+    python -m hh_tldr.run --experiment tldr --preset tiny  # CPU, offline: synthetic posts
     python -m hh_tldr.run --experiment hh --preset gpt2 --judge openai:gpt-4-0314
     python -m hh_tldr.run --experiment tldr --preset gpt2  # judge: the learned RM (offline)
     python -m hh_tldr.run --experiment hh --preset gpt2 --rehearse  # every stage, 2 steps each
 
 The steps, each a script's main(cfg) in this process, each skipped once done (a rerun resumes):
   1. the preference data as pairs files (preferences.py): train and test splits (and the
-     tiny preset's validation split);
+     tiny HH preset's validation split, TL;DR's held-out comparisons for the judge);
   2. SFT: HH on the chosen responses of the train pairs (the paper's HH SFT), TL;DR on the
      reference summaries of its SFT set (sft.py --completions);
-  3. DPO from the SFT model (β = 0.1 for HH, 0.5 for TL;DR, the paper's); the tiny preset
+  3. DPO from the SFT model (β = 0.1 for HH, 0.5 for TL;DR, the paper's); the tiny HH preset
      takes SFT, then DPO, at the checkpoint whose answers to validation prompts are right most
      often (select_checkpoint, <run>/best/);
-  4. a Bradley-Terry reward model on the same train pairs: the offline judge (rm:) and the picker of
-     Best-of-N;
-  5. win rates (winrate.py) of SFT, DPO and Best-of-N against the test references at each
-     sampling temperature: <out_dir>/winrate/winrate.jsonl and winrate.png.
-With --seeds K, steps 2-5 again for seeds 1 .. K-1 (<out_dir>/sft_seed1, ...), then the win
+  4. a Bradley-Terry reward model on the same train pairs: the offline judge (rm:), the picker of
+     Best-of-N and PPO's reward;
+  5. (every preset but tiny HH) PPO from the SFT model on the train pairs' prompts, and
+     Preferred-FT: the SFT model fine-tuned on the pairs' chosen responses;
+  6. win rates (winrate.py) of SFT, DPO, PPO, Preferred-FT and Best-of-N against the test
+     references at each sampling temperature, with the judge's agreement with held-out pairs
+     (and with the rule, on synthetic data): <out_dir>/winrate/winrate.jsonl and winrate.png.
+With --seeds K, steps 2-6 again for seeds 1 .. K-1 (<out_dir>/sft_seed1, ...), then the win
 rates' mean ± standard error over seeds: <out_dir>/winrate_seeds.jsonl and winrate_seeds.png. On
 the synthetic dialogues, each winrate folder also gets correct.jsonl (the dataset's own rule).
 --dataset (and TL;DR's --sft_dataset) reads local copies of the hub datasets, in their layout.
@@ -40,6 +44,8 @@ from data import load_tokenizer
 from dpo import DPOConfig
 from dpo import main as dpo_main
 from model import GPT
+from ppo import PPOConfig
+from ppo import main as ppo_main
 from reward import RMConfig
 from reward import train as rm_train
 from sft import SFTConfig
@@ -48,11 +54,19 @@ from sft import main as sft_main
 from hh_tldr import rehearse
 from hh_tldr.preferences import PreferencesConfig
 from hh_tldr.preferences import main as preferences_main
-from hh_tldr.winrate import WinRateConfig, choose_prompts, load_test, plot_winrate, sample_block
+from hh_tldr.winrate import (
+    WinRateConfig,
+    accuracy_line,
+    choose_prompts,
+    load_rule,
+    load_test,
+    plot_winrate,
+    sample_block,
+)
 from hh_tldr.winrate import check_config as check_judge
 from hh_tldr.winrate import main as winrate_main
 from plumbing.flags import arg, check_fields
-from plumbing.prune import prune, saved_steps
+from plumbing.prune import prune, remove_checkpoint, saved_steps
 from plumbing.rehearse import Measured, print_rehearsal
 from plumbing.runs import config_dict, is_done, open_run, run_main
 from plumbing.speed import speed_up
@@ -66,6 +80,7 @@ from plumbing.utils import (
     write_jsonl,
 )
 from synthetic.dialogues import SYNTHETIC_SIZES, dialogue_reward, dialogue_vocab
+from synthetic.summaries import SUMMARY_SIZES, summary_vocab
 
 # name: (data steps, sft, dpo, rm, winrate). Data: {split name: PreferencesConfig overrides}; the
 # SFT step reads "sft_data" (pairs: the chosen responses; completions: prompt + reference).
@@ -78,6 +93,13 @@ GPT2_STAGES = dict(
     rm=dict(epochs=1, batch_size=64, micro_batch=8, lr=1e-5, save_every=1000),
 )
 GPT2_DPO = dict(steps=2000, batch_size=64, micro_batch=8, save_every=500)
+# PPO (our settings; the paper gives none for these experiments): 200 iterations of 64 rollouts as
+# long as the win rates' responses, the KL controller's target 6 nats; Preferred-FT: SFT's recipe
+# on the chosen responses of the train pairs, from the SFT model.
+GPT2_PPO = dict(steps=200, batch_size=64, gen_batch=32, mini_batch=16, micro_batch=8,
+                save_every=50)
+GPT2_PFT = dict(steps=2000, batch_size=64, micro_batch=8, lr=5e-5, warmup=100, max_len=512,
+                save_every=500, eval_every=500)
 
 PRESETS = {
     # CPU, offline: synthetic single-turn dialogues in the HH layout (preferences.py: of two replies
@@ -108,20 +130,53 @@ PRESETS = {
         select=dict(n=200, max_new_tokens=24, batch_size=50),
         winrate=dict(n=200, max_new_tokens=24, batch_size=50, best_of=4),
     ),
+    # CPU, offline: synthetic posts in the TL;DR layouts (synthetic/summaries.py: a post states
+    # facts of stated importance; the rule scores a summary by the facts it covers, less padding;
+    # the comparisons' labels are noisy draws from it), a 2-layer 64-wide GPT from scratch. The
+    # settings were fixed before any test win rate was seen: SFT, RM and the lengths as the HH
+    # miniature's, DPO at the paper's TL;DR beta = 0.5 and the HH miniature's lr, PPO and
+    # Preferred-FT as the IMDb tiny preset's. Each trained policy (SFT, DPO, PPO, Preferred-FT)
+    # is taken at its checkpoint of best mean rule score on 200 validation prompts at T = 0 and 1
+    # (select_checkpoint): one rule for all four; the test prompts are never seen before the win
+    # rates. The judge RM keeps its checkpoint of best held-out accuracy.
+    ("tldr", "tiny"): dict(
+        data={name: dict(dataset="synthetic_tldr", split=name, max_length=112,
+                         max_prompt_length=88)
+              for name in ("train", "test", "validation", "sft", "judge")},
+        sft_data="sft",
+        sft=dict(init="scratch", vocab="summary", steps=1200, batch_size=32, micro_batch=32,
+                 lr=3e-3, warmup=20, eval_every=100, save_every=100, n_layer=2, n_head=2,
+                 n_embd=64, block_size=128, eval_size=256),
+        dpo=dict(beta=0.5, steps=600, batch_size=32, micro_batch=32, lr=1e-4, warmup=150,
+                 save_every=50, eval_every=50, eval_size=256),
+        rm=dict(epochs=2, batch_size=32, micro_batch=32, lr=1e-3, warmup=20, eval_every=50,
+                save_every=100, eval_size=256),
+        ppo=dict(steps=150, batch_size=64, gen_batch=64, mini_batch=32, micro_batch=32, lr=1e-4,
+                 max_new_tokens=32, eval_every=10, save_every=10, normalize_score=True,
+                 horizon=800, init_kl_coef=0.1),
+        preferred_ft=dict(steps=600, batch_size=32, micro_batch=32, lr=1e-4, warmup=10,
+                          eval_every=50, save_every=50, eval_size=256),
+        select=dict(n=200, max_new_tokens=32, batch_size=50, rule="summary"),
+        winrate=dict(n=200, max_new_tokens=32, batch_size=50, best_of=16, rule="summary"),
+    ),
     # GPT-2 124M on Anthropic/hh-rlhf (the paper: Pythia-2.8B), one GPU. Best-of-16 (the paper's
     # HH baseline is Best-of-128: 8x the sampling).
     ("hh", "gpt2"): dict(
         data=dict(train=dict(dataset="Anthropic/hh-rlhf", split="train"),
                   test=dict(dataset="Anthropic/hh-rlhf", split="test")),
         sft_data="train", **GPT2_STAGES, dpo=dict(GPT2_DPO, beta=0.1),
+        ppo=dict(GPT2_PPO, max_new_tokens=256), preferred_ft=GPT2_PFT,
         winrate=dict(n=256, max_new_tokens=256, batch_size=16, best_of=16),
     ),
     # GPT-2 124M on the TL;DR comparisons (the paper: GPT-J 6B), one GPU.
     ("tldr", "gpt2"): dict(
         data=dict(train=dict(dataset="CarperAI/openai_summarize_comparisons", split="train"),
                   test=dict(dataset="CarperAI/openai_summarize_tldr", split="test"),
-                  sft=dict(dataset="CarperAI/openai_summarize_tldr", split="train")),
+                  sft=dict(dataset="CarperAI/openai_summarize_tldr", split="train"),
+                  # held-out comparisons: the judge's agreement with their labels
+                  judge=dict(dataset="CarperAI/openai_summarize_comparisons", split="test")),
         sft_data="sft", **GPT2_STAGES, dpo=dict(GPT2_DPO, beta=0.5),
+        ppo=dict(GPT2_PPO, max_new_tokens=64), preferred_ft=GPT2_PFT,
         winrate=dict(n=256, max_new_tokens=64, batch_size=16, best_of=16),
     ),
 }
@@ -163,8 +218,10 @@ class SelectConfig:
     out_dir: str  # a finished run folder: its step_XXXXXX/ checkpoints are the candidates
     validation: str  # pairs JSONL of the validation split (its prompts; the rule judges)
     n: int = arg(200, "distinct validation prompts, a seeded choice")
+    rule: str = arg("dialogue", "the dataset's rule that scores a response (winrate.RULES): "
+                    "dialogue (1 if correct, else 0) | summary (synthetic/summaries.py)")
     temperatures: tuple[float, ...] = arg((0.0, 1.0),
-                                          "the score: mean correct share over these", ">= 0")
+                                          "the score: the rule's mean over these", ">= 0")
     max_new_tokens: int = arg(24, "", "> 0")
     batch_size: int = arg(50, "", "> 0")
     seed: int = arg(0, "which prompts, and the sampling", ">= 0")
@@ -172,12 +229,13 @@ class SelectConfig:
 
 
 def select_checkpoint(cfg: SelectConfig) -> dict:
-    """Score every checkpoint of cfg.out_dir by the share of its responses to the validation
-    prompts that state the correct answer (preferences.dialogue_reward), averaged over the
+    """Score every checkpoint of cfg.out_dir by the rule's mean score of its responses to the
+    validation prompts (dialogue: the share that state the correct answer), averaged over the
     temperatures; copy the best (the earliest of equals) to <out_dir>/best/ and write
     <out_dir>/selected.json (the config, every checkpoint's score, the choice), that file last."""
     _, rows = load_test(cfg.validation)
     rows = choose_prompts(rows, cfg.n, cfg.seed)
+    rule = load_rule(cfg.rule, rows[0][1], rows[0][3], cfg.validation)
     device = get_device(cfg.device)
     scores = []
     for step, folder in list_checkpoints(cfg.out_dir):
@@ -185,11 +243,11 @@ def select_checkpoint(cfg: SelectConfig) -> dict:
         shares = {}
         for t_index, t in enumerate(cfg.temperatures):  # sampled as the win rates sample
             comps = sample_block(cfg, model, tok, [p for p, *_ in rows], t, t_index)
-            right = [dialogue_reward(r[1], tok.decode(c)) for r, c in zip(rows, comps)]
+            right = [float(rule(r[1], tok.decode(c))) for r, c in zip(rows, comps)]
             shares[str(t)] = sum(right) / len(right)
         scores.append(dict(step=step, score=sum(shares.values()) / len(shares), correct=shares))
-        print(f"  step {step}: correct " + ", ".join(f"T={t} {v:.3f}" for t, v in
-                                                      shares.items()))
+        print(f"  step {step}: {cfg.rule} rule " + ", ".join(f"T={t} {v:.3f}" for t, v in
+                                                              shares.items()))
     if not scores:
         raise ValueError(f"{cfg.out_dir} holds no checkpoint to choose from")
     best = max(scores, key=lambda r: (r["score"], -r["step"]))
@@ -198,7 +256,7 @@ def select_checkpoint(cfg: SelectConfig) -> dict:
         shutil.copy2(os.path.join(source, name), f) for name in os.listdir(source)])
     result = dict(config=config_dict(cfg), scores=scores, step=best["step"])
     atomic_write_json(os.path.join(cfg.out_dir, "selected.json"), result)
-    print(f"  chose step {best['step']} (mean correct {best['score']:.3f}) -> "
+    print(f"  chose step {best['step']} (mean {cfg.rule} rule {best['score']:.3f}) -> "
           f"{os.path.join(cfg.out_dir, 'best')}")
     return result
 
@@ -230,9 +288,11 @@ def plan(cfg: ExperimentConfig):
     for seed in range(cfg.seeds):  # seed 0 in <out>/sft ..., seed k in <out>/sft_seed{k} ...
         tag, at = (f"_seed{seed}", f" seed={seed}") if seed else ("", "")
         sft, dpo, rm = run(f"sft{tag}"), run(f"dpo{tag}"), run(f"rm{tag}")
+        ppo, pft = run(f"ppo{tag}"), run(f"preferred_ft{tag}")
         choose = {name: (f"choose {name} checkpoint{at}", select_checkpoint, SelectConfig(
             out_dir=folder, validation=data.get("validation", ""), seed=seed, **common,
-            **p.get("select", {}))) for name, folder in (("SFT", sft), ("DPO", dpo))}
+            **p.get("select", {}))) for name, folder in (("SFT", sft), ("DPO", dpo),
+                                                         ("PPO", ppo), ("Preferred-FT", pft))}
         steps.append((f"SFT{at}", sft_main, SFTConfig(out_dir=sft, seed=seed, **source,
                                                       **common, **sft_kw)))
         if "select" in p:  # SFT's checkpoint is chosen before DPO starts from it
@@ -241,15 +301,27 @@ def plan(cfg: ExperimentConfig):
             out_dir=dpo, init=sft, pairs=data["train"], seed=seed, **common, **p["dpo"])))
         if "select" in p:
             steps.append(choose["DPO"])
-        steps += [
-            (f"reward model{at}", rm_train, RMConfig(out_dir=rm, init=sft, objective="bt",
-                                                     pairs=data["train"], seed=seed, **common,
-                                                     **p["rm"])),
-            (f"win rates{at}", winrate_main, WinRateConfig(
-                policies=(f"SFT={sft}", f"DPO={dpo}"), test=data["test"],
-                judge=cfg.judge or f"rm:{rm}", best_of_rm=rm, out_dir=run(f"winrate{tag}"),
-                seed=seed, **common, **p["winrate"])),
-        ]
+        steps.append((f"reward model{at}", rm_train, RMConfig(
+            out_dir=rm, init=sft, objective="bt", pairs=data["train"], seed=seed, **common,
+            **p["rm"])))
+        policies = [f"SFT={sft}", f"DPO={dpo}"]
+        if "ppo" in p:  # PPO on the train pairs' prompts, the reward model as its reward
+            steps.append((f"PPO{at}", ppo_main, PPOConfig(
+                out_dir=ppo, init=sft, reward="rm", rm=rm, prompts=data["train"], seed=seed,
+                **common, **p["ppo"])))
+            steps += [choose["PPO"]] if "select" in p else []
+            policies.append(f"PPO={ppo}")
+        if "preferred_ft" in p:  # SFT's model fine-tuned on the chosen responses of the pairs
+            steps.append((f"Preferred-FT{at}", sft_main, SFTConfig(
+                out_dir=pft, init=sft, pairs=data["train"], seed=seed, **common,
+                **p["preferred_ft"])))
+            steps += [choose["Preferred-FT"]] if "select" in p else []
+            policies.append(f"Preferred-FT={pft}")
+        judged = {"judge_pairs": data["judge"]} if "judge" in data else {}
+        steps.append((f"win rates{at}", winrate_main, WinRateConfig(
+            policies=tuple(policies), test=data["test"], judge=cfg.judge or f"rm:{rm}",
+            best_of_rm=rm, out_dir=run(f"winrate{tag}"), seed=seed, **judged, **common,
+            **p["winrate"])))
     if cfg.rehearse:  # each step cut to 2 steps, timed and its peak memory logged
         log = os.path.join(out, "rehearsal.jsonl")
         steps = [(name, Measured(fn, name, log), rehearse.cut(c)) for name, fn, c in steps]
@@ -260,8 +332,9 @@ def local_data(cfg: ExperimentConfig, p: dict, dataset: str) -> dict:
     """A data step's --dataset or --sft_dataset: the preset's preference data (that of its train
     split) is --dataset, TL;DR's SFT set (its SFT and test splits) --sft_dataset."""
     if cfg.preset == "tiny" and (cfg.dataset or cfg.sft_dataset):
-        raise ValueError("--dataset: the tiny preset trains on the synthetic dialogues (its "
-                         "vocabulary and its rule are theirs); local data takes --preset gpt2")
+        raise ValueError("--dataset: the tiny preset trains on the synthetic dialogues or "
+                         "posts (its vocabulary and its rule are theirs); local data takes "
+                         "--preset gpt2")
     if cfg.sft_dataset and "sft" not in p["data"]:
         raise ValueError(f"--sft_dataset: {cfg.experiment}'s SFT is on the chosen responses of "
                          f"--dataset; only tldr has an SFT set")
@@ -303,7 +376,7 @@ def finished(c) -> bool:
 # The train rows of the presets' datasets (HH: its four train files; TL;DR: the comparisons' train
 # split), for a plan made before the data step has written its file; a written file is counted.
 TRAIN_ROWS = {"Anthropic/hh-rlhf": 160_800, "CarperAI/openai_summarize_comparisons": 92_534,
-              "synthetic": SYNTHETIC_SIZES["train"]}
+              "synthetic": SYNTHETIC_SIZES["train"], "synthetic_tldr": SUMMARY_SIZES["train"]}
 
 
 def print_plan(cfg: ExperimentConfig, steps) -> dict:
@@ -325,7 +398,8 @@ def print_plan(cfg: ExperimentConfig, steps) -> dict:
     elif s.init != "scratch":
         gcfg = config_from_hf(read_hf_config(s.init))
     else:
-        vocab = len(dialogue_vocab()) + 1 if s.vocab == "dialogue" else GPTConfig.vocab_size
+        compact = {"dialogue": dialogue_vocab, "summary": summary_vocab}.get(s.vocab)
+        vocab = len(compact()) + 1 if compact else GPTConfig.vocab_size
         gcfg = GPTConfig(block_size=s.block_size, vocab_size=vocab, n_layer=s.n_layer,
                          n_head=s.n_head, n_embd=s.n_embd)
     with torch.device("meta"):
@@ -340,10 +414,10 @@ def print_plan(cfg: ExperimentConfig, steps) -> dict:
             n = sum(1 for _ in f)
     rows = []
     for name, _, c in steps:
-        if not isinstance(c, (SFTConfig, DPOConfig, RMConfig)):
+        if not isinstance(c, (SFTConfig, DPOConfig, RMConfig, PPOConfig)):
             continue
-        left = n - c.eval_size  # the pairs left to train on, as each script counts its steps
-        if isinstance(c, SFTConfig):
+        left = n - getattr(c, "eval_size", 0)  # the pairs left to train on, as each script counts
+        if isinstance(c, (SFTConfig, PPOConfig)):
             total = c.steps
         elif isinstance(c, DPOConfig):
             total = c.steps or max(1, left // c.batch_size)
@@ -351,15 +425,18 @@ def print_plan(cfg: ExperimentConfig, steps) -> dict:
             total = max(1, c.epochs * left // c.batch_size)
         chosen = "select" in p and not isinstance(c, RMConfig)  # + best/, the chosen copy
         rmsprop = isinstance(c, DPOConfig) and c.optimizer == "rmsprop"
+        # kept once done: the RM its best/, a policy all (tiny: they are chosen from) or its last
+        kept = {} if "select" in p or isinstance(c, RMConfig) else {"kept": 1}
         rows.append(dict(name=name, steps=total, ckpts=len(saved_steps(total, c.save_every))
                          + chosen, best=isinstance(c, RMConfig), ckpt_bytes=ckpt, file_bytes=0,
-                         state_bytes=STATE_EXTRA + (4 if rmsprop else 8) * params, sweep=False))
+                         state_bytes=STATE_EXTRA + (4 if rmsprop else 8) * params, sweep=False,
+                         **kept))
     gb = lambda b: f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.1f} MB"
     source = train.out if os.path.isfile(train.out) else "the dataset's rows, before drops"
     print(f"{cfg.experiment} {cfg.preset}: {params / 1e6:.1f}M parameters, a checkpoint "
           f"{gb(ckpt)}; {n:,} train pairs ({source}). A plan: nothing is loaded or run.")
     for r in rows:
-        kept = "best/ alone" if r["best"] else f"{r['ckpts']}"
+        kept = "best/ alone" if r["best"] else f"{r.get('kept', r['ckpts'])}"
         print(f"  {r['name']:<24}{r['steps']:>7} steps {r['ckpts'] + r['best']:>4} checkpoints "
               f"({kept} kept)")
     pruned, kept = disk(rows), disk(rows, keep_checkpoints=True)
@@ -383,8 +460,9 @@ def correct_shares(winrate_dir: str) -> list[dict]:
 
 
 def mean_over_seeds(per_seed: list[list[dict]], correct: list[list[dict]]) -> list[dict]:
-    """One row per (policy, temperature): the win rate (and, when measured, the correct share) as
-    mean ± standard error over the seeds, each seed's value one sample."""
+    """One row per (policy, temperature): the win rate (and, when measured, the correct share, the
+    rule's win rate and the judge's accuracy) as mean ± standard error over the seeds, each seed's
+    value one sample."""
     # a seed with no judged comparison (all failures, win rate None) is left out
     stats = lambda xs: mean_stderr([x for x in xs if x is not None])
     shares = [{(c["policy"], c["temperature"]): c["correct"] for c in seed} for seed in correct]
@@ -396,6 +474,21 @@ def mean_over_seeds(per_seed: list[list[dict]], correct: list[list[dict]]) -> li
                    task=r["task"], data=r.get("data"), expected=r["expected"],
                    seeds=len(per_seed))
         row["win_rate"], row["stderr"] = stats([seed[k]["win_rate"] for seed in per_seed])
+        # the rule's win rate and the judge's accuracy (each seed's own judge): mean ± SE too;
+        # the counts as their mean over seeds
+        for key, se in (("rule_win_rate", "rule_stderr"),
+                        ("judge_accuracy", "judge_accuracy_stderr"),
+                        ("judge_accuracy_rule", "judge_accuracy_rule_stderr"),
+                        ("labels_agree_rule", None)):
+            if r.get(key) is not None:
+                mean, err = stats([seed[k][key] for seed in per_seed])
+                row.update({key: mean, **({se: err} if se else {})})
+        for key in ("rule", "judge_accuracy_vs", "judge_pairs"):
+            if key in r:
+                row[key] = r[key]
+        for key in ("judge_accuracy_n", "judge_accuracy_failures", "judge_accuracy_rule_n"):
+            if key in r:
+                row[key] = round(sum(seed[k][key] or 0 for seed in per_seed) / len(per_seed))
         if shares:
             key = (r["policy"], r["temperature"])
             row["correct"], row["correct_stderr"] = stats([s[key] for s in shares])
@@ -408,15 +501,16 @@ def main(cfg: ExperimentConfig):
     steps = plan(cfg)
     for _, _, c in steps:  # every stage's settings, and the judge, before the first one starts
         check_fields(c, paths=False)
-    check_judge(steps[-1][2])
+    check_judge(dataclasses.replace(steps[-1][2], judge_pairs=""))  # its file: the data step's
     if cfg.plan:
         return print_plan(cfg, steps)
-    synthetic = PRESETS[cfg.experiment, cfg.preset]["data"]["test"]["dataset"] == "synthetic"
+    p = PRESETS[cfg.experiment, cfg.preset]
+    synthetic = p["data"]["test"]["dataset"] == "synthetic"  # the dialogues: correct.jsonl
     out = os.path.dirname(steps[-1][2].out_dir)
     if cfg.rehearse:  # its random GPT-2 and synthetic data, written once; the RM's 2 steps of pairs
         rm = next(c for _, _, c in steps if isinstance(c, RMConfig))
-        rehearse.write_inputs(out, cfg.experiment, PRESETS[cfg.experiment, cfg.preset]["sft"]
-                              ["init"], n_train=rm.eval_size + 2 * rm.batch_size)
+        rehearse.write_inputs(out, cfg.experiment, p["sft"]["init"],
+                              n_train=rm.eval_size + 2 * rm.batch_size)
     timings, per_seed, correct = {}, [], []
     for i, (name, fn, c) in enumerate(steps, 1):
         where = getattr(c, "out", None) or c.out_dir
@@ -427,11 +521,15 @@ def main(cfg: ExperimentConfig):
             t0 = time.time()
             results = fn(c)
             timings[name] = time.time() - t0
-        if isinstance(c, (SFTConfig, DPOConfig, RMConfig)) and not cfg.keep_checkpoints:
+        trained = isinstance(c, (SFTConfig, DPOConfig, RMConfig, PPOConfig))
+        if trained and not cfg.keep_checkpoints:
             # as frontier.py: a finished run's state.pt goes, and the RM's step checkpoints
             # (its best/ is what is read); the policies keep theirs (the tiny preset chooses)
             prune(c.out_dir, "", keep_last=True, checkpoints=False,
                   all_steps=isinstance(c, RMConfig))
+            if not isinstance(c, RMConfig) and "select" not in p and is_done(c.out_dir):
+                for _, path in list_checkpoints(c.out_dir)[:-1]:  # the win rates read the last
+                    remove_checkpoint(path)
         if isinstance(c, WinRateConfig):
             per_seed.append(results)
             if synthetic:  # the dataset's rule: how often each policy is right
@@ -455,8 +553,12 @@ def main(cfg: ExperimentConfig):
     show = lambda m, se: "n/a" if m is None else f"{m:.3f}" + (f" ± {se:.3f}" if se else "")
     for r in rows:
         share = f", correct {show(r['correct'], r['correct_stderr'])}" if correct else ""
+        if r.get("rule_win_rate") is not None:
+            share += f", by the rule {show(r['rule_win_rate'], r['rule_stderr'])}"
         print(f"{r['policy']:>16}  T={r['temperature']:<5}  win rate "
               f"{show(r['win_rate'], r['stderr'])}{share}")
+    if accuracy_line(rows[0]):
+        print(accuracy_line(rows[0]) + f" (mean ± SE over {cfg.seeds} seeds)")
     return rows
 
 

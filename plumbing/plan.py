@@ -364,7 +364,8 @@ def disk(rows: list[dict], keep_checkpoints: bool = False, keep_last: bool = Tru
     as they come: at a save it holds the one it resumes from and the new one, and state.pt beside
     the temporary copy that replaces it; any other run holds all its checkpoints and that. After
     a run: a sweep run keeps its last checkpoint or none (keep_last), the reward model and label
-    classifier their best/ alone, the SFT model its checkpoints; state.pt goes. keep_checkpoints:
+    classifier their best/ alone, the SFT model its checkpoints (a row's "kept": that many);
+    state.pt goes. keep_checkpoints:
     every run holds all of it, during and after."""
     held, peak, at = 0, 0, ""
     for r in rows:
@@ -379,7 +380,7 @@ def disk(rows: list[dict], keep_checkpoints: bool = False, keep_last: bool = Tru
         elif r["sweep"]:
             held += r["file_bytes"] + (min(folders, 1) if keep_last else 0) * r["ckpt_bytes"]
         else:
-            held += r["file_bytes"] + (1 if r["best"] else folders) * r["ckpt_bytes"]
+            held += r["file_bytes"] + r.get("kept", 1 if r["best"] else folders) * r["ckpt_bytes"]
     return peak, at, held
 
 

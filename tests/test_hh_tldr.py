@@ -31,11 +31,25 @@ def test_plans_of_every_preset(tmp_path):
                                                       out_dir=str(tmp_path)))
         names = [n for n, _, _ in steps if not n.startswith("data: ")]
         assert steps[0][0].startswith("data: ")
-        chosen = "select" in hh_tldr.PRESETS[experiment, preset]  # the tiny preset only
+        chosen = "select" in hh_tldr.PRESETS[experiment, preset]  # the tiny presets only
         assert chosen == (preset == "tiny")
-        expected = (["SFT", "choose SFT checkpoint", "DPO", "choose DPO checkpoint"] if chosen
-                    else ["SFT", "DPO"]) + ["reward model", "win rates"]
+        # PPO and Preferred-FT: every preset but the tiny HH one (its results predate them)
+        more = (experiment, preset) != ("hh", "tiny")
+        choose = lambda name, chosen=chosen: [name] + [f"choose {name} checkpoint"] * chosen
+        expected = (choose("SFT") + choose("DPO") + ["reward model"]
+                    + (choose("PPO") + choose("Preferred-FT")) * more + ["win rates"])
         assert [n.split(" beta=")[0] for n in names] == expected
+        by = {n: c for n, _, c in steps}
+        policies = ["SFT", "DPO"] + ["PPO", "Preferred-FT"] * more
+        assert [s.split("=")[0] for s in by["win rates"].policies] == policies
+        if more:  # PPO from SFT on the train pairs' prompts, its reward the RM; Preferred-FT
+            # from SFT on their chosen responses
+            assert by["PPO"].init == by["SFT"].out_dir == by["Preferred-FT"].init
+            assert by["PPO"].prompts == by["data: train"].out == by["Preferred-FT"].pairs
+            assert by["PPO"].reward == "rm" and by["PPO"].rm == by["reward model"].out_dir
+            win = by["win rates"]
+            assert by["PPO"].max_new_tokens == win.max_new_tokens
+            assert win.judge_pairs == (by["data: judge"].out if experiment == "tldr" else "")
         if chosen:  # each chooses among its own run's checkpoints, on the validation split
             by = {n: c for n, _, c in steps}
             assert by["choose SFT checkpoint"].out_dir == by["SFT"].out_dir
@@ -47,7 +61,7 @@ def test_plans_of_every_preset(tmp_path):
         else:  # HH's SFT: the chosen responses of the train pairs
             assert sft_cfg.pairs and not sft_cfg.completions
     with pytest.raises(ValueError, match="not a preset"):
-        hh_tldr.plan(hh_tldr.ExperimentConfig(experiment="tldr", preset="tiny"))
+        hh_tldr.plan(hh_tldr.ExperimentConfig(experiment="tldr", preset="paper"))
 
 
 def test_tiny_hh_end_to_end_and_rerun(tmp_path, monkeypatch):
@@ -163,6 +177,8 @@ def test_gpu_presets_read_local_datasets(tmp_path):
     for name, split, rows in (
             ("cmp", "train", [dict(prompt=p, chosen="TL;DR: cat sleeps", rejected="TL;DR: no")
                               for p in posts]),
+            ("cmp", "test", [dict(prompt=p, chosen="TL;DR: cat naps", rejected="TL;DR: no")
+                             for p in posts]),
             ("sft", "train", [dict(prompt=p + "\nTL;DR:", label=" cat sleeps") for p in posts]),
             ("sft", "test", [dict(prompt=p + "\nTL;DR:", label=" cat naps") for p in posts])):
         os.makedirs(tmp_path / name / "data", exist_ok=True)
@@ -173,9 +189,10 @@ def test_gpu_presets_read_local_datasets(tmp_path):
                                    out_dir=str(tmp_path / "tldr_run"))
     data = {name[6:]: c for name, _, c in hh_tldr.plan(cfg) if name.startswith("data: ")}
     assert {k: (os.path.basename(c.dataset), c.split) for k, c in data.items()} == {
-        "train": ("cmp", "train"), "test": ("sft", "test"), "sft": ("sft", "train")}
+        "train": ("cmp", "train"), "test": ("sft", "test"), "sft": ("sft", "train"),
+        "judge": ("cmp", "test")}  # held-out comparisons: the judge's accuracy
     formats = {k: convert(c)["format"] for k, c in data.items()}
-    assert formats == {"train": "tldr", "test": "tldr_sft", "sft": "tldr_sft"}
+    assert formats == {"train": "tldr", "test": "tldr_sft", "sft": "tldr_sft", "judge": "tldr"}
     assert read_jsonl(data["test"].out)[0]["completion"] == " cat naps"
 
     with pytest.raises(ValueError, match="--sft_dataset: hh's SFT"):
@@ -405,3 +422,48 @@ def test_select_checkpoint_takes_the_most_often_right(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no checkpoint"):
         hh_tldr.select_checkpoint(hh_tldr.SelectConfig(out_dir=str(tmp_path / "none"),
                                                        validation=str(val)))
+
+
+def test_tiny_tldr_every_policy_by_judge_and_rule_over_seeds(tmp_path, monkeypatch):
+    """The TL;DR miniature end to end at a few steps, 2 seeds: SFT on the references, DPO, the
+    RM, PPO on the train pairs' prompts, Preferred-FT, each chosen on validation by the rule;
+    the win rates of all four and Best-of-N by the judge and by the rule, the judge's accuracy
+    on the held-out comparisons (vs labels and vs rule), and their mean ± SE over the seeds."""
+    p = small(hh_tldr.PRESETS["tldr", "tiny"])
+    p["ppo"] = dict(p["ppo"], steps=4, batch_size=32, gen_batch=32, mini_batch=32, save_every=2,
+                    eval_every=2)
+    p["preferred_ft"] = dict(p["preferred_ft"], steps=6, save_every=3, eval_every=3,
+                             eval_size=32)
+    p["winrate"].update(judge_n=40)
+    monkeypatch.setitem(hh_tldr.PRESETS, ("tldr", "tiny"), p)
+    out = tmp_path / "tldr"
+    rows = hh_tldr.main(hh_tldr.ExperimentConfig(experiment="tldr", out_dir=str(out),
+                                                 device="cpu", seeds=2))
+    policies = ["SFT", "DPO", "PPO", "Preferred-FT", "Best of 2"]
+    assert [r["policy"] for r in rows] == [x for x in policies for _ in (0.0, 1.0)]
+    seeds = [read_jsonl(str(out / w / "winrate.jsonl")) for w in ("winrate", "winrate_seed1")]
+    for name in ("sft", "dpo", "ppo", "preferred_ft"):  # each chosen by the rule on validation
+        chosen = json.loads((out / name / "selected.json").read_text())
+        assert chosen["config"]["rule"] == "summary"
+        assert all(r["checkpoint"].endswith(os.path.join(name, "best"))
+                   for r in seeds[0] if r["policy"].lower().replace("-", "_") == name)
+    ppo_log = read_jsonl(str(out / "ppo" / "log.jsonl"))
+    assert len(ppo_log) == 4 and ppo_log[0]["kl/seq"] == pytest.approx(0.0, abs=1e-4)
+    judged = read_jsonl(str(out / "winrate" / "judged_pairs.jsonl"))
+    assert len(judged) == 40  # of the held-out comparisons, never trained on
+    for k, r in enumerate(rows):
+        assert r["seeds"] == 2 and r["rule"] == "summary" and r["judge_accuracy_vs"] == "labels"
+        for key in ("win_rate", "rule_win_rate", "judge_accuracy", "judge_accuracy_rule"):
+            assert r[key] == pytest.approx((seeds[0][k][key] + seeds[1][k][key]) / 2)
+            assert 0 <= r[key] <= 1
+        # the rule's win rate, by hand from seed 0's comparisons
+    comps = [c for c in read_jsonl(str(out / "winrate" / "comparisons.jsonl"))
+             if c["policy"] == "PPO" and c["temperature"] == 1.0]
+    from synthetic.summaries import summary_reward
+    wins = [(summary_reward(c["prompt"], c["response"]) > summary_reward(c["prompt"],
+                                                                          c["reference"]))
+            + 0.5 * (summary_reward(c["prompt"], c["response"]) == summary_reward(
+                c["prompt"], c["reference"])) for c in comps]
+    ppo1 = next(r for r in seeds[0] if r["policy"] == "PPO" and r["temperature"] == 1.0)
+    assert ppo1["rule_win_rate"] == pytest.approx(sum(wins) / len(wins))
+    assert (out / "winrate_seeds.png").stat().st_size > 0

@@ -40,7 +40,7 @@ def test_the_data_written_is_read_by_the_loaders_at_the_real_lengths(tmp_path):
         stats = {k: convert(c) for k, c in data.items()}
         rows = {k: read_jsonl(c.out) for k, c in data.items()}
         assert {k: len(r) for k, r in rows.items()} == {
-            k: n if k != "test" else rehearse.N_TEST for k in data}
+            k: n if k not in ("test", "judge") else rehearse.N_TEST for k in data}
         assert all(s["written"] == s["rows"] for s in stats.values())  # none dropped
         first = rows["train"][0]
         if experiment == "hh":
@@ -66,13 +66,17 @@ def test_the_rehearsal_plan_keeps_the_shapes_and_cuts_the_counts(tmp_path):
         steps = hh_tldr.plan(cfg)
         assert [name for name, _, _ in steps] == [name for name, _, _ in full]  # one seed
         paths = rehearse.inputs(str(tmp_path), experiment)
+        by_name = {name: c for name, _, c in steps}
         for (name, fn, c), (_, _, real) in zip(steps, full):
             assert isinstance(fn, Measured) and fn.name == name
             assert fn.log == str(tmp_path / "rehearsal.jsonl")
             for f in ("micro_batch", "max_len", "max_length", "max_prompt_length",
                       "max_new_tokens", "best_of"):
                 assert getattr(c, f, None) == getattr(real, f, None), (name, f)
-            if hasattr(c, "micro_batch"):
+            if hasattr(c, "mini_batch"):  # PPO: one generate() of gen_batch, one pass
+                assert c.batch_size == max(c.gen_batch, c.mini_batch) < real.batch_size, name
+                assert c.ppo_epochs == 1 and c.prompts == by_name["data: train"].out, name
+            elif hasattr(c, "micro_batch"):
                 assert c.batch_size == 2 * c.micro_batch < real.batch_size, name
             if getattr(c, "steps", None):
                 assert c.steps == 2 and c.save_every == 1, name
@@ -80,10 +84,10 @@ def test_the_rehearsal_plan_keeps_the_shapes_and_cuts_the_counts(tmp_path):
                 assert c.dataset in (paths["dataset"], paths.get("sft_dataset"))
                 assert c.tokenizer == paths["base_model"]
         by_type = {type(c): c for _, _, c in steps}
-        assert by_type[hh_tldr.SFTConfig].init == paths["base_model"]
+        assert by_name["SFT"].init == paths["base_model"]
         assert by_type[RMConfig].epochs == 1
         w = by_type[WinRateConfig]
-        assert w.n == 1 and w.temperatures == (0.0, 1.0) and w.best_of == 16
+        assert w.n == 1 and w.temperatures == (0.0, 1.0) and w.best_of == 16 and w.judge_n == 4
         assert w.judge.startswith("rm:")
     default = hh_tldr.plan(hh_tldr.ExperimentConfig(experiment="tldr", preset="gpt2",
                                                     rehearse=True))
@@ -96,7 +100,7 @@ def test_the_rehearsal_plan_keeps_the_shapes_and_cuts_the_counts(tmp_path):
 def test_the_gpt2_rehearsals_run_every_stage_on_the_cpu(tmp_path, capsys):
     """hh_tldr.run --preset gpt2 --rehearse for hh and tldr, end to end on the CPU: every stage
     runs and is logged with its wall time and peak memory (printed), into win-rate files with
-    SFT, DPO and Best-of-16 at T = 0 and 1."""
+    SFT, DPO, PPO, Preferred-FT and Best-of-16 at T = 0 and 1, and the judge's accuracy."""
     for experiment in ("hh", "tldr"):
         out = tmp_path / experiment
         cfg = hh_tldr.ExperimentConfig(experiment=experiment, preset="gpt2", rehearse=True,
@@ -113,5 +117,7 @@ def test_the_gpt2_rehearsals_run_every_stage_on_the_cpu(tmp_path, capsys):
             assert r["seconds"] >= 0 and r["peak_rss_gb"] > (0.1 if data else 0.5), r
         assert read_jsonl(str(out / "winrate" / "winrate.jsonl")) == results
         assert {(r["policy"], r["temperature"]) for r in results} == {
-            (p, t) for p in ("SFT", "DPO", "Best of 16") for t in (0.0, 1.0)}
+            (p, t) for p in ("SFT", "DPO", "PPO", "Preferred-FT", "Best of 16")
+            for t in (0.0, 1.0)}
         assert all(r["n"] == 1 and r["judge"].startswith("rm:") for r in results)
+        assert all(r["judge_accuracy_n"] == 4 for r in results)  # held-out pairs judged
