@@ -29,7 +29,7 @@ states it, and judge.json (with judged_pairs.jsonl, each pair's judgment) keeps 
 with the same judge and pairs measures nothing again.
 
 Where the truth is known (the synthetic miniatures), --rule names a rule as a second judge: each
-comparison also gets the rule's verdict (rule_win_rate, rule_stderr; dashed in the plot), and the
+comparison also gets the rule's verdict (rule_win_rate, rule_stderr; a panel of the plot), and the
 judge's accuracy is measured against the rule too (judge_accuracy_rule, on the pairs the rule
 decides): the miniature's analogue of the paper's agreement study of GPT-4 and humans.
 """
@@ -579,12 +579,12 @@ def plot_winrate(jsonl: str, png: str | None = None) -> str:
 
 def winrate_figure(jsonl: str):
     """Win rate (y, ± standard error) against sampling temperature (x), one line per policy, as in
-    the paper's Figures 2 (right) and 3, titled with the test data's name (data_name); where a rule
-    judged too, its win rate dashed in the policy's colour; beside it, where measured, the share of
-    correct responses by the dataset's own rule (the synthetic dialogues: the rows' "correct", or
-    correct.jsonl beside the file); below, the judge's accuracy on held-out pairs where measured
-    (accuracy_line). Each panel's y-axis spans the values and their errors (the win rates' also
-    0.5, a tie)."""
+    the paper's Figures 2 (right) and 3, titled with the test data's name (data_name); beside it,
+    in the same colours, where a rule judged too, the rule's win rate, and where measured, the
+    share of correct responses by the dataset's own rule (the synthetic dialogues: the rows'
+    "correct", or correct.jsonl beside the file); below, the judge's accuracy on held-out pairs
+    where measured (accuracy_line). Each panel's y-axis spans the values and their errors (the
+    win rates' also 0.5, a tie)."""
     import textwrap
 
     from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
@@ -596,19 +596,30 @@ def winrate_figure(jsonl: str):
     correct = ([dict(r, win_rate=r["correct"], stderr=r.get("correct_stderr")) for r in rows
                 if r.get("correct") is not None] or
                [dict(r, win_rate=r["correct"]) for r in read_jsonl(beside)])
-    fig = Figure(figsize=(11 if correct else 6, 4.5))
-    axes = fig.subplots(1, 2 if correct else 1, squeeze=False)[0]
+    ruled = [dict(r, win_rate=r["rule_win_rate"], stderr=r.get("rule_stderr")) for r in rows
+             if r.get("rule_win_rate") is not None]
+    n = 1 + bool(ruled) + bool(correct)
+    fig = Figure(figsize=(6 if n == 1 else 5.5 * n, 4.5))
+    axes = list(fig.subplots(1, n, squeeze=False)[0])
     expected = "expected " if rows[0].get("expected") else ""
     task, judge = rows[0].get("task", ""), rows[0].get("judge", "")
     data = rows[0].get("data") or task  # (files written before the data was named: the task)
-    panel(axes[0], rows, tie=True, rule=True)
-    axes[0].set_ylabel(f"{expected}win rate vs {'chosen' if task == 'dialogue' else 'reference'}")
+    against = "chosen" if task == "dialogue" else "reference"
+    ax = axes.pop(0)
+    panel(ax, rows, tie=True)
+    ax.set_ylabel(f"{expected}win rate vs {against}")
     seeds = f", mean ± SE over {rows[0]['seeds']} seeds" if rows[0].get("seeds") else ""
-    axes[0].set_title(f"{data}: {task}, judge {judge}{seeds}", fontsize=10)
+    ax.set_title(f"{data}: {task}, judge {judge}{seeds}", fontsize=10)
+    if ruled:
+        ax = axes.pop(0)
+        panel(ax, ruled, tie=True)
+        ax.set_ylabel(f"win rate vs {against} by the rule")
+        ax.set_title(f"judged by the dataset's rule ({ruled[0]['rule']})", fontsize=10)
     if correct:
-        panel(axes[1], correct, tie=False)
-        axes[1].set_ylabel("share of correct responses")
-        axes[1].set_title("correct by the dataset's own rule", fontsize=10)
+        ax = axes.pop(0)
+        panel(ax, correct, tie=False)
+        ax.set_ylabel("share of correct responses")
+        ax.set_title("correct by the dataset's own rule", fontsize=10)
     caption = accuracy_line(rows[0])
     if caption:  # about 13 characters an inch at this size
         caption = textwrap.fill(caption, int(fig.get_figwidth() * 13))
@@ -619,27 +630,17 @@ def winrate_figure(jsonl: str):
     return fig
 
 
-def panel(ax, rows, tie: bool, rule: bool = False):
-    """One line per policy (± its standard error) over temperature, and with `rule`, where the rows
-    carry it, the rule's win rate dashed in the same colour; y spans the values and their errors,
+def panel(ax, rows, tie: bool):
+    """One line per policy (± its standard error) over temperature, in the order the rows name
+    them (so each panel gives a policy the same colour); y spans the values and their errors,
     with a margin (tie: also the 0.5 line, labelled)."""
     policies = list(dict.fromkeys(r["policy"] for r in rows))
-    ruled = [r for r in rows if rule and r.get("rule_win_rate") is not None]
     for k, policy in enumerate(policies):
         pts = sorted((r for r in rows if r["policy"] == policy), key=lambda r: r["temperature"])
         dx = 0.008 * (k - (len(policies) - 1) / 2)  # side by side, so error bars stay apart
-        line = ax.errorbar([r["temperature"] + dx for r in pts], [r["win_rate"] for r in pts],
-                           yerr=[r["stderr"] or 0.0 for r in pts], marker="o", capsize=3,
-                           label=policy)
-        pts = [r for r in ruled if r["policy"] == policy]
-        if pts:
-            ax.errorbar([r["temperature"] + dx for r in pts], [r["rule_win_rate"] for r in pts],
-                        yerr=[r["rule_stderr"] or 0.0 for r in pts], marker="s", capsize=3,
-                        ls="--", color=line.lines[0].get_color(), mfc="none",
-                        label=f"{policy}, by the rule {pts[0]['rule']}")
-    ends = [r[key] + s * (r[se] or 0.0) for key, se, rs in (("win_rate", "stderr", rows),
-                                                          ("rule_win_rate", "rule_stderr", ruled))
-            for r in rs for s in (-1, 1)]
+        ax.errorbar([r["temperature"] + dx for r in pts], [r["win_rate"] for r in pts],
+                    yerr=[r["stderr"] or 0.0 for r in pts], marker="o", capsize=3, label=policy)
+    ends = [r["win_rate"] + s * (r["stderr"] or 0.0) for r in rows for s in (-1, 1)]
     ends += [0.5] if tie else []
     lo, hi = min(ends), max(ends)
     margin = max(0.1 * (hi - lo), 0.01)

@@ -86,8 +86,10 @@ def test_tiny_hh_end_to_end_and_rerun(tmp_path, monkeypatch):
     out = tmp_path / "hh" / "winrate"
     assert read_jsonl(str(out / "winrate.jsonl")) == results
     assert {r["data"] for r in results} == {"synthetic (test)"}  # the plot's title
-    # drawn again once correct.jsonl is there: two panels side by side, 11 inches at 120 dpi
-    assert int.from_bytes((out / "winrate.png").read_bytes()[16:20], "big") == 1320
+    # drawn again once correct.jsonl is there: three panels side by side (the judge's win rates,
+    # the rule's, the correct share), 16.5 inches at 120 dpi
+    assert int.from_bytes((out / "winrate.png").read_bytes()[16:20], "big") == 1980
+    assert all(r["rule"] == "dialogue" and 0 <= r["rule_win_rate"] <= 1 for r in results)
     sft_ckpt = list_checkpoints(str(tmp_path / "hh" / "sft"))[-1][1]
     with open(os.path.join(sft_ckpt, "compact_vocab.json")) as f:  # the dialogue vocabulary
         assert json.load(f) == dialogue_vocab()

@@ -11,7 +11,7 @@ are one clear error with nothing half-written; the rm judge's expected win rate 
 sigmoid(r_policy - r_reference) of the reward model itself. The judge's accuracy on held-out pairs
 (rm: r(chosen) > r(rejected) by hand; openai: the local endpoint's answers, order undone, failures
 counted), kept in judge.json and the plot's caption; a rule as a second judge (dialogue_reward by
-hand on comparisons.jsonl, the judge's accuracy against it, dashed in the plot)."""
+hand on comparisons.jsonl, the judge's accuracy against it, a panel of the plot)."""
 
 import dataclasses
 import json
@@ -664,7 +664,7 @@ def test_rule_win_rate_and_judge_accuracy_vs_the_rule(dialogues, tmp_path, monke
     """--rule dialogue: each comparison's rule verdict (dialogue_reward of the response against
     the reference's: 1, 0.5, 0) averages to the rows' rule_win_rate; the judge's accuracy against
     the rule is its agreement with the rule's side of each pair the rule decides; the plot draws
-    the rule's win rate dashed in the policy's colour and states both accuracies."""
+    the rule's win rate in a panel beside, in the policy's colour, and states both accuracies."""
     from synthetic.dialogues import _questions, dialogue_reward
 
     tok, questions = dialogues.tok, _questions()
@@ -725,16 +725,18 @@ def test_rule_win_rate_and_judge_accuracy_vs_the_rule(dialogues, tmp_path, monke
         assert r["labels_agree_rule"] == pytest.approx(
             sum(labels_vs_rule) / len(labels_vs_rule))
 
-    # the plot: the rule's win rate dashed beside the judge's, and both accuracies below
+    # the plot: the rule's win rate in a panel beside the judge's, the policy in the same colour,
+    # and both accuracies below
     with open(tmp_path / "winrate.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     fig = winrate.winrate_figure(str(tmp_path / "winrate.jsonl"))
-    [ax] = fig.axes
-    solid, dashed = ax.containers
-    assert dashed.lines[0].get_linestyle() == "--"
-    assert dashed.lines[0].get_color() == solid.lines[0].get_color()
-    assert list(dashed.lines[0].get_ydata()) == [r["rule_win_rate"] for r in rows]
-    assert "sft, by the rule dialogue" in [t.get_text() for t in ax.get_legend().texts]
+    judged, ax = fig.axes
+    [solid], [by_rule] = judged.containers, ax.containers
+    assert by_rule.lines[0].get_color() == solid.lines[0].get_color()
+    assert list(by_rule.lines[0].get_ydata()) == [r["rule_win_rate"] for r in rows]
+    assert list(solid.lines[0].get_ydata()) == [r["win_rate"] for r in rows]
+    assert "rule (dialogue)" in ax.get_title()
+    assert "sft" in [t.get_text() for t in ax.get_legend().texts]
     [caption] = [t.get_text().replace("\n", " ") for t in fig.texts]
     assert f"accuracy {rows[0]['judge_accuracy']:.3f}" in caption
     assert (f"{rows[0]['judge_accuracy_rule']:.3f} ± {rows[0]['judge_accuracy_rule_stderr']:.3f}"
