@@ -37,9 +37,8 @@ from data import (
     stream_indices,
 )
 from model import GPT, gpt_folder, sample_completions, token_logprobs
-from reward import load_ground_truth, load_reward_model
+from reward import load_ground_truth, load_reward_model, rm_sequence
 
-from hh_tldr.winrate import choose_prompts, load_test, rm_sequence
 from plumbing.flags import arg
 from plumbing.runs import Run, run_main
 from plumbing.speed import adamw, speed_up
@@ -282,7 +281,7 @@ def score_rollouts(cfg, scorer, tok, prompts, comps):
     """(B,) scores of prompt + completion. The learned RM (--reward rm) reads the sampled token
     ids, as it was trained on the pairs' ids (reward.rm_tokens): decoding and re-encoding does
     not always give them back; a sequence longer than its context keeps its last tokens, as the
-    win-rate judge reads it (winrate.rm_sequence), so a long prompt never cuts the completion
+    win-rate judge reads it (reward.rm_sequence), so a long prompt never cuts the completion
     off. The ground truth (--reward gt) reads text, as everywhere else."""
     if cfg.reward == "rm":
         T = scorer.model.gpt.config.block_size
@@ -301,6 +300,8 @@ def preference_prompts(cfg, tok) -> list[list[int]]:
     """The prompt pool of --prompts: the distinct prompt_ids of a pairs or completions file in
     file order (winrate.load_test), n_prompts of them by a seeded choice; they must be ids of the
     policy's tokenizer (its vocabulary, and its decoding gives the file's prompt text)."""
+    from hh_tldr.winrate import choose_prompts, load_test  # the HH/TL;DR files' reader
+
     _, rows = load_test(cfg.prompts)
     rows = choose_prompts(rows, cfg.n_prompts, cfg.seed)
     pool = [p for p, *_ in rows]

@@ -65,6 +65,14 @@ def rm_tokens(ids: list[int], eos_id: int, max_len: int) -> list[int]:
     return ids[:max_len] or [eos_id]
 
 
+def rm_sequence(prompt_ids, response_ids, eos_id, max_len):
+    """What the reward model reads of prompt + response: rm_tokens' tokens (no final EOS), keeping
+    the last max_len so that a long prompt never cuts the response off."""
+    seq = rm_tokens(list(prompt_ids) + list(response_ids), eos_id, len(prompt_ids) +
+                    len(response_ids) + 1)
+    return seq[-max_len:]
+
+
 class RewardModel(nn.Module):
     def __init__(self, gpt: GPT, kind: str, head: nn.Linear | None = None):
         super().__init__()

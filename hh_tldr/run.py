@@ -62,13 +62,14 @@ from hh_tldr.winrate import (
     load_test,
     plot_winrate,
     sample_block,
+    show,
 )
 from hh_tldr.winrate import check_config as check_judge
 from hh_tldr.winrate import main as winrate_main
 from plumbing.flags import arg, check_fields
 from plumbing.prune import prune, remove_checkpoint, saved_steps
 from plumbing.rehearse import Measured, print_rehearsal
-from plumbing.runs import config_dict, is_done, open_run, run_main
+from plumbing.runs import config_dict, is_done, open_run, run_main, with_new_defaults
 from plumbing.speed import speed_up
 from plumbing.utils import (
     atomic_write_json,
@@ -133,10 +134,13 @@ PRESETS = {
     # CPU, offline: synthetic posts in the TL;DR layouts (synthetic/summaries.py: a post states
     # facts of stated importance; the rule scores a summary by the facts it covers, less padding;
     # the comparisons' labels are noisy draws from it), a 2-layer 64-wide GPT from scratch. The
-    # settings were fixed before any test win rate was seen: SFT and the lengths as the HH
-    # miniature's, DPO at the paper's TL;DR beta = 0.5 and the HH miniature's lr, PPO and
-    # Preferred-FT as the IMDb tiny preset's; the RM's lr (1e-4) the best of 1e-3, 3e-4 and 1e-4
-    # by seed 0's held-out accuracy on the train split (0.56 at 1e-3, docs/hh_tldr.md). Each
+    # settings were fixed before any test win rate was seen. SFT: the HH miniature's model, batch,
+    # lr and warm-up, 1,200 steps (two passes over the references), lengths fitted to the posts;
+    # DPO: the paper's TL;DR beta = 0.5, the HH miniature's lr, batch and warm-up, 600 steps (one
+    # pass over the pairs); PPO: the IMDb tiny preset's lr, batches and KL-controller settings, 150
+    # iterations on the whole prompt pool; Preferred-FT: the IMDb tiny preset's lr and batch, 600
+    # steps as DPO; none stops early. The RM's lr (1e-4): the best of 1e-3, 3e-4 and 1e-4 by seed
+    # 0's held-out accuracy on the train split (0.56 at 1e-3, docs/hh_tldr.md). Each
     # trained policy (SFT, DPO, PPO, Preferred-FT) is taken at its checkpoint of best mean rule
     # score on 200 validation prompts at T = 0 and 1 (select_checkpoint): one rule for all four;
     # the test prompts are never seen before the win rates. The judge RM keeps its checkpoint of
@@ -199,7 +203,7 @@ class ExperimentConfig:
                             "openai:<model> or rm:<folder> (default: the learned reward model)")
     device: str = arg("auto", "cuda > mps > cpu", "device")
     seeds: int = arg(
-        1, "SFT, DPO, RM and win rates repeated with seeds 0 .. K-1 (the data is one)", "> 0")
+        1, "every run and the win rates repeated with seeds 0 .. K-1 (the data is one)", "> 0")
     keep_checkpoints: bool = arg(False, "keep every checkpoint and state.pt of every run")
     plan: bool = arg(False, "print each run's steps, checkpoints and the disk; run nothing")
     rehearse: bool = arg(False, "gpt2: every stage at its real shapes, cut to 2 steps, on a "
@@ -209,10 +213,11 @@ class ExperimentConfig:
 
 # ----------------------------------------------------------------------------- checkpoint choice
 # On the synthetic dialogues DPO's own held-out signal, the pair loss, keeps improving while its
-# samples get worse (docs/hh_tldr.md shows it), so the tiny preset takes each trained policy (SFT
-# and DPO alike) at the checkpoint whose samples are right most often on validation prompts: a third
-# split of the grammar, never the test one. The checkpoint is copied to <run>/best/, which every
-# later step loads for the run folder (utils.resolve_checkpoint), as the reward model's best/.
+# samples get worse (docs/hh_tldr.md shows it), so the tiny presets take each trained policy (SFT,
+# DPO, and in TL;DR PPO and Preferred-FT) at the checkpoint whose samples score best by the
+# dataset's rule on validation prompts: a third split of the grammar, never the test one. The
+# checkpoint is copied to <run>/best/, which every later step loads for the run folder
+# (utils.resolve_checkpoint), as the reward model's best/.
 
 
 @dataclass
@@ -355,7 +360,7 @@ def finished(c) -> bool:
         if not (os.path.isfile(path) and os.path.isdir(os.path.join(c.out_dir, "best"))):
             return False  # not chosen yet, or killed before selected.json: choose (again)
         with open(path) as f:
-            if json.load(f)["config"] != config_dict(c):
+            if with_new_defaults(c, json.load(f)["config"]) != config_dict(c):
                 raise ValueError(f"{path} was chosen with another config; delete it or choose "
                                  f"another --out_dir")
         return True
@@ -526,7 +531,8 @@ def main(cfg: ExperimentConfig):
         trained = isinstance(c, (SFTConfig, DPOConfig, RMConfig, PPOConfig))
         if trained and not cfg.keep_checkpoints:
             # as frontier.py: a finished run's state.pt goes, and the RM's step checkpoints
-            # (its best/ is what is read); the policies keep theirs (the tiny preset chooses)
+            # (its best/ is what is read); the tiny presets' policies keep theirs (they are
+            # chosen from), the gpt2 presets' their last (what the win rates read)
             prune(c.out_dir, "", keep_last=True, checkpoints=False,
                   all_steps=isinstance(c, RMConfig))
             if not isinstance(c, RMConfig) and "select" not in p and is_done(c.out_dir):
@@ -552,7 +558,6 @@ def main(cfg: ExperimentConfig):
     write_jsonl(path, rows)
     print(f"{cfg.seeds} seeds: mean ± standard error over seeds -> {path}, "
           f"{plot_winrate(path)}")
-    show = lambda m, se: "n/a" if m is None else f"{m:.3f}" + (f" ± {se:.3f}" if se else "")
     for r in rows:
         share = f", correct {show(r['correct'], r['correct_stderr'])}" if correct else ""
         if r.get("rule_win_rate") is not None:

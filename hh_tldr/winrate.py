@@ -45,7 +45,7 @@ import torch
 
 from data import load_tokenizer
 from model import GPT, gpt_folder, sample_completions
-from reward import RewardModel, reward_folder, rm_tokens
+from reward import RewardModel, reward_folder, rm_sequence
 
 from hh_tldr.judge import PROMPTS, openai_judge
 from plumbing.flags import arg, check_fields
@@ -64,14 +64,6 @@ from plumbing.utils import (
 )
 
 # ----------------------------------------------------------------------------- the reward judge
-
-
-def rm_sequence(prompt_ids, response_ids, eos_id, max_len):
-    """What the reward model reads of prompt + response: rm_tokens' tokens (no final EOS), keeping
-    the last max_len so that a long prompt never cuts the response off."""
-    seq = rm_tokens(list(prompt_ids) + list(response_ids), eos_id, len(prompt_ids) +
-                    len(response_ids) + 1)
-    return seq[-max_len:]
 
 
 @torch.no_grad()

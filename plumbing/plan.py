@@ -83,7 +83,8 @@ GPU_CARD = 24e9  # the card the paper preset should fit
 # (seconds, bytes read or written). Loads and writes are scaled by bytes from these; a GPU
 # machine's disk and host may be faster or slower (unmeasured). Process start-up is not counted.
 FIXED = {"load": (1.74, 497.8e6),  # GPT-2 124M's model.safetensors into GPT.from_pretrained
-         "load ground truth": (2.64, 1.42e9),  # RoBERTa-large, its id map included
+         # RoBERTa-large, with its id map then built by a 0.19 s loop (now filled lazily)
+         "load ground truth": (2.64, 1.42e9),
          "write": (1.29, 497.8e6),  # a GPT-2 124M checkpoint folder, written atomically
          "prefixes": (1.51, 0)}  # the test split read and cleaned, 512 prefixes taken
 
@@ -269,7 +270,8 @@ def budget(cfg, steps) -> tuple[list[dict], dict]:
         t, files = seconds(kind, examples, c, rate), n_steps * LOG_ROW
         if kind == "pairs":
             files += n_pairs * PAIR_ROW.get(pairs.dataset, 1300)
-        if kind == "dpo" and not any(r["kind"] == "dpo" for r in rows):  # once per sweep
+        dpo_before = any(r["kind"] == "dpo" for r in rows)  # the reference log-probs cached
+        if kind == "dpo" and not dpo_before:  # once per sweep
             files += 8 * n_pairs  # the reference log-probs' cache
             t += 2 * n_pairs * PAIR_LEN / rate["forward"] if rate else 0
         if kind == "online dpo":  # the pools since the last checkpoint, and the one it is in
@@ -294,34 +296,43 @@ def budget(cfg, steps) -> tuple[list[dict], dict]:
             gpu=gpu_memory(kind, c, sz, gt_params, final.micro_batch) if rate else (0.0, 0.0),
             eval_seconds=seconds("checkpoint", (len(picked) + first) * final.n_prefixes, c, rate)
             if sweep else 0.0,
-            fixed=(fixed_seconds(kind, c, len(ckpts), ckpt_bytes, state, 4 * gt_params, sz)
-                   + (eval_fixed_seconds(len(picked) + first, sz, 4 * gt_params) if sweep
-                      else 0.0)) if rate else 0.0))
+            fixed=(fixed_seconds(kind, c, len(ckpts), ckpt_bytes, state, 4 * gt_params, sz,
+                                 ref_cached=kind == "dpo" and dpo_before)
+                   + (eval_fixed_seconds(len(picked), sz, 4 * gt_params) if sweep else 0.0))
+            if rate else 0.0))
     return rows, dict(sz, rate=rate)
 
 
+def fixed(what: str, n_bytes: float) -> float:
+    """Seconds to load or write n_bytes at FIXED's measured rate for `what`."""
+    return FIXED[what][0] * n_bytes / FIXED[what][1]
+
+
 def fixed_seconds(kind: str, c, ckpts: int, ckpt_bytes: int, state_bytes: int, gt_bytes: float,
-                  sz: dict) -> float:
+                  sz: dict, ref_cached: bool) -> float:
     """Seconds of a step's fixed costs at FIXED's rates: the models it loads (GPT-sized ones and
-    the ground truth) and its checkpoints and state.pt, written at each save (+ the RM's best/)."""
-    load = lambda n_bytes, what="load": FIXED[what][0] * n_bytes / FIXED[what][1]
-    W = sz["model"]
+    the ground truth) and its checkpoints and state.pt, written at each save (+ the RM's and the
+    label classifier's best/). ref_cached: a DPO run after the sweep's first reads the reference
+    log-probs from the cache and loads no reference."""
     gpts = {"sft": 1, "preferred-ft": 1, "reward model": 1, "ground truth": 1, "pairs": 1,
-            "dpo": 2, "evaluate": 3,  # evaluate: the reference, a policy, the RM of best-of-N
+            "dpo": 2 - ref_cached,
+            "evaluate": 2,  # the reference and the RM of best-of-N (sweep runs: evaluated live)
             "optimum": 1, "optimum, mixture": 1 + len(set(getattr(c, "policies", ())))}.get(kind)
     gt = kind in ("pairs", "evaluate") or kind.startswith("optimum")
     if gpts is None:  # PPO and online DPO: the policy, the reference and the reward's model
         gpts, gt = 2 + (c.reward == "rm"), c.reward == "gt"
-    writes = ckpts * (ckpt_bytes + state_bytes) + ckpt_bytes * (kind == "reward model")
-    return load(gpts * W) + gt * load(gt_bytes, "load ground truth") + load(writes, "write")
+    writes = (ckpts * (ckpt_bytes + state_bytes)
+              + ckpt_bytes * (kind in ("reward model", "ground truth")))
+    return (fixed("load", gpts * sz["model"]) + gt * fixed("load ground truth", gt_bytes)
+            + fixed("write", writes) + FIXED["prefixes"][0] * (kind == "evaluate"))
 
 
 def eval_fixed_seconds(n_checkpoints: int, sz: dict, gt_bytes: float) -> float:
     """A sweep run's live evaluation: the reference, the ground truth and the test prefixes once
-    (evaluate.main's `shared`), then each checkpoint's load."""
-    load = lambda n_bytes, what="load": FIXED[what][0] * n_bytes / FIXED[what][1]
-    return (load((1 + n_checkpoints) * sz["model"]) + load(gt_bytes, "load ground truth")
-            + FIXED["prefixes"][0])
+    (evaluate.main's `shared`), then each checkpoint's load (the reference's own row, in the first
+    run, reuses the reference)."""
+    return (fixed("load", (1 + n_checkpoints) * sz["model"])
+            + fixed("load ground truth", gt_bytes) + FIXED["prefixes"][0])
 
 
 def roberta_params() -> int:

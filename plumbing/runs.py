@@ -345,6 +345,19 @@ def config_dict(cfg) -> dict:
     return d
 
 
+def with_new_defaults(cfg, old: dict) -> dict:
+    """An old config's dict, plus each field of cfg added since it was written (absent from it)
+    whose value now is its default: the old code behaved so, so it counts as equal."""
+    new = config_dict(cfg)
+    for f in dataclasses.fields(cfg):
+        default = (f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                   if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        if f.name not in old and f.name in new and default is not dataclasses.MISSING and \
+                getattr(cfg, f.name) == default:
+            old = {**old, f.name: new[f.name]}
+    return old
+
+
 def open_run(cfg) -> bool:
     """Check cfg.out_dir against cfg before anything is loaded or written. True: a run of this
     config is there to continue. False: a new run, or --overwrite. Another config there: refuse,
@@ -356,10 +369,7 @@ def open_run(cfg) -> bool:
         return False
     with open(path) as f:
         old = json.load(f)
-    defaults = config_dict(type(cfg)()) if all(
-        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        for f in dataclasses.fields(cfg)) else {}
-    old = {**{k: v for k, v in defaults.items() if k not in old and new.get(k) == v}, **old}
+    old = with_new_defaults(cfg, old)
     if old != new:
         key = next(k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k))
         raise ValueError(f"{out} holds a run with another config ({key}: {old.get(key)!r} "

@@ -457,12 +457,14 @@ def test_the_fixed_costs_in_the_gpu_plan(capsys):
     sz, gt_bytes = budget.sizes(cfg), 4 * budget.roberta_params()
     per_byte = {k: t / b for k, (t, b) in budget.FIXED.items() if b}
     load, write = per_byte["load"], per_byte["write"]
-    dpo = rows["DPO beta=0.1"]
-    assert dpo["ckpts"] == 8 and dpo["sweep"]
-    train = 2 * sz["model"] * load + 8 * (dpo["ckpt_bytes"] + dpo["state_bytes"]) * write
-    evaluation = ((dpo["evaluated"] + 1) * sz["model"] * load  # its checkpoints + the reference
-                  + gt_bytes * per_byte["load ground truth"] + budget.FIXED["prefixes"][0])
-    assert dpo["fixed"] == pytest.approx(train + evaluation)
+    evaluation = lambda r: ((r["evaluated"] + 1) * sz["model"] * load  # + the reference
+                            + gt_bytes * per_byte["load ground truth"]
+                            + budget.FIXED["prefixes"][0])
+    for name, models in (("DPO beta=0.05", 2), ("DPO beta=0.1", 1)):  # then the reference's
+        dpo = rows[name]  # log-probs are cached: no reference to load
+        assert dpo["ckpts"] == 8 and dpo["sweep"]
+        train = models * sz["model"] * load + 8 * (dpo["ckpt_bytes"] + dpo["state_bytes"]) * write
+        assert dpo["fixed"] == pytest.approx(train + evaluation(dpo))
     ppo_gt = rows["PPO-GT target KL=3.0"]  # policy, reference, the ground truth as the reward
     assert ppo_gt["fixed"] - rows["PPO target KL=3.0"]["fixed"] == pytest.approx(
         gt_bytes * per_byte["load ground truth"] - sz["model"] * load)

@@ -1,6 +1,7 @@
 """hh_tldr.py: the dialogue and summarization experiments' plans, and the tiny HH preset end to
 end at a reduced size (data -> SFT on the chosen responses -> DPO -> RM -> win rates)."""
 
+import dataclasses
 import json
 import os
 
@@ -9,6 +10,7 @@ import pytest
 import sft
 
 from hh_tldr import run as hh_tldr
+from plumbing.runs import config_dict
 from plumbing.utils import list_checkpoints, read_jsonl
 from synthetic.dialogues import dialogue_vocab
 
@@ -469,3 +471,15 @@ def test_tiny_tldr_every_policy_by_judge_and_rule_over_seeds(tmp_path, monkeypat
     ppo1 = next(r for r in seeds[0] if r["policy"] == "PPO" and r["temperature"] == 1.0)
     assert ppo1["rule_win_rate"] == pytest.approx(sum(wins) / len(wins))
     assert (out / "winrate_seeds.png").stat().st_size > 0
+
+
+def test_a_choice_made_before_the_rule_flag_is_still_finished(tmp_path):
+    """selected.json written before SelectConfig had `rule` (the dialogues were the only rule):
+    still finished for rule="dialogue", its default; another rule is another config, refused."""
+    cfg = hh_tldr.SelectConfig(out_dir=str(tmp_path), validation="v.jsonl")
+    old = {k: v for k, v in config_dict(cfg).items() if k != "rule"}
+    (tmp_path / "best").mkdir()
+    (tmp_path / "selected.json").write_text(json.dumps(dict(config=old, scores=[], step=1)))
+    assert hh_tldr.finished(cfg)
+    with pytest.raises(ValueError, match="chosen with another config"):
+        hh_tldr.finished(dataclasses.replace(cfg, rule="summary"))
