@@ -601,7 +601,7 @@ def winrate_figure(jsonl: str):
     panel(ax, rows, tie=True)
     ax.set_ylabel(f"{expected}win rate vs {against}")
     seeds = f", mean ± SE over {rows[0]['seeds']} seeds" if rows[0].get("seeds") else ""
-    ax.set_title(f"{data}: {task}, judge {judge}{seeds}", fontsize=10)
+    ax.set_title(f"{data}: {task},\njudge {judge}{seeds}", fontsize=10)
     if ruled:
         ax = axes.pop(0)
         panel(ax, ruled, tie=True)
