@@ -140,3 +140,28 @@ def closed_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def write_cat_tldr(root) -> tuple[str, str]:
+    """24 TL;DR-layout posts about cats as hub-layout parquet (the comparisons in cmp/, the SFT set
+    in sft/), converted by hh_tldr/preferences.py: (pairs file, completions file) on GPT-2's BPE."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hh_tldr.preferences import PreferencesConfig
+    from hh_tldr.preferences import main as convert
+
+    posts = [f"SUBREDDIT: r/cats TITLE: cat {i} POST: my cat number {i} sleeps all day."
+             for i in range(24)]
+    comparisons = [dict(prompt=p, chosen="TL;DR: my cat sleeps", rejected="TL;DR: dogs bark")
+                   for p in posts]
+    sft_rows = [dict(prompt=p + "\nTL;DR:", label=" my cat sleeps") for p in posts]
+    for name, rows in (("cmp", comparisons), ("sft", sft_rows)):
+        os.makedirs(os.path.join(root, name))
+        pq.write_table(pa.Table.from_pylist(rows), os.path.join(root, name, "train-00000.parquet"))
+    pairs, completions = os.path.join(root, "pairs.jsonl"), os.path.join(root, "completions.jsonl")
+    assert convert(PreferencesConfig(dataset=os.path.join(root, "cmp"), out=pairs))["format"] \
+        == "tldr"
+    assert convert(PreferencesConfig(dataset=os.path.join(root, "sft"),
+                                     out=completions))["format"] == "tldr_sft"
+    return pairs, completions

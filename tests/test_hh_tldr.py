@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+from conftest import write_cat_tldr
 
 import sft
 
@@ -263,26 +264,9 @@ def test_sft_on_completions(tmp_path):
 
 def test_tldr_layout_trains_sft_then_dpo(tmp_path):
     # TL;DR-layout parquet files -> preferences.py -> sft.py --completions -> the unchanged dpo.py
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     import dpo
 
-    from hh_tldr.preferences import PreferencesConfig
-    from hh_tldr.preferences import main as convert
-
-    posts = [f"SUBREDDIT: r/cats TITLE: cat {i} POST: my cat number {i} sleeps all day."
-             for i in range(24)]
-    comparisons = [dict(prompt=p, chosen="TL;DR: my cat sleeps", rejected="TL;DR: dogs bark")
-                   for p in posts]
-    sft_rows = [dict(prompt=p + "\nTL;DR:", label=" my cat sleeps") for p in posts]
-    for name, rows in (("cmp", comparisons), ("sft", sft_rows)):
-        os.makedirs(tmp_path / name)
-        pq.write_table(pa.Table.from_pylist(rows), tmp_path / name / "train-00000.parquet")
-    pairs, completions = str(tmp_path / "pairs.jsonl"), str(tmp_path / "completions.jsonl")
-    assert convert(PreferencesConfig(dataset=str(tmp_path / "cmp"), out=pairs))["format"] == "tldr"
-    assert convert(PreferencesConfig(dataset=str(tmp_path / "sft"),
-                                     out=completions))["format"] == "tldr_sft"
+    pairs, completions = write_cat_tldr(str(tmp_path))
     small = dict(steps=2, batch_size=4, micro_batch=4, eval_every=2, save_every=2, eval_size=4,
                  device="cpu")
     sft.main(sft.SFTConfig(init="scratch", vocab="gpt2", completions=completions, n_embd=16,

@@ -10,6 +10,7 @@ import os
 import types
 
 import pytest
+from conftest import write_cat_tldr
 
 import ppo
 import reward
@@ -42,22 +43,8 @@ def tldr(tmp_path_factory):
     """TL;DR: the comparisons (prompt, chosen "TL;DR: ...", rejected) and the SFT set (prompt
     ending "TL;DR:", label) as parquet, converted to pairs and completions on GPT-2's BPE; SFT on
     the completions (block 64), the RM on the pairs."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     root = tmp_path_factory.mktemp("tldr")
-    posts = [f"SUBREDDIT: r/cats TITLE: cat {i} POST: my cat number {i} sleeps all day."
-             for i in range(24)]
-    comparisons = [dict(prompt=p, chosen="TL;DR: my cat sleeps", rejected="TL;DR: dogs bark")
-                   for p in posts]
-    sft_rows = [dict(prompt=p + "\nTL;DR:", label=" my cat sleeps") for p in posts]
-    for name, rows in (("cmp", comparisons), ("sft_set", sft_rows)):
-        os.makedirs(root / name)
-        pq.write_table(pa.Table.from_pylist(rows), root / name / "train-00000.parquet")
-    pairs, completions = str(root / "pairs.jsonl"), str(root / "completions.jsonl")
-    assert convert(PreferencesConfig(dataset=str(root / "cmp"), out=pairs))["format"] == "tldr"
-    assert convert(PreferencesConfig(dataset=str(root / "sft_set"),
-                                     out=completions))["format"] == "tldr_sft"
+    pairs, completions = write_cat_tldr(str(root))
     init, rm = sft_and_rm(root, pairs, vocab="gpt2", block_size=64, completions=completions)
     return types.SimpleNamespace(root=root, pairs=pairs, completions=completions, sft=init, rm=rm)
 
