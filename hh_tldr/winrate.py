@@ -208,9 +208,10 @@ def no_accuracy() -> dict:
                 judge_accuracy_vs=None)
 
 
-def judge_accuracy(cfg, judge, stamp, path: str, rule) -> dict:
-    """The judge's accuracy on a seeded choice of --judge_n pairs of `path`: the mean over pairs of
-    1 (it prefers the chosen side), 0.5 (a tie) or 0 (the rejected side), failures left out and
+def judge_accuracy(cfg, judge, stamp, path: str, pairs: list[dict], rule) -> dict:
+    """The judge's accuracy on a seeded choice of --judge_n of `pairs` (load_pairs of `path`, read
+    once by main): the mean over pairs of 1 (it prefers the chosen side), 0.5 (a tie) or 0 (the
+    rejected side), failures left out and
     counted, ± standard error. With a rule, also against the rule: on the pairs whose sides the
     rule tells apart, the share the judge gives the rule's side (judge_accuracy_rule), and how
     often the labels do (labels_agree_rule). Kept in <out_dir>/judge.json (each pair's judgment in
@@ -225,8 +226,7 @@ def judge_accuracy(cfg, judge, stamp, path: str, rule) -> dict:
             return saved["accuracy"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    comparisons = pair_comparisons(choose_prompts(load_pairs(path), cfg.judge_n, cfg.seed),
-                                   cfg.seed)
+    comparisons = pair_comparisons(choose_prompts(pairs, cfg.judge_n, cfg.seed), cfg.seed)
     judge(comparisons)
     judged = []
     for c in comparisons:
@@ -469,8 +469,9 @@ def main(cfg: WinRateConfig) -> list[dict]:
                                  f"different tokenizers: it scores token ids, so they must share "
                                  f"one")
     pairs_path = judge_pairs_file(cfg, kind)
-    if pairs_path:  # a file that is no pairs file, or of another vocabulary, fails before sampling
-        load_pairs(pairs_path, rm_path and load_tokenizer(rm_path).vocab_size)
+    # a file that is no pairs file, or of another vocabulary, fails before sampling
+    pairs = (load_pairs(pairs_path, rm_path and load_tokenizer(rm_path).vocab_size)
+             if pairs_path else None)
     todo = [(name, name, None) for name, _ in policies]  # (label, policy, N of best-of-N)
     if cfg.best_of:
         todo.append((f"Best of {cfg.best_of}", base, cfg.best_of))
@@ -481,7 +482,7 @@ def main(cfg: WinRateConfig) -> list[dict]:
     for c in comparisons if rule else ():  # the rule's verdict beside the judge's
         c["rule_policy"], c["rule_reference"], c["rule_win"] = rule_verdict(
             rule, c["prompt"], c["response"], c["reference"])
-    accuracy = (judge_accuracy(cfg, judge, stamp, pairs_path, rule) if pairs_path else
+    accuracy = (judge_accuracy(cfg, judge, stamp, pairs_path, pairs, rule) if pairs_path else
                 no_accuracy())
     results = []
     for label, name, _ in todo:
