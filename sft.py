@@ -35,6 +35,7 @@ from plumbing.flags import arg
 from plumbing.runs import Run, run_main
 from plumbing.speed import adamw, speed_up
 from plumbing.utils import autocast, lr_at, read_jsonl
+from synthetic import COMPACT_VOCABS, compact_vocab
 
 
 @dataclass
@@ -84,14 +85,8 @@ def build_model(cfg: SFTConfig, resume_from: str | None) -> tuple[GPT, Tokenizer
     # from scratch: a synthetic corpus gets its compact vocabulary (see data.Tokenizer)
     if cfg.vocab not in ("auto", "dialogue", "summary", "gpt2"):
         raise ValueError(f"--vocab must be auto, dialogue, summary or gpt2, not {cfg.vocab!r}")
-    if cfg.vocab == "dialogue":  # synthetic/dialogues.py's dialogues
-        from synthetic.dialogues import dialogue_vocab
-
-        tok = Tokenizer(dialogue_vocab())
-    elif cfg.vocab == "summary":  # synthetic/summaries.py's posts and summaries
-        from synthetic.summaries import summary_vocab
-
-        tok = Tokenizer(summary_vocab())
+    if cfg.vocab in COMPACT_VOCABS:  # synthetic/dialogues.py's dialogues, summaries.py's posts
+        tok = Tokenizer(compact_vocab(cfg.vocab))
     elif cfg.vocab == "auto" and cfg.dataset == "synthetic":
         tok = Tokenizer(synthetic_vocab())
     else:

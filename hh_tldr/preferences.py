@@ -62,8 +62,9 @@ from data import PAIR_KEYS, Tokenizer, _load_dataset, load_tokenizer
 from plumbing.flags import arg, check_fields
 from plumbing.runs import config_dict, run_main
 from plumbing.utils import atomic_write, atomic_write_json, load_files, resolve_checkpoint, seed_for
-from synthetic.dialogues import SYNTHETIC_SIZES, dialogue_vocab, synthetic_dialogues
-from synthetic.summaries import summary_split, summary_vocab
+from synthetic import COMPACT_VOCABS, compact_vocab
+from synthetic.dialogues import SYNTHETIC_SIZES, synthetic_dialogues
+from synthetic.summaries import summary_split
 
 FORMATS = ("auto", "hh", "tldr", "tldr_sft", "pairs")
 COLUMNS = {"hh": ("chosen", "rejected"), "tldr": ("prompt", "chosen", "rejected"),
@@ -304,10 +305,8 @@ def make_tokenizer(name: str, dataset: str) -> Tokenizer:
         name = {"synthetic": "dialogue", "synthetic_tldr": "summary"}.get(dataset, "gpt2")
     if name == "gpt2":
         return Tokenizer()
-    if name == "dialogue":
-        return Tokenizer(dialogue_vocab())
-    if name == "summary":
-        return Tokenizer(summary_vocab())
+    if name in COMPACT_VOCABS:
+        return Tokenizer(compact_vocab(name))
     return load_tokenizer(resolve_checkpoint(name))
 
 

@@ -80,8 +80,9 @@ from plumbing.utils import (
     write_folder,
     write_jsonl,
 )
-from synthetic.dialogues import SYNTHETIC_SIZES, dialogue_reward, dialogue_vocab
-from synthetic.summaries import SUMMARY_SIZES, summary_vocab
+from synthetic import COMPACT_VOCABS, compact_vocab
+from synthetic.dialogues import SYNTHETIC_SIZES, dialogue_reward
+from synthetic.summaries import SUMMARY_SIZES
 
 # name: (data steps, sft, dpo, rm, winrate). Data: {split name: PreferencesConfig overrides}; the
 # SFT step reads "sft_data" (pairs: the chosen responses; completions: prompt + reference).
@@ -405,8 +406,8 @@ def print_plan(cfg: ExperimentConfig, steps) -> dict:
     elif s.init != "scratch":
         gcfg = config_from_hf(read_hf_config(s.init))
     else:
-        compact = {"dialogue": dialogue_vocab, "summary": summary_vocab}.get(s.vocab)
-        vocab = len(compact()) + 1 if compact else GPTConfig.vocab_size
+        vocab = (len(compact_vocab(s.vocab)) + 1 if s.vocab in COMPACT_VOCABS
+                 else GPTConfig.vocab_size)
         gcfg = GPTConfig(block_size=s.block_size, vocab_size=vocab, n_layer=s.n_layer,
                          n_head=s.n_head, n_embd=s.n_embd)
     with torch.device("meta"):

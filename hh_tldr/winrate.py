@@ -211,8 +211,8 @@ def no_accuracy() -> dict:
 def judge_accuracy(cfg, judge, stamp, path: str, pairs: list[dict], rule) -> dict:
     """The judge's accuracy on a seeded choice of --judge_n of `pairs` (load_pairs of `path`, read
     once by main): the mean over pairs of 1 (it prefers the chosen side), 0.5 (a tie) or 0 (the
-    rejected side), failures left out and
-    counted, ± standard error. With a rule, also against the rule: on the pairs whose sides the
+    rejected side), failures left out and counted, ± standard error. With a rule, also against
+    the rule: on the pairs whose sides the
     rule tells apart, the share the judge gives the rule's side (judge_accuracy_rule), and how
     often the labels do (labels_agree_rule). Kept in <out_dir>/judge.json (each pair's judgment in
     judged_pairs.jsonl) under a key of the judge, the pairs file, --judge_n, the seed and the rule:
