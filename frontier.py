@@ -270,7 +270,7 @@ def run_step(i: int, n: int, name: str, fn, c, final: EvalConfig, cfg: FrontierC
     elif folder and not cfg.keep_checkpoints and is_done(folder):
         # sft: its last checkpoint is what later stages read; gt, rm: their best/
         best = os.path.isdir(os.path.join(folder, "best"))
-        prune(folder, final.out, keep_last=True, checkpoints=False, all_steps=best)
+        prune(folder, final.out, keep_last=not best, checkpoints=False, all_steps=best)
     return timings
 
 

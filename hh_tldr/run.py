@@ -67,7 +67,7 @@ from hh_tldr.winrate import (
 from hh_tldr.winrate import check_config as check_judge
 from hh_tldr.winrate import main as winrate_main
 from plumbing.flags import arg, check_fields
-from plumbing.prune import prune, remove_checkpoint, saved_steps
+from plumbing.prune import prune, saved_steps
 from plumbing.rehearse import Measured, print_rehearsal
 from plumbing.runs import config_dict, is_done, open_run, run_main, with_new_defaults
 from plumbing.speed import speed_up
@@ -534,11 +534,9 @@ def main(cfg: ExperimentConfig):
             # as frontier.py: a finished run's state.pt goes, and the RM's step checkpoints
             # (its best/ is what is read); the tiny presets' policies keep theirs (they are
             # chosen from), the gpt2 presets' their last (what the win rates read)
-            prune(c.out_dir, "", keep_last=True, checkpoints=False,
-                  all_steps=isinstance(c, RMConfig))
-            if not isinstance(c, RMConfig) and "select" not in p and is_done(c.out_dir):
-                for _, path in list_checkpoints(c.out_dir)[:-1]:  # the win rates read the last
-                    remove_checkpoint(path)
+            rm = isinstance(c, RMConfig)
+            prune(c.out_dir, "", keep_last=not rm, checkpoints=False,
+                  all_steps=rm or "select" not in p)
         if isinstance(c, WinRateConfig):
             per_seed.append(results)
             if synthetic:  # the dataset's rule: how often each policy is right

@@ -95,15 +95,16 @@ def prune(run: str, results: str, keep_last: bool = True, checkpoints: bool = Tr
           all_steps: bool = False) -> int:
     """Delete what a finished run no longer needs: its state.pt (read only to resume an unfinished
     run) and, with `checkpoints`, each checkpoint whose row is in `results`, but the last one if
-    keep_last (then the run stays loadable); all_steps: every step checkpoint, evaluated or not
-    (the reward model's: its best/ is what is read). Idempotent; returns how many went."""
+    keep_last (then the run stays loadable); all_steps: every step checkpoint, evaluated or not,
+    but the last one if keep_last (the reward model's all: its best/ is what is read; a policy
+    whose last checkpoint alone is read keeps it). Idempotent; returns how many went."""
     if not is_done(run):
         return 0
     for name in os.listdir(run):  # a removal a kill interrupted
         if name.endswith(".pruned"):
             shutil.rmtree(os.path.join(run, name))
     if all_steps:
-        old = [p for _, p in list_checkpoints(run)]
+        old = [p for _, p in list_checkpoints(run)][:-1 if keep_last else None]
         for path in old:
             remove_checkpoint(path)
         n = len(old)

@@ -165,6 +165,19 @@ def test_prune_deletes_only_evaluated_checkpoints_and_keeps_the_last(tmp_path):
     assert len(list_checkpoints(unfinished)) == 2 and os.path.exists(unfinished + "/state.pt")
 
 
+def test_prune_all_steps_evaluated_or_not_keeps_the_last_if_asked(tmp_path):
+    """all_steps: every step checkpoint goes, no results read; keep_last keeps the newest (a
+    policy whose last checkpoint is read), keep_last=False none (the reward model: its best/)."""
+    policy = fake_run(tmp_path, "ppo", [1, 2, 3])
+    assert prune.prune(policy, "", keep_last=True, checkpoints=False, all_steps=True) == 2
+    assert [s for s, _ in list_checkpoints(policy)] == [3]
+    assert not os.path.exists(os.path.join(policy, "state.pt"))
+    rm = fake_run(tmp_path, "rm", [1, 2])
+    os.makedirs(os.path.join(rm, "best"))
+    assert prune.prune(rm, "", keep_last=False, checkpoints=False, all_steps=True) == 2
+    assert list_checkpoints(rm) == [] and os.path.isdir(os.path.join(rm, "best"))
+
+
 def test_evaluating_every_kth_checkpoint_survives_pruning(tmp_path, monkeypatch):
     """With every=2, what is evaluated is what evaluate.checkpoints_of picks from the full
     listing, however much of the run a kill left pruned."""
